@@ -1,0 +1,25 @@
+# soloist: music recordings -> (backing, solo) EnCodec token windows in WebDataset shards.
+# Run: snakemake --cores all     (offline: add --config weights=random)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo_corpus.smk"
+include: "rules/fetch_weights.smk"
+include: "rules/ingest.smk"
+include: "rules/separate.smk"
+include: "rules/clip.smk"
+include: "rules/tokenize.smk"
+include: "rules/shard.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.shard.output,

@@ -1,0 +1,19 @@
+rule demo_corpus:
+    message:
+        "Synthesizing demo song {wildcards.name}"
+    output:
+        mixture="results/demo_corpus/{name}/mixture.flac",
+        stems=multiext("results/demo_corpus/{name}/stems/", "drums.flac", "bass.flac",
+                       "piano.flac", "other.flac"),
+        truth="results/demo_corpus/{name}/truth.json",
+    params:
+        seconds=config["demo"]["seconds"],
+        seed=config["seed"],
+    log:
+        "results/logs/demo_corpus/{name}.log",
+    benchmark:
+        "results/benchmarks/demo_corpus/{name}.tsv"
+    conda:
+        "../envs/audio.yaml"
+    script:
+        "../workflow/scripts/demo_corpus.py"

@@ -1,0 +1,21 @@
+localrules:
+    fetch_weights,
+
+
+# Local: on clusters it runs on the login node, which has internet.
+rule fetch_weights:
+    message:
+        "Fetching {wildcards.mode} weights of {wildcards.family} model {wildcards.name}"
+    output:
+        "resources/weights/{mode}/{family}/{name}.json",
+    wildcard_constraints:
+        mode="pretrained|random",
+        family="demucs|encodec",
+    params:
+        seed=config["seed"],
+    log:
+        "results/logs/fetch_weights/{mode}-{family}-{name}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/fetch_weights.py"

@@ -1,0 +1,28 @@
+rule shard:
+    message:
+        "Writing WebDataset shards, manifest, stats and plots"
+    input:
+        info=per_track("results/ingest/{track}/info.json"),
+        clip=per_track("results/clip/{track}/clip.json"),
+        windows=per_track("results/clip/{track}/windows.parquet"),
+        tokens=per_track("results/tokenize/{track}/tokens.json"),
+        context=per_track("results/tokenize/{track}/context.npy"),
+        target=per_track("results/tokenize/{track}/target.npy"),
+    output:
+        shards=directory(expand("results/shards/{split}", split=["train", "valid", "test"])),
+        manifest="results/shards/manifest.parquet",
+        stats="results/shards/stats.json",
+        plots=multiext("results/shards/plots/", "clips_per_track.png", "rms.png",
+                       "durations.png"),
+        failures="results/failures.tsv",
+    params:
+        splits={r.track: r.split for r in ROWS.values() if r.split},
+        settings=config["shard"],
+    log:
+        "results/logs/shard/shard.log",
+    benchmark:
+        "results/benchmarks/shard/shard.tsv"
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/shard.py"

@@ -1,0 +1,1 @@
+"""soloist: music recordings to backing->solo training data."""

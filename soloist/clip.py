@@ -1,0 +1,149 @@
+"""Clip selection: fixed-length windows where the soloist plays over the backing.
+
+Loudness is judged relative to each track's own level: a frame is active when its RMS
+is within ``relative_db`` of the track's active level (a high percentile of its frame
+RMS), and never below an absolute floor. Rests shorter than ``bridge_seconds`` count
+as playing, so phrases separated by a breath stay one solo.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from soloist.io import atomic_path, failed, first_failure, read_audio, write_json
+
+log = logging.getLogger("soloist.clip")
+
+WINDOW_SCHEMA = pa.schema([
+    ("track", pa.string()), ("window", pa.int32()), ("start", pa.float64()),
+    ("end", pa.float64()), ("active_fraction", pa.float32()),
+    ("context_active_fraction", pa.float32()), ("target_rms_db", pa.float32()),
+    ("context_rms_db", pa.float32()),
+])
+
+
+def frame_rms_db(audio: np.ndarray, sample_rate: int, frame_seconds: float,
+                 hop_seconds: float) -> np.ndarray:
+    """RMS in dBFS of ``audio`` [C, N] (channels averaged in power) per frame: [F]."""
+    frame, hop = round(frame_seconds * sample_rate), round(hop_seconds * sample_rate)
+    power = np.mean(np.asarray(audio, np.float64) ** 2, axis=0)
+    if power.size < frame:
+        return np.zeros(0)
+    # Frame sums from a cumulative sum: O(N) whatever the frame length.
+    csum = np.concatenate([[0.0], np.cumsum(power)])
+    starts = np.arange(0, power.size - frame + 1, hop)
+    mean = (csum[starts + frame] - csum[starts]) / frame
+    return 10 * np.log10(np.maximum(mean, 1e-12))
+
+
+def active_frames(rms_db: np.ndarray, settings: dict) -> tuple[np.ndarray, float]:
+    """Boolean activity per frame and the threshold (dBFS) used."""
+    if rms_db.size == 0:
+        return np.zeros(0, bool), float(settings["floor_db"])
+    level = float(np.percentile(rms_db, settings["active_percentile"]))
+    threshold = max(level - settings["relative_db"], settings["floor_db"])
+    return rms_db > threshold, threshold
+
+
+def bridge(mask: np.ndarray, max_gap: int) -> np.ndarray:
+    """Fill runs of False no longer than ``max_gap`` frames that lie between True frames."""
+    mask = mask.copy()
+    on = np.flatnonzero(mask)
+    if on.size < 2:
+        return mask
+    gaps = np.flatnonzero(np.diff(on) > 1)
+    for g in gaps:
+        a, b = on[g], on[g + 1]
+        if b - a - 1 <= max_gap:
+            mask[a + 1:b] = True
+    return mask
+
+
+def select_windows(target_active: np.ndarray, context_active: np.ndarray, hop_seconds: float,
+                   duration: float, settings: dict) -> list[tuple[float, float, float, float]]:
+    """Grid windows of ``settings['seconds']`` every ``settings['hop']`` seconds that pass.
+
+    Returns (start, end, target active fraction, context active fraction) per window.
+    """
+    length, step = settings["seconds"], settings["hop"]
+    windows = []
+    for start in np.arange(0.0, duration - length + 1e-9, step):
+        a, b = round(start / hop_seconds), round((start + length) / hop_seconds)
+        t = float(target_active[a:b].mean()) if b > a else 0.0
+        c = float(context_active[a:b].mean()) if b > a else 0.0
+        if t >= settings["min_active"] and c >= settings["min_context_active"]:
+            windows.append((round(float(start), 6), round(float(start + length), 6), t, c))
+    return windows
+
+
+def clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
+         upstream_status: str | os.PathLike, windows_out: str | os.PathLike,
+         status_out: str | os.PathLike, settings: dict) -> dict:
+    """Write the selected windows of one track (Parquet) and its status JSON."""
+    rows: list[dict] = []
+    try:
+        status = first_failure(upstream_status)
+        if status is None:
+            status, rows = _clip(track, context, target, settings)
+    except Exception as e:  # one bad track must not stop the others
+        log.exception("clip failed for %s", track)
+        status = failed("clip", f"{type(e).__name__}: {e}", track=track)
+    table = pa.Table.from_pylist(rows, schema=WINDOW_SCHEMA)
+    with atomic_path(windows_out) as tmp:
+        pq.write_table(table, tmp)
+    write_json(status_out, status)
+    return status
+
+
+def _clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
+          settings: dict) -> tuple[dict, list[dict]]:
+    target_audio, rate = read_audio(target)
+    context_audio, _ = read_audio(context)
+    duration = target_audio.shape[1] / rate
+    if duration < settings["seconds"]:
+        return failed("clip", f"track is {duration:.1f} s, shorter than one window "
+                              f"(clip.seconds={settings['seconds']})", track=track), []
+    frame, hop = settings["frame_seconds"], settings["hop_seconds"]
+    target_db = frame_rms_db(target_audio, rate, frame, hop)
+    context_db = frame_rms_db(context_audio, rate, frame, hop)
+    gap = round(settings["bridge_seconds"] / hop)
+    target_on, target_threshold = active_frames(target_db, settings)
+    context_on, context_threshold = active_frames(context_db, settings)
+    target_on = bridge(target_on, gap)
+    context_on = bridge(context_on, gap)
+    windows = select_windows(target_on, context_on, hop, duration, settings)
+    rows = []
+    for i, (start, end, t_frac, c_frac) in enumerate(windows):
+        a, b = round(start / hop), round(end / hop)
+        rows.append({
+            "track": track, "window": i, "start": start, "end": end,
+            "active_fraction": t_frac, "context_active_fraction": c_frac,
+            "target_rms_db": _mean_db(target_db[a:b]), "context_rms_db": _mean_db(context_db[a:b]),
+        })
+    status = {
+        "ok": True, "stage": "clip", "track": track, "duration": round(duration, 4),
+        "windows": len(rows), "active_seconds": round(float(target_on.sum()) * hop, 3),
+        "target_threshold_db": round(target_threshold, 2),
+        "context_threshold_db": round(context_threshold, 2),
+        "active_intervals": [[round(a * hop, 3), round(b * hop, 3)]
+                             for a, b in _runs(target_on)],
+    }
+    if not rows:
+        log.warning("%s: no %s s window where the soloist plays", track, settings["seconds"])
+    return status, rows
+
+
+def _mean_db(db: np.ndarray) -> float:
+    """Level of the mean power of frames given in dB."""
+    return float(10 * np.log10(np.mean(10 ** (db / 10)))) if db.size else float("-inf")
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) frame index pairs of the True runs in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))

@@ -1,0 +1,122 @@
+"""Config and track-sheet validation with errors that name the offending key or row."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "config" / "schemas"
+TRACK_ID = re.compile(r"[A-Za-z0-9._-]+")
+# A playlist row `p` expands into tracks `p.001`, `p.002`, ...
+ENTRY_ID = re.compile(r"(?P<row>.+)\.(?P<index>[0-9]{3,})")
+
+
+class ConfigError(ValueError):
+    """Invalid config or track sheet; the message names the key or row."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the track sheet."""
+
+    track: str
+    source: str
+    kind: str  # demo | url | file | stems
+    split: str  # "" lets the hash decide
+
+    @property
+    def demo_name(self) -> str:
+        return self.source.removeprefix("demo:")
+
+
+def _schema(name: str) -> dict:
+    return yaml.safe_load((SCHEMAS / name).read_text())
+
+
+def _fill_defaults(schema: dict, instance: dict) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = yaml.safe_load(yaml.safe_dump(sub["default"]))  # a fresh copy
+        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(sub, instance[key])
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path)
+    return f"{where or '(top level)'}: {error.message}"
+
+
+def validate_config(config: dict) -> dict:
+    """Fill defaults into ``config`` in place and validate it; raise ConfigError naming the key."""
+    schema = _schema("config.schema.yaml")
+    _fill_defaults(schema, config)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=str)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e) for e in errors))
+    if abs(sum(config["shard"]["fractions"].values()) - 1.0) > 1e-6:
+        raise ConfigError(f"shard.fractions must sum to 1, got {config['shard']['fractions']}")
+    return config
+
+
+def source_kind(source: str) -> str:
+    if source.startswith("demo:"):
+        return "demo"
+    if re.match(r"https?://", source):
+        return "url"
+    return "stems" if os.path.isdir(source) else "file"
+
+
+def read_tracks(path: str | os.PathLike) -> dict[str, Row]:
+    """Read and validate the track sheet; returns rows by track id, in sheet order."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"track sheet {path} does not exist (config key 'tracks')")
+    validator = jsonschema.Draft202012Validator(_schema("tracks.schema.yaml"))
+    rows: dict[str, Row] = {}
+    lines: dict[str, int] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t")
+        for n, record in enumerate(reader, start=2):
+            record = {k: (v or "").strip() for k, v in record.items() if k is not None}
+            record = {k: v for k, v in record.items() if v or k == "split"}
+            errors = list(validator.iter_errors(record))
+            if errors:
+                name = record.get("track", "?")
+                raise ConfigError(f"{path} line {n} (track {name!r}): {_describe(errors[0])}")
+            track = record["track"]
+            if track in rows:
+                raise ConfigError(
+                    f"{path} line {n}: track {track!r} already on line {lines[track]}"
+                )
+            if record["source"].startswith("demo:"):
+                name = record["source"][5:]
+                if not TRACK_ID.fullmatch(name):
+                    raise ConfigError(f"{path} line {n}: demo name {name!r} must match "
+                                      f"{TRACK_ID.pattern}")
+            rows[track] = Row(track, record["source"], source_kind(record["source"]),
+                              record.get("split", ""))
+            lines[track] = n
+    for track in rows:
+        m = ENTRY_ID.fullmatch(track)
+        if m and m["row"] in rows and rows[m["row"]].kind == "url":
+            raise ConfigError(f"{path}: track {track!r} collides with the playlist entries "
+                              f"of URL row {m['row']!r}")
+    if not rows:
+        raise ConfigError(f"track sheet {path} lists no tracks")
+    return rows
+
+
+def row_of(track: str, rows: dict[str, Row]) -> Row:
+    """The sheet row a track comes from (itself, or the playlist row it expanded from)."""
+    if track in rows:
+        return rows[track]
+    m = ENTRY_ID.fullmatch(track)
+    if m and m["row"] in rows and rows[m["row"]].kind == "url":
+        return rows[m["row"]]
+    raise KeyError(f"track {track!r} is not in the track sheet")

@@ -1,0 +1,212 @@
+"""Model weights: download the real ones, or build random-init ones in the same file layouts.
+
+Layouts (what the real loaders read):
+- Demucs: the HuggingFace layout, ``<name>.yaml`` (the bag: model signatures) beside one
+  ``<sig>.safetensors`` per model, class and init arguments in the safetensors metadata.
+  We load it with demucs' own safetensors loader after checking the class against an
+  allowlist, so no pickle is ever read.
+- EnCodec: the state dict ``encodec_24khz-d7cc33bc.th`` torch.hub downloads, read with
+  ``torch.load(weights_only=True)``.
+
+Each model gets a manifest ``resources/weights/<mode>/<family>/<name>.json`` with the
+sha256 of its files; loaders verify them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.request
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+import yaml
+
+from soloist.io import atomic_path, read_json, sha256_file, write_json
+
+log = logging.getLogger("soloist.fetch_weights")
+
+RANDOM_WARNING = (
+    "RANDOM-INIT WEIGHTS: these outputs come from randomly initialised Demucs/EnCodec models "
+    "(weights=random). They exercise the pipeline but are NOT musically meaningful."
+)
+
+DEMUCS_HF = "https://huggingface.co/adefossez/{repo}/resolve/main/{file}"
+DEMUCS_ALLOWED = {"demucs.htdemucs.HTDemucs", "demucs.hdemucs.HDemucs", "demucs.demucs.Demucs"}
+# Architectures we can build with random weights: (signature, HTDemucs kwargs).
+DEMUCS_ARCH = {
+    "htdemucs_6s": ("5c90dfd2", {
+        "sources": ["drums", "bass", "other", "vocals", "guitar", "piano"],
+        "bottom_channels": 0, "segment": Fraction(39, 5), "channels": 48, "nfft": 4096,
+        "depth": 4, "dconv_mode": 3, "t_layers": 5,
+    }),
+}
+ENCODEC_FILES = {"encodec_24khz": "encodec_24khz-d7cc33bc.th"}
+ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/{file}"
+
+
+class WeightsError(RuntimeError):
+    """Weights cannot be fetched or loaded; the message says how to get them."""
+
+
+def fetch_weights(family: str, name: str, mode: str, manifest: str | os.PathLike,
+                  seed: int = 0) -> dict:
+    """Put model ``name`` of ``family`` (demucs|encodec) beside ``manifest`` and write it."""
+    folder = Path(manifest).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if mode == "random":
+        log.warning(RANDOM_WARNING)
+        files = (_random_demucs if family == "demucs" else _random_encodec)(name, folder, seed)
+    elif mode == "pretrained":
+        files = (_pretrained_demucs if family == "demucs" else _pretrained_encodec)(name, folder)
+    else:
+        raise ValueError(f"weights mode must be pretrained or random, not {mode!r}")
+    info = {
+        "family": family, "name": name, "mode": mode, "random": mode == "random",
+        "files": {f: sha256_file(folder / f) for f in files},
+    }
+    if mode == "random":
+        info["warning"] = RANDOM_WARNING
+    write_json(manifest, info)
+    return info
+
+
+def _download(urls: dict[str, str], folder: Path) -> list[str]:
+    """Download ``{file: url}`` into ``folder`` unless present; one clear error when offline."""
+    missing = {f: u for f, u in urls.items() if not (folder / f).is_file()}
+    for file, url in missing.items():
+        log.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r, atomic_path(folder / file) as tmp:
+                tmp.write_bytes(r.read())
+        except OSError as e:
+            wanted = "\n".join(f"  {folder / f}  <-  {u}" for f, u in urls.items())
+            raise WeightsError(
+                f"cannot download pretrained weights ({e}).\nEither:\n"
+                f"  1. on a machine with internet, download these files and copy them here:\n"
+                f"{wanted}\n"
+                f"     then rerun; or\n"
+                f"  2. run with random-init weights (tests/offline only, outputs are not "
+                f"meaningful): snakemake --config weights=random"
+            ) from None
+    return sorted(urls)
+
+
+def _pretrained_demucs(name: str, folder: Path) -> list[str]:
+    repo = "HTDemucs" if name == "htdemucs" else "HTDemucs-" + name.removeprefix("htdemucs_")
+    sigs = {"htdemucs_6s": ["5c90dfd2"]}.get(name)
+    if sigs is None:  # the yaml names the signatures; fetch it first
+        _download({f"{name}.yaml": DEMUCS_HF.format(repo=repo, file=f"{name}.yaml")}, folder)
+        sigs = yaml.safe_load((folder / f"{name}.yaml").read_text())["models"]
+    files = [f"{name}.yaml"] + [f"{s}.safetensors" for s in sigs]
+    return _download({f: DEMUCS_HF.format(repo=repo, file=f) for f in files}, folder)
+
+
+def _pretrained_encodec(name: str, folder: Path) -> list[str]:
+    file = ENCODEC_FILES[name]
+    return _download({file: ENCODEC_URL.format(file=file)}, folder)
+
+
+def _random_demucs(name: str, folder: Path, seed: int) -> list[str]:
+    from demucs.htdemucs import HTDemucs
+    from safetensors.torch import save_file
+
+    if name not in DEMUCS_ARCH:
+        raise WeightsError(f"random weights exist for Demucs {sorted(DEMUCS_ARCH)}, not {name!r}")
+    sig, kwargs = DEMUCS_ARCH[name]
+    torch.manual_seed(seed)
+    model = HTDemucs(**kwargs)
+    encoded = {k: ({"_type": "fraction", "numerator": v.numerator, "denominator": v.denominator}
+                   if isinstance(v, Fraction) else v) for k, v in kwargs.items()}
+    metadata = {"klass": "demucs.htdemucs.HTDemucs", "args": "[]", "kwargs": json.dumps(encoded)}
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / f"{sig}.safetensors") as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    with atomic_path(folder / f"{name}.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump({"models": [sig]}))
+    return [f"{name}.yaml", f"{sig}.safetensors"]
+
+
+def _random_encodec(name: str, folder: Path, seed: int) -> list[str]:
+    from encodec import EncodecModel
+
+    torch.manual_seed(seed)
+    model = EncodecModel.encodec_model_24khz(pretrained=False)
+    _init_codebooks(model, seed)
+    with atomic_path(folder / ENCODEC_FILES[name]) as tmp:
+        torch.save(model.state_dict(), tmp)
+    return [ENCODEC_FILES[name]]
+
+
+@torch.no_grad()
+def _init_codebooks(model: torch.nn.Module, seed: int) -> None:
+    """Give a random EnCodec usable codebooks.
+
+    A random-init EnCodec has all-zero codebooks (they are set by k-means on the first
+    training batch), so every code would be 0. Instead each quantizer layer, in order,
+    takes 1024 vectors sampled from the current residual of the encoder's output on
+    some synthetic audio, then subtracts its own quantized output from the residual.
+    """
+    g = torch.Generator().manual_seed(seed)
+    sr, seconds, batch = model.sample_rate, 6, 4
+    t = torch.arange(sr * seconds) / sr
+    freqs = 55 * 2 ** (torch.rand(batch, 8, 1, generator=g) * 6)
+    tones = torch.sin(2 * torch.pi * freqs * t).sum(1) * torch.rand(batch, 1, generator=g)
+    audio = (0.05 * tones + 0.05 * torch.randn(batch, t.numel(), generator=g))[:, None]
+    residual = model.encoder(audio)  # [B, D, T]
+    for layer in model.quantizer.vq.layers:
+        vectors = layer.project_in(residual.transpose(1, 2).reshape(-1, residual.shape[1]))
+        codebook = layer._codebook
+        pick = torch.randperm(vectors.shape[0], generator=g)[: codebook.codebook_size]
+        codebook.embed.copy_(vectors[pick])
+        codebook.embed_avg.copy_(vectors[pick])
+        codebook.cluster_size.fill_(1.0)
+        codebook.inited.fill_(1.0)
+        residual = residual - layer.decode(layer.encode(residual))
+
+
+def _verified(manifest: str | os.PathLike) -> tuple[dict, Path]:
+    manifest = Path(manifest)
+    info = read_json(manifest)
+    for file, digest in info["files"].items():
+        path = manifest.parent / file
+        if not path.is_file() or sha256_file(path) != digest:
+            raise WeightsError(f"{path} is missing or changed since it was fetched; "
+                               f"rerun: snakemake --forcerun fetch_weights")
+    if info["random"]:
+        log.warning(RANDOM_WARNING)
+    return info, manifest.parent
+
+
+def load_demucs(manifest: str | os.PathLike) -> torch.nn.Module:
+    """The Demucs bag of models described by ``manifest`` (eval mode, CPU)."""
+    from demucs.apply import BagOfModels
+    from demucs.hf import load_safetensors_model
+    from safetensors import safe_open
+
+    info, folder = _verified(manifest)
+    bag = yaml.safe_load((folder / f"{info['name']}.yaml").read_text())
+    models = []
+    for sig in bag["models"]:
+        path = folder / f"{sig}.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            klass = f.metadata().get("klass")
+        if klass not in DEMUCS_ALLOWED:  # the loader imports whatever class the file names
+            raise WeightsError(f"{path} names model class {klass!r}, not one of {DEMUCS_ALLOWED}")
+        models.append(load_safetensors_model(path))
+    model = BagOfModels(models, bag.get("weights"), bag.get("segment"))
+    return model.eval()
+
+
+def load_encodec(manifest: str | os.PathLike, bandwidth: float) -> torch.nn.Module:
+    """The EnCodec model described by ``manifest`` at ``bandwidth`` kbps (eval mode, CPU)."""
+    from encodec import EncodecModel
+
+    info, folder = _verified(manifest)
+    model = EncodecModel.encodec_model_24khz(pretrained=False)
+    state = torch.load(folder / ENCODEC_FILES[info["name"]], map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.set_target_bandwidth(bandwidth)
+    return model.eval()

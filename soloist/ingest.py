@@ -1,0 +1,492 @@
+"""Ingest: turn one source (URL, local file, stems folder, demo) into normalized audio.
+
+Every track ends with two files: ``audio_out`` (stereo 16-bit FLAC at the configured rate,
+no gain change) and ``info_out`` (a status JSON). Bad input never raises: the audio file
+is left empty and the status says why, so one broken recording never stops a run.
+
+URLs go through two steps. ``resolve`` lists a URL's entries without downloading (a
+podcast feed or playlist becomes several tracks); ``ingest`` then downloads one entry
+into a cache keyed by URL and decodes it with ffmpeg. ffmpeg and ffprobe are always
+called with argument lists, never through a shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yt_dlp
+from yt_dlp.networking.exceptions import HTTPError, TransportError
+from yt_dlp.utils import DownloadError, ExtractorError, unsmuggle_url
+
+from soloist import io
+
+log = logging.getLogger("soloist.ingest")
+
+DEFAULTS: dict[str, Any] = {
+    "sample_rate": 44100,
+    "min_sample_rate": 16000,
+    "max_channels": 2,
+    "min_seconds": 1.0,
+    "max_seconds": 3600,
+    "silence_db": -60.0,
+    "ytdlp": {
+        "retries": 3,
+        "socket_timeout": 20,
+        "rate_limit": None,  # bytes/s
+        "cookies": None,  # path of a cookies.txt
+        "format": "bestaudio/best",
+    },
+}
+
+AUDIO_EXTENSIONS = {
+    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac",
+    ".aif", ".aiff", ".wv", ".webm", ".mka", ".wma",
+}  # fmt: skip
+
+RESOLVED_HEADER = ("track", "url", "title", "error")
+
+
+# ---------------------------------------------------------------- ffmpeg / ffprobe
+
+
+def _ff_message(stderr: str, path: str | os.PathLike) -> str:
+    """ffmpeg's stderr as one readable line (no '[mp3 @ 0x..]' or path prefixes)."""
+    lines = []
+    for line in stderr.splitlines():
+        line = re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", line.strip())
+        line = line.removeprefix(f"{path}: ").strip()
+        if line and line not in lines:
+            lines.append(line)
+    return "; ".join(lines)[:300] or "unknown ffmpeg error"
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """sample_rate, channels, duration (s, None if unknown) and codec of the first audio stream.
+
+    Raises io.TrackError with a readable message when ffprobe cannot read the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise io.TrackError(f"file not found: {path}")
+    cmd = [
+        "ffprobe", "-v", "error", "-select_streams", "a:0", "-of", "json",
+        "-show_entries", "stream=codec_name,sample_rate,channels,duration:format=duration",
+        str(path),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise io.TrackError(f"cannot decode {path.name}: {_ff_message(result.stderr, path)}")
+    data = json.loads(result.stdout or "{}")
+    streams = data.get("streams") or []
+    if not streams:
+        raise io.TrackError(f"cannot decode {path.name}: no audio stream")
+    stream = streams[0]
+
+    def seconds(value: Any) -> float | None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):  # "N/A" or absent
+            return None
+        return value if math.isfinite(value) else None
+
+    duration = seconds(data.get("format", {}).get("duration")) or seconds(stream.get("duration"))
+    return {
+        "sample_rate": int(stream.get("sample_rate") or 0),
+        "channels": int(stream.get("channels") or 0),
+        "duration": duration,
+        "codec": stream.get("codec_name"),
+    }
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Decode any file ffmpeg reads to float32 [2, N] at ``sample_rate``, without gain change.
+
+    Mono is duplicated to both channels here rather than by ffmpeg, whose upmix lowers
+    the level by 3 dB. More than two channels raise io.TrackError (no silent downmix).
+    """
+    path = Path(path)
+    channels = probe(path)["channels"]
+    if channels not in (1, 2):
+        raise io.TrackError(f"{channels} channels in {path.name}; only mono or stereo is read")
+    cmd = [
+        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+        "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True)
+    if result.returncode != 0:
+        message = _ff_message(result.stderr.decode(errors="replace"), path)
+        raise io.TrackError(f"cannot decode {path.name}: {message}")
+    audio = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, channels).T
+    if channels == 1:
+        audio = np.repeat(audio, 2, axis=0)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- settings and checks
+
+
+def _settings(settings: dict | None) -> dict:
+    settings = settings or {}
+    merged = {**DEFAULTS, **settings}
+    merged["ytdlp"] = {**DEFAULTS["ytdlp"], **(settings.get("ytdlp") or {})}
+    return merged
+
+
+def _duration_problem(duration: float | None, s: dict) -> str | None:
+    if duration is None:
+        return None
+    if duration > s["max_seconds"]:
+        return f"duration {duration:.0f} s above ingest.max_seconds={s['max_seconds']:g}"
+    if duration < s["min_seconds"]:
+        return f"duration {duration:.2f} s below ingest.min_seconds={s['min_seconds']:g}"
+    return None
+
+
+def _check_format(meta: dict, s: dict, name: str) -> None:
+    """Reject what we will not convert, before spending time decoding it."""
+    if meta["sample_rate"] < s["min_sample_rate"]:
+        raise io.TrackError(
+            f"sample rate {meta['sample_rate']} Hz below ingest.min_sample_rate="
+            f"{s['min_sample_rate']} ({name})"
+        )
+    if meta["channels"] > s["max_channels"]:
+        raise io.TrackError(
+            f"{meta['channels']} channels; at most ingest.max_channels={s['max_channels']} "
+            f"are supported ({name})"
+        )
+    problem = _duration_problem(meta["duration"], s)
+    if problem:
+        raise io.TrackError(problem)
+
+
+def _check_audio(audio: np.ndarray, s: dict) -> None:
+    problem = _duration_problem(audio.shape[1] / s["sample_rate"], s)
+    if problem:
+        raise io.TrackError(problem)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    peak_db = 20 * math.log10(peak) if peak > 0 else -math.inf
+    if peak_db < s["silence_db"]:
+        raise io.TrackError(
+            f"silent: peak {peak_db:.1f} dBFS below ingest.silence_db={s['silence_db']:g}"
+        )
+
+
+def _read_file(path: Path, s: dict) -> tuple[np.ndarray, dict]:
+    meta = probe(path)
+    _check_format(meta, s, path.name)
+    audio = load_audio(path, s["sample_rate"])
+    _check_audio(audio, s)
+    return audio, meta
+
+
+# ---------------------------------------------------------------- yt-dlp
+
+
+class _YtdlpLogger:
+    """Routes yt-dlp's screen output to Python logging (nothing on stdout)."""
+
+    def debug(self, msg: str) -> None:
+        log.debug("yt-dlp: %s", msg)
+
+    def info(self, msg: str) -> None:
+        log.debug("yt-dlp: %s", msg)
+
+    def warning(self, msg: str) -> None:
+        # Every plain file URL triggers this one; it is not worth a warning.
+        level = logging.DEBUG if "Falling back on generic" in msg else logging.WARNING
+        log.log(level, "yt-dlp: %s", msg)
+
+    def error(self, msg: str) -> None:
+        # The failure is recorded in the track's status; keep the log quiet about it.
+        log.info("yt-dlp: %s", msg)
+
+
+def _ytdlp_options(ytdlp: dict | None) -> dict:
+    y = {**DEFAULTS["ytdlp"], **(ytdlp or {})}
+    opts = {
+        "logger": _YtdlpLogger(),
+        "quiet": True,
+        "no_warnings": False,
+        "noprogress": True,
+        "retries": y["retries"],
+        "fragment_retries": y["retries"],
+        "socket_timeout": y["socket_timeout"],
+    }
+    if y["rate_limit"]:
+        opts["ratelimit"] = int(y["rate_limit"])
+    if y["cookies"]:
+        opts["cookiefile"] = str(y["cookies"])
+    return opts
+
+
+def _ytdlp_reason(err: BaseException) -> str:
+    """One readable line for a yt-dlp failure, e.g. 'HTTP Error 404: Not Found'."""
+    exc_info = getattr(err, "exc_info", None)
+    cause = exc_info[1] if exc_info and exc_info[1] is not None else err
+    if isinstance(cause, HTTPError):
+        try:
+            phrase = http.HTTPStatus(cause.status).phrase
+        except ValueError:
+            phrase = cause.reason
+        return f"HTTP Error {cause.status}: {phrase}"
+    message = str(cause.orig_msg if isinstance(cause, ExtractorError) else cause)
+    if isinstance(cause, TransportError):
+        # urllib3/socket errors bury the useful part: "... [Errno 111] Connection refused"
+        errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", message)
+        if errno:
+            return errno.group(1).strip().lower()
+    message = re.sub(r"\x1b\[[0-9;]*m", "", message)  # colour codes
+    message = message.removeprefix("ERROR: ")
+    message = re.sub(r"\s*\(caused by .*\)$", "", message, flags=re.S)
+    lines = message.strip().splitlines()
+    return lines[0][:300] if lines else type(cause).__name__
+
+
+def _tsv_field(value: Any) -> str:
+    return re.sub(r"\s+", " ", str(value or "")).strip()
+
+
+def resolve(row: str, url: str, out_tsv: str | os.PathLike, ytdlp: dict) -> None:
+    """List a URL's entries (no download) into a TSV: track, url, title, error.
+
+    A single recording gives one line (track=row); a playlist or podcast feed gives one
+    line per entry (track=row.001, row.002, ...); a failure gives one line with the error.
+    """
+    opts = {**_ytdlp_options(ytdlp), "extract_flat": "in_playlist", "noplaylist": False}
+    lines: list[tuple[str, str, str, str]] = []
+    try:
+        with yt_dlp.YoutubeDL(opts) as ydl:
+            info = ydl.extract_info(url, download=False)
+        if info.get("_type") in ("playlist", "multi_video"):
+            entries = list(info.get("entries") or [])
+            if not entries:
+                lines.append((row, url, info.get("title"), "playlist has no entries"))
+            for i, entry in enumerate(entries, 1):
+                track = f"{row}.{i:03d}"
+                if not entry:
+                    lines.append((track, url, "", "unavailable playlist entry"))
+                    continue
+                # The generic extractor smuggles data into the fragment; the plain URL works.
+                entry_url = unsmuggle_url(entry.get("url") or entry.get("webpage_url") or "")[0]
+                lines.append((track, entry_url, entry.get("title"), ""))
+        else:
+            lines.append((row, url, info.get("title"), ""))
+    except DownloadError as err:
+        lines = [(row, url, "", _ytdlp_reason(err))]
+    except Exception as err:  # a bug, not bad input: still recorded, never fatal
+        log.exception("resolve %s (%s) failed", row, url)
+        lines = [(row, url, "", f"{type(err).__name__}: {err}")]
+    with io.atomic_path(out_tsv) as tmp:
+        text = "\t".join(RESOLVED_HEADER) + "\n"
+        text += "".join("\t".join(_tsv_field(v) for v in line) + "\n" for line in lines)
+        tmp.write_text(text)
+
+
+def read_resolved(path: str | os.PathLike) -> list[dict]:
+    """The rows of a resolve() TSV as dicts with keys track, url, title, error."""
+    rows = []
+    for line in Path(path).read_text().splitlines()[1:]:
+        if line:
+            fields = (line.split("\t") + [""] * 4)[:4]
+            rows.append(dict(zip(RESOLVED_HEADER, fields, strict=True)))
+    return rows
+
+
+def url_cache_dir(url: str, downloads_dir: str | os.PathLike) -> Path:
+    return Path(downloads_dir) / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def download(url: str, downloads_dir: str | os.PathLike, s: dict) -> tuple[Path, dict]:
+    """Download ``url`` once into ``downloads_dir/<sha256(url)[:16]>/``; reuse it afterwards.
+
+    Returns (file path, metadata). The folder appears atomically (downloaded in a temp
+    folder beside it, then renamed), so a folder that exists is complete.
+    """
+    cache = url_cache_dir(url, downloads_dir)
+    if (cache / "info.json").is_file():
+        meta = io.read_json(cache / "info.json")
+        if (cache / meta["file"]).is_file():
+            log.info("reusing download of %s from %s", url, cache)
+            return cache / meta["file"], meta
+
+    rejected: list[str] = []
+
+    def match_filter(info: dict, incomplete: bool = False) -> str | None:
+        # Reject out-of-bounds durations before downloading when the site reports them.
+        problem = _duration_problem(info.get("duration"), s)
+        if problem:
+            rejected.append(problem)
+        return problem
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+    try:
+        opts = {
+            **_ytdlp_options(s["ytdlp"]),
+            "format": s["ytdlp"]["format"],
+            "outtmpl": {"default": str(tmp / "source.%(ext)s")},
+            "noplaylist": True,
+            "match_filter": match_filter,
+        }
+        try:
+            with yt_dlp.YoutubeDL(opts) as ydl:
+                info = ydl.extract_info(url, download=True)
+        except DownloadError as err:
+            raise io.TrackError(_ytdlp_reason(err)) from err
+        if rejected:
+            raise io.TrackError(rejected[0])
+        if info.get("_type") in ("playlist", "multi_video"):
+            raise io.TrackError(f"{url} is a playlist; resolve it into entries first")
+        downloads = info.get("requested_downloads") or []
+        if not downloads or not Path(downloads[0]["filepath"]).is_file():
+            raise io.TrackError(f"yt-dlp downloaded nothing for {url}")
+        path = Path(downloads[0]["filepath"])
+        meta = {
+            "url": url,
+            "file": path.name,
+            "title": info.get("title"),
+            "uploader": info.get("uploader") or info.get("channel"),
+            "license": info.get("license"),
+            "duration": info.get("duration"),
+            "webpage_url": info.get("webpage_url"),
+            "extractor": info.get("extractor_key"),
+        }
+        io.write_json(tmp / "info.json", meta)
+        try:
+            os.rename(tmp, cache)
+        except OSError:
+            if not (cache / "info.json").is_file():
+                raise
+            # Another job finished the same URL meanwhile: use theirs.
+            meta = io.read_json(cache / "info.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache / meta["file"], meta
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def _find_track(resolved_tsv: str | os.PathLike, track: str) -> dict:
+    for line in read_resolved(resolved_tsv):
+        if line["track"] == track:
+            return line
+    raise io.TrackError(f"track {track} not listed in {Path(resolved_tsv).name}")
+
+
+def _stem_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in AUDIO_EXTENSIONS
+    )
+
+
+def _ingest_stems(folder: Path, s: dict) -> tuple[np.ndarray, dict]:
+    if not folder.is_dir():
+        raise io.TrackError(f"stems folder not found: {folder}")
+    files = _stem_files(folder)
+    if not files:
+        raise io.TrackError(f"no audio files in stems folder {folder}")
+    mixtures = [p for p in files if p.stem.lower() == "mixture"]
+    stems = [p for p in files if p.stem.lower() != "mixture"]
+    names = [p.stem for p in stems]
+    if mixtures:
+        audio, meta = _read_file(mixtures[0], s)
+        return audio, {**meta, "sha256": io.sha256_file(mixtures[0]), "stems": names}
+    parts, hashes, meta = [], [], {}
+    for p in stems:
+        meta = probe(p)
+        _check_format(meta, s, p.name)
+        parts.append(load_audio(p, s["sample_rate"]))
+        hashes.append(f"{p.name} {io.sha256_file(p)}\n")
+    # Stems of slightly different lengths are zero-padded to the longest.
+    audio = np.zeros((2, max(a.shape[1] for a in parts)), dtype=np.float32)
+    for a in parts:
+        audio[:, : a.shape[1]] += a
+    _check_audio(audio, s)
+    # No single source file: hash the list of "name sha256" lines instead.
+    sha = hashlib.sha256("".join(hashes).encode()).hexdigest()
+    return audio, {**meta, "sha256": sha, "stems": names}
+
+
+def ingest(
+    track: str,
+    row: str,
+    kind: str,
+    source: str,
+    audio_out: str | os.PathLike,
+    info_out: str | os.PathLike,
+    settings: dict,
+    downloads_dir: str | os.PathLike | None,
+    resolved_tsv: str | os.PathLike | None = None,
+) -> dict:
+    """Write ``audio_out`` (normalized FLAC) and ``info_out`` (status JSON); return the info.
+
+    kind: "url" (this track's line of ``resolved_tsv``), "file", "stems" (a folder) or
+    "demo". Never raises for bad input: it writes an empty audio file and a failure status.
+    """
+    s = _settings(settings)
+    ids = {"track": track, "row": row, "kind": kind, "source": str(source)}
+    try:
+        info = {"ok": True, "stage": "ingest", **ids}
+        info.update(uploader=None, license=None, stems=None)
+        if kind == "url":
+            if resolved_tsv is None:
+                raise io.TrackError("kind url needs the resolved TSV")
+            entry = _find_track(resolved_tsv, track)
+            if entry["error"]:
+                raise io.TrackError(entry["error"])
+            if downloads_dir is None:
+                raise io.TrackError("kind url needs a downloads folder")
+            path, dl = download(entry["url"], downloads_dir, s)
+            audio, meta = _read_file(path, s)
+            info.update(
+                url=entry["url"],
+                title=entry["title"] or dl["title"],
+                uploader=dl["uploader"],
+                license=dl["license"],
+                sha256=io.sha256_file(path),
+            )
+        elif kind in ("file", "demo"):
+            path = Path(source)
+            if not path.is_file():
+                what = "not a file" if path.exists() else "file not found"
+                raise io.TrackError(f"{what}: {source}")
+            audio, meta = _read_file(path, s)
+            info.update(title=path.stem, sha256=io.sha256_file(path))
+        elif kind == "stems":
+            audio, meta = _ingest_stems(Path(source), s)
+            info.update(title=Path(source).name, sha256=meta["sha256"], stems=meta["stems"])
+        else:
+            raise io.TrackError(f"unknown ingest kind {kind!r} (url, file, stems or demo)")
+        info.update(
+            duration=round(audio.shape[1] / s["sample_rate"], 3),
+            sample_rate=s["sample_rate"],
+            sample_rate_in=meta["sample_rate"],
+            channels_in=meta["channels"],
+        )
+        io.write_audio(audio_out, audio, s["sample_rate"])
+    except io.TrackError as err:
+        info = io.failed("ingest", str(err), **ids)
+    except Exception as err:  # one bad track must not stop the run
+        log.exception("ingest %s (%s %s) failed", track, kind, source)
+        info = io.failed("ingest", f"{type(err).__name__}: {err}", **ids)
+    if not info["ok"]:
+        log.warning("ingest %s failed: %s", track, info["reason"])
+        io.touch_empty(audio_out)
+    io.write_json(info_out, info)
+    return info

@@ -1,0 +1,237 @@
+"""Shards: (context, target) token windows as WebDataset tars, a Parquet manifest, stats, plots.
+
+Output is byte-identical across runs: samples are sorted, tar members carry fixed
+metadata (mtime 0, uid 0), and nothing records the time of the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from soloist.io import atomic_path, read_json, read_npy, write_json
+
+log = logging.getLogger("soloist.shard")
+
+SPLITS = ("train", "valid", "test")
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("track", pa.string()), ("row", pa.string()), ("split", pa.string()),
+    ("shard", pa.string()), ("window", pa.int32()), ("start", pa.float64()),
+    ("end", pa.float64()), ("frame_start", pa.int64()), ("frames", pa.int32()),
+    ("active_fraction", pa.float32()), ("context_active_fraction", pa.float32()),
+    ("target_rms_db", pa.float32()), ("context_rms_db", pa.float32()),
+    ("title", pa.string()), ("source", pa.string()), ("weights", pa.string()),
+])
+FAILURE_COLUMNS = ["track", "row", "source", "stage", "reason"]
+
+
+@dataclass
+class TrackFiles:
+    """The per-track outputs shard reads."""
+
+    track: str
+    info: Path
+    clip_status: Path
+    windows: Path
+    tokens_status: Path
+    context: Path
+    target: Path
+
+
+def split_of(track: str, fractions: dict[str, float]) -> str:
+    """Deterministic split from a hash of the track id (stable across runs and machines)."""
+    u = int(hashlib.sha256(track.encode()).hexdigest()[:12], 16) / 16**12
+    edge = 0.0
+    for split in SPLITS:
+        edge += fractions[split]
+        if u < edge:
+            return split
+    return SPLITS[-1]
+
+
+def sample_key(track: str, window: int) -> str:
+    # WebDataset takes everything after the first dot as the extension; '~' is not
+    # allowed in track ids, so this mapping stays one-to-one.
+    return f"{track.replace('.', '~')}~{window:05d}"
+
+
+def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: str | os.PathLike,
+          explicit_splits: dict[str, str], settings: dict) -> dict:
+    """Write shards under ``out_dir/<split>/``, the manifest, stats, plots and failures."""
+    out_dir = Path(out_dir)
+    failures, samples, per_track = [], [], []
+    windows_in_tables = 0
+    for files in sorted(tracks, key=lambda f: f.track):
+        info = read_json(files.info)
+        row = info.get("row", files.track)
+        clip_status, tokens_status = read_json(files.clip_status), read_json(files.tokens_status)
+        windows = pq.read_table(files.windows).to_pylist()
+        windows_in_tables += len(windows)
+        bad = next((s for s in (clip_status, tokens_status) if not s["ok"]), None)
+        if bad is not None:
+            failures.append({"track": files.track, "row": row, "source": info.get("source", ""),
+                             "stage": bad["stage"], "reason": bad["reason"]})
+            windows_in_tables -= len(windows)
+            continue
+        split = explicit_splits.get(row) or split_of(files.track, settings["fractions"])
+        per_track.append({"track": files.track, "split": split, "windows": len(windows),
+                          "duration": clip_status["duration"],
+                          "active_seconds": clip_status["active_seconds"]})
+        if windows:
+            samples.extend(_track_samples(files, info, row, split, windows, tokens_status))
+
+    manifest_rows = _write_tars(samples, out_dir, settings)
+    with atomic_path(out_dir / "manifest.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(manifest_rows, schema=MANIFEST_SCHEMA), tmp)
+    _write_failures(failures_out, failures)
+
+    weights = {s["weights"] for s in samples} or {"none"}
+    stats = {
+        "tracks_in": len(tracks), "tracks_ok": len(per_track), "tracks_failed": len(failures),
+        "windows_in_clip_tables": windows_in_tables, "samples_in_manifest": len(manifest_rows),
+        "tracks_without_windows": [t["track"] for t in per_track if t["windows"] == 0],
+        "weights": "random" if "random" in weights else sorted(weights)[0],
+        "splits": {
+            split: {
+                "tracks": sum(t["split"] == split for t in per_track),
+                "samples": sum(r["split"] == split for r in manifest_rows),
+                "seconds": round(sum(r["end"] - r["start"] for r in manifest_rows
+                                     if r["split"] == split), 3),
+                "shards": len({r["shard"] for r in manifest_rows if r["split"] == split}),
+            } for split in SPLITS
+        },
+        "per_track": per_track,
+    }
+    if stats["weights"] == "random":
+        from soloist.fetch_weights import RANDOM_WARNING
+
+        stats["warning"] = RANDOM_WARNING
+        log.warning(RANDOM_WARNING)
+    # Every track is either ok or failed, and every window of an ok track is one sample.
+    if stats["tracks_in"] != stats["tracks_ok"] + stats["tracks_failed"] or \
+            stats["windows_in_clip_tables"] != stats["samples_in_manifest"]:
+        raise RuntimeError(f"counts do not reconcile: {json.dumps(stats)}")
+    write_json(out_dir / "stats.json", stats)
+    _plots(per_track, manifest_rows, out_dir / "plots")
+    for f in failures:
+        log.warning("failed: %s at %s: %s", f["track"], f["stage"], f["reason"])
+    log.info("%d tracks ok, %d failed, %d samples", len(per_track), len(failures), len(samples))
+    return stats
+
+
+def _track_samples(files: TrackFiles, info: dict, row: str, split: str, windows: list[dict],
+                   tokens_status: dict) -> list[dict]:
+    context, target = read_npy(files.context), read_npy(files.target)
+    rate = tokens_status["frame_rate"]
+    samples = []
+    for w in windows:
+        frames = round((w["end"] - w["start"]) * rate)
+        start = min(round(w["start"] * rate), context.shape[1] - frames)
+        meta = {**w, "key": sample_key(files.track, w["window"]), "row": row, "split": split,
+                "frame_start": start, "frames": frames, "frame_rate": rate,
+                "title": info.get("title") or files.track, "source": info.get("source", ""),
+                "weights": tokens_status["weights"]}
+        samples.append({**meta, "context": context[:, start:start + frames],
+                        "target": target[:, start:start + frames]})
+    return samples
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write_tars(samples: list[dict], out_dir: Path, settings: dict) -> list[dict]:
+    """Write sorted samples into size-limited tars per split; returns manifest rows."""
+    rows = []
+    for split in SPLITS:
+        folder = out_dir / split
+        shutil.rmtree(folder, ignore_errors=True)  # no stale shards from an earlier run
+        folder.mkdir(parents=True)
+        chunk: list[tuple[str, bytes]] = []
+        n_samples, index = 0, 0
+        for s in (s for s in samples if s["split"] == split):
+            meta = {k: v for k, v in s.items() if k not in ("context", "target")}
+            members = [(f"{s['key']}.context.npy", _npy_bytes(s["context"])),
+                       (f"{s['key']}.target.npy", _npy_bytes(s["target"])),
+                       (f"{s['key']}.json", json.dumps(meta, sort_keys=True).encode())]
+            size = sum(len(b) + 1024 for _, b in members)
+            if n_samples and (n_samples >= settings["max_samples"] or
+                              sum(len(b) + 1024 for _, b in chunk) + size > settings["max_bytes"]):
+                _write_tar(folder / f"shard-{index:06d}.tar", chunk)
+                chunk, n_samples, index = [], 0, index + 1
+            chunk.extend(members)
+            n_samples += 1
+            rows.append({k: meta[k] for k in MANIFEST_SCHEMA.names if k != "shard"}
+                        | {"shard": f"{split}/shard-{index:06d}.tar"})
+        if chunk:
+            _write_tar(folder / f"shard-{index:06d}.tar", chunk)
+    return rows
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, FAILURE_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        for row in failures:
+            writer.writerow({k: " ".join(str(row[k]).split()) for k in FAILURE_COLUMNS})
+
+
+def _plots(per_track: list[dict], rows: list[dict], folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [t["track"] for t in per_track]
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(names)), 4))
+    ax.bar(range(len(names)), [t["windows"] for t in per_track])
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set(title="Clips per track", ylabel="windows")
+    _save(fig, folder / "clips_per_track.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for column in ("target_rms_db", "context_rms_db"):
+        ax.hist([r[column] for r in rows], bins=40, alpha=0.6, label=column.split("_")[0])
+    ax.set(title="RMS of the selected windows", xlabel="dBFS", ylabel="windows")
+    ax.legend()
+    _save(fig, folder / "rms.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist([[t["duration"] for t in per_track], [t["active_seconds"] for t in per_track]],
+            bins=20, label=["track duration", "soloist active"])
+    ax.set(title="Durations", xlabel="seconds", ylabel="tracks")
+    ax.legend()
+    _save(fig, folder / "durations.png")
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
