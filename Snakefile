@@ -1,12 +1,15 @@
 # soloist: music recordings -> (backing, solo) EnCodec token windows in WebDataset shards.
 # Run: snakemake --cores all     (offline: add --config weights=random)
 
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The defaults; --configfile and --config override them key by key.
+configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 include: "rules/common.smk"

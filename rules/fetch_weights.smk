@@ -15,6 +15,8 @@ rule fetch_weights:
         seed=config["seed"],
     log:
         "results/logs/fetch_weights/{mode}-{family}-{name}.log",
+    benchmark:
+        "results/benchmarks/fetch_weights/{mode}-{family}-{name}.tsv"
     conda:
         "../envs/torch.yaml"
     script:

@@ -14,10 +14,12 @@ sha256 of its files; loaders verify them.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import urllib.request
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -130,13 +132,13 @@ def _random_demucs(name: str, folder: Path, seed: int) -> list[str]:
 
 
 def _random_encodec(name: str, folder: Path, seed: int) -> list[str]:
-    from encodec import EncodecModel
-
     torch.manual_seed(seed)
-    model = EncodecModel.encodec_model_24khz(pretrained=False)
+    model = _encodec_24khz()
     _init_codebooks(model, seed)
+    buf = io.BytesIO()  # saving to a path would embed the (random) temp file name
+    torch.save(model.state_dict(), buf)
     with atomic_path(folder / ENCODEC_FILES[name]) as tmp:
-        torch.save(model.state_dict(), tmp)
+        tmp.write_bytes(buf.getvalue())
     return [ENCODEC_FILES[name]]
 
 
@@ -200,12 +202,18 @@ def load_demucs(manifest: str | os.PathLike) -> torch.nn.Module:
     return model.eval()
 
 
-def load_encodec(manifest: str | os.PathLike, bandwidth: float) -> torch.nn.Module:
-    """The EnCodec model described by ``manifest`` at ``bandwidth`` kbps (eval mode, CPU)."""
+def _encodec_24khz() -> torch.nn.Module:
     from encodec import EncodecModel
 
+    with warnings.catch_warnings():  # encodec uses the deprecated weight_norm
+        warnings.simplefilter("ignore", FutureWarning)
+        return EncodecModel.encodec_model_24khz(pretrained=False)
+
+
+def load_encodec(manifest: str | os.PathLike, bandwidth: float) -> torch.nn.Module:
+    """The EnCodec model described by ``manifest`` at ``bandwidth`` kbps (eval mode, CPU)."""
     info, folder = _verified(manifest)
-    model = EncodecModel.encodec_model_24khz(pretrained=False)
+    model = _encodec_24khz()
     state = torch.load(folder / ENCODEC_FILES[info["name"]], map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.set_target_bandwidth(bandwidth)
