@@ -34,22 +34,6 @@ from soloist import io
 
 log = logging.getLogger("soloist.ingest")
 
-DEFAULTS: dict[str, Any] = {
-    "sample_rate": 44100,
-    "min_sample_rate": 16000,
-    "max_channels": 2,
-    "min_seconds": 1.0,
-    "max_seconds": 3600,
-    "silence_db": -60.0,
-    "ytdlp": {
-        "retries": 3,
-        "socket_timeout": 20,
-        "rate_limit": None,  # bytes/s
-        "cookies": None,  # path of a cookies.txt
-        "format": "bestaudio/best",
-    },
-}
-
 AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac",
     ".aif", ".aiff", ".wv", ".webm", ".mka", ".wma",
@@ -137,13 +121,6 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
 # ---------------------------------------------------------------- settings and checks
 
 
-def _settings(settings: dict | None) -> dict:
-    settings = settings or {}
-    merged = {**DEFAULTS, **settings}
-    merged["ytdlp"] = {**DEFAULTS["ytdlp"], **(settings.get("ytdlp") or {})}
-    return merged
-
-
 def _duration_problem(duration: float | None, s: dict) -> str | None:
     if duration is None:
         return None
@@ -213,8 +190,7 @@ class _YtdlpLogger:
         log.info("yt-dlp: %s", msg)
 
 
-def _ytdlp_options(ytdlp: dict | None) -> dict:
-    y = {**DEFAULTS["ytdlp"], **(ytdlp or {})}
+def _ytdlp_options(y: dict) -> dict:
     opts = {
         "logger": _YtdlpLogger(),
         "quiet": True,
@@ -387,7 +363,12 @@ def _find_track(resolved_tsv: str | os.PathLike, track: str) -> dict:
     raise io.TrackError(f"track {track} not listed in {Path(resolved_tsv).name}")
 
 
-def _stem_files(folder: Path) -> list[Path]:
+def stem_files(folder: Path) -> dict[str, Path]:
+    """{stem name: path} of the audio files in a stems folder, the mixture excluded."""
+    return {p.stem: p for p in _audio_files(folder) if p.stem.lower() != "mixture"}
+
+
+def _audio_files(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.iterdir()
@@ -398,11 +379,11 @@ def _stem_files(folder: Path) -> list[Path]:
 def _ingest_stems(folder: Path, s: dict) -> tuple[np.ndarray, dict]:
     if not folder.is_dir():
         raise io.TrackError(f"stems folder not found: {folder}")
-    files = _stem_files(folder)
+    files = _audio_files(folder)
     if not files:
         raise io.TrackError(f"no audio files in stems folder {folder}")
     mixtures = [p for p in files if p.stem.lower() == "mixture"]
-    stems = [p for p in files if p.stem.lower() != "mixture"]
+    stems = list(stem_files(folder).values())
     names = [p.stem for p in stems]
     if mixtures:
         audio, meta = _read_file(mixtures[0], s)
@@ -439,7 +420,7 @@ def ingest(
     kind: "url" (this track's line of ``resolved_tsv``), "file", "stems" (a folder) or
     "demo". Never raises for bad input: it writes an empty audio file and a failure status.
     """
-    s = _settings(settings)
+    s = settings
     ids = {"track": track, "row": row, "kind": kind, "source": str(source)}
     try:
         info = {"ok": True, "stage": "ingest", **ids}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from soloist.io import failed, first_failure, read_audio, touch_empty, write_audio, write_json
+from soloist.io import (
+    failed,
+    first_failure,
+    read_audio,
+    read_json,
+    touch_empty,
+    write_audio,
+    write_json,
+)
 
 log = logging.getLogger("soloist.separate")
 
@@ -63,7 +72,7 @@ def separate(items: list[Item], settings: dict, weights: str | os.PathLike | Non
             if upstream:
                 raise _Skip(upstream)
             if weights is None:
-                stems = _given_stems(item)
+                stems = _given_stems(item, sample_rate)
             else:
                 if model is None:
                     from soloist.fetch_weights import load_demucs
@@ -98,19 +107,11 @@ class _Skip(Exception):
         self.status = status
 
 
-def _given_stems(item: Item) -> dict[str, np.ndarray]:
-    from soloist.ingest import load_audio
-    from soloist.io import read_json
+def _given_stems(item: Item, sample_rate: int) -> dict[str, np.ndarray]:
+    from soloist.ingest import load_audio, stem_files
 
-    info = read_json(item.info)
-    folder = Path(info["source"])
-    rate = read_audio(item.audio)[1]
-    return {name: load_audio(path, rate) for name, path in _stem_files(folder).items()}
-
-
-def _stem_files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir())
-            if p.is_file() and not p.name.startswith(".") and p.stem != "mixture"}
+    folder = Path(read_json(item.info)["source"])
+    return {name: load_audio(path, sample_rate) for name, path in stem_files(folder).items()}
 
 
 @torch.inference_mode()
@@ -129,6 +130,6 @@ def _demucs(model: torch.nn.Module, item: Item, settings: dict, sample_rate: int
     random.seed(item.track)  # demucs draws its shifts from `random`: keep runs reproducible
     out = apply_model(model, ((mix - mean) / std)[None], shifts=settings["shifts"],
                       overlap=settings["overlap"], segment=settings["segment"],
-                      split=True, device=device, progress=False)[0]
+                      split=True, device=device, progress=sys.stderr.isatty())[0]
     out = out * std + mean
     return {name: out[i].float().cpu().numpy() for i, name in enumerate(model.sources)}

@@ -11,8 +11,16 @@ from loopback import free_port_url, make_tone, serve_dir, write_rss
 
 from soloist import ingest as ing
 from soloist import io
+from soloist.config import validate_config
 
-SETTINGS = {"ytdlp": {"retries": 0, "socket_timeout": 5}}
+
+def cfg(**changes) -> dict:
+    """The ingest config section with ``changes``, defaults filled by the schema."""
+    return validate_config({"ingest": {"ytdlp": {"retries": 0, "socket_timeout": 5},
+                                       **changes}})["ingest"]
+
+
+SETTINGS = cfg()
 
 
 def run(tmp_path: Path, kind: str, source, settings=SETTINGS, track="t", **kw) -> dict:
@@ -182,7 +190,8 @@ def test_local_failures(tmp_path):
                       "duration 0.50 s below ingest.min_seconds=1"),
         "missing": (tmp_path / "nope.wav", None, f"file not found: {tmp_path / 'nope.wav'}"),
     }  # fmt: skip
-    for name, (path, settings, reason) in cases.items():
+    for name, (path, changes, reason) in cases.items():
+        settings = cfg(**(changes or {}))
         assert failure(tmp_path, "file", path, track=name, settings=settings) == reason, name
 
 
@@ -240,5 +249,5 @@ def test_stems_failures(tmp_path):
 def test_unexpected_errors_are_recorded(tmp_path):
     # A settings value of the wrong type is a bug, not bad input: still recorded, not raised.
     wav = make_tone(tmp_path / "a.wav", 1.2)
-    reason = failure(tmp_path, "file", wav, settings={"min_sample_rate": "high"})
+    reason = failure(tmp_path, "file", wav, settings=cfg() | {"min_sample_rate": "high"})
     assert reason.startswith("TypeError: "), reason

@@ -10,6 +10,7 @@ from conftest import snakemake, with_weights, workflow_copy
 from loopback import make_tone, serve_dir, write_rss
 
 from soloist.clip import clip
+from soloist.demo_corpus import make_song
 from soloist.io import read_json, read_npy, write_audio, write_json
 from soloist.tokenize import tokenize
 
@@ -127,3 +128,15 @@ def test_shard(workdir, random_weights):
     assert len(manifest) == 4 and {r["frames"] for r in manifest} == {300}
     assert read_json(workdir / "results/shards/stats.json")["tracks_ok"] == 1
 
+
+
+def test_keep_intermediates_false_deletes_audio_once_used(tmp_path, random_weights):
+    workflow_copy(tmp_path)
+    with_weights(tmp_path, random_weights)
+    make_song("s", tmp_path / "multitrack", seconds=20)
+    (tmp_path / "tracks.tsv").write_text(f"track\tsource\ns\t{tmp_path}/multitrack/stems\n")
+    snakemake(tmp_path, config=CONFIG | {"keep_intermediates": False})
+    assert read_json(tmp_path / "results/shards/stats.json")["tracks_ok"] == 1
+    assert (tmp_path / "results/tokenize/s/target.npy").is_file()
+    for temp in ("ingest/s/audio.flac", "separate/s/context.flac", "separate/s/target.flac"):
+        assert not (tmp_path / "results" / temp).exists(), temp
