@@ -1,5 +1,6 @@
-# soloist: music recordings -> (backing, solo) EnCodec token windows in WebDataset shards.
+# soloist: music recordings -> (backing, solo) EnCodec tokens -> a model that plays along.
 # Run: snakemake --cores all     (offline: add --config weights=random)
+# Dataset only: snakemake --cores all shard
 
 from pathlib import Path
 
@@ -20,9 +21,12 @@ include: "rules/separate.smk"
 include: "rules/clip.smk"
 include: "rules/tokenize.smk"
 include: "rules/shard.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.shard.output,
+        rules.evaluate.output,

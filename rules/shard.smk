@@ -8,6 +8,7 @@ rule shard:
         tokens=per_track("results/tokenize/{track}/tokens.json"),
         context=per_track("results/tokenize/{track}/context.npy"),
         target=per_track("results/tokenize/{track}/target.npy"),
+        resolved=[f"results/resolve/{r.track}.tsv" for r in ROWS.values() if r.kind == "url"],
     output:
         shards=directory(expand("results/shards/{split}", split=["train", "valid", "test"])),
         manifest="results/shards/manifest.parquet",

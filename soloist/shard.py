@@ -72,6 +72,7 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
     """Write shards under ``out_dir/<split>/``, the manifest, stats, plots and failures."""
     out_dir = Path(out_dir)
     failures, samples, per_track = [], [], []
+    codec: dict = {}  # codebooks, cardinality, frame rate: from any tokenized track
     windows_in_tables = 0
     for files in sorted(tracks, key=lambda f: f.track):
         info = read_json(files.info)
@@ -85,6 +86,7 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
                              "stage": bad["stage"], "reason": bad["reason"]})
             windows_in_tables -= len(windows)
             continue
+        codec = codec or tokens_status
         split = explicit_splits.get(row) or split_of(files.track, settings["fractions"])
         per_track.append({"track": files.track, "split": split, "windows": len(windows),
                           "duration": clip_status["duration"],
@@ -103,6 +105,8 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
         "windows_in_clip_tables": windows_in_tables, "samples_in_manifest": len(manifest_rows),
         "tracks_without_windows": [t["track"] for t in per_track if t["windows"] == 0],
         "weights": "random" if "random" in weights else sorted(weights)[0],
+        "codebooks": codec.get("codebooks"), "cardinality": codec.get("cardinality"),
+        "frame_rate": codec.get("frame_rate"),
         "splits": {
             split: {
                 "tracks": sum(t["split"] == split for t in per_track),

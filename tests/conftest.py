@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
 from soloist.fetch_weights import fetch_weights
@@ -38,6 +41,16 @@ def workflow_copy(dest: Path) -> Path:
         else:
             shutil.copy(src, dest / name)
     return dest
+
+
+def set_config(workdir: Path, changes: dict) -> None:
+    """Edit the copy's config/config.yaml, as a user would (nested keys merge)."""
+    def merge(base: dict, new: dict) -> dict:
+        return base | {k: merge(base.get(k, {}), v) if isinstance(v, dict) else v
+                       for k, v in new.items()}
+
+    path = workdir / "config" / "config.yaml"
+    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), changes)))
 
 
 def with_weights(workdir: Path, weights: Path) -> None:
@@ -74,3 +87,73 @@ def planned_jobs(workdir: Path, *args: str, config: dict | None = None) -> dict[
             break
         jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+# The end-to-end run every workflow test shares: 2 demo songs, a loopback playlist, a
+# multitrack, and one of each kind of bad input; random weights, a short training.
+E2E = {"tracks": "config/e2e.tsv", "weights": "random", "demo": {"seconds": 20},
+       "ingest": {"ytdlp": {"retries": 0, "socket_timeout": 5}},
+       "train": {"steps": 150, "batch_size": 8, "seconds": 5, "workers": 1, "eval_every": 50,
+                 "eval_batches": 4, "checkpoint_every": 50, "epoch_batches": 60,
+                 "warmup_steps": 20, "lr": 0.001},
+       "evaluate": {"examples": 2, "batches": 4, "seconds": 5}}
+GOOD = ["feed.001", "feed.002", "song1", "song2", "stems"]
+# track -> (stage, words of the reason)
+BAD = {
+    "dead": ("ingest", "connection refused"),
+    "missing": ("ingest", "HTTP Error 404"),
+    "corrupt": ("ingest", "cannot decode corrupt.mp3"),
+    "silent": ("ingest", "silent"),
+    "lowrate": ("ingest", "sample rate 8000 Hz below ingest.min_sample_rate=16000"),
+    "short": ("clip", "shorter than one window (clip.seconds=10)"),
+    "nofile": ("ingest", "file not found"),
+}
+
+
+def e2e_sheet(media: Path, base_url: str, dead_url: str, extra: str = "") -> str:
+    return ("track\tsource\tsplit\n"
+            "song1\tdemo:song1\ttrain\n"
+            "song2\tdemo:song2\ttest\n"
+            f"feed\t{base_url}/feed.xml\tvalid\n"
+            f"stems\t{media}/stems\ttrain\n"
+            f"dead\t{dead_url}\t\n"
+            f"missing\t{base_url}/gone.mp3\t\n"
+            f"corrupt\t{media}/corrupt.mp3\t\n"
+            f"silent\t{media}/silent.wav\t\n"
+            f"lowrate\t{media}/lowrate.wav\t\n"
+            f"short\t{media}/short.wav\t\n"
+            f"nofile\t{media}/nofile.wav\t\n" + extra)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory):
+    """Input files, served on loopback: (folder, base URL, a dead URL)."""
+    from loopback import free_port_url, make_tone, serve_dir, write_rss
+
+    from soloist.demo_corpus import make_song
+
+    media = tmp_path_factory.mktemp("media")
+    for name, freq in (("ep1", 330), ("ep2", 440)):
+        make_tone(media / f"{name}.mp3", 11, freq=freq)
+    make_song("stems", media, seconds=20)  # writes media/stems/*.flac: a multitrack
+    (media / "corrupt.mp3").write_bytes(b"ID3" + os.urandom(4000))
+    sf.write(media / "silent.wav", np.zeros((44100 * 12, 2)), 44100)
+    make_tone(media / "lowrate.wav", 12, sample_rate=8000)
+    make_tone(media / "short.wav", 4)
+    with serve_dir(media) as base_url:
+        write_rss(media / "feed.xml", base_url, ["ep1.mp3", "ep2.mp3"])
+        yield media, base_url, free_port_url()
+
+
+def run_e2e(workdir: Path, media, *targets: str) -> Path:
+    workflow_copy(workdir)
+    (workdir / "config/e2e.tsv").write_text(e2e_sheet(*media))
+    set_config(workdir, E2E)
+    snakemake(workdir, *targets)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def done(tmp_path_factory, media) -> Path:
+    """A finished run of the whole DAG, training and evaluation included."""
+    return run_e2e(tmp_path_factory.mktemp("run1"), media)

@@ -1,0 +1,24 @@
+rule evaluate:
+    message:
+        "Evaluating the model and generating solos"
+    input:
+        model="results/train/model.pt",
+        info="results/train/model.json",
+        summary="results/train/train.json",
+        manifest="results/shards/manifest.parquet",
+        weights=weights_manifest("encodec"),
+    output:
+        metrics="results/evaluate/metrics.json",
+        page="results/evaluate/index.html",
+        examples=directory("results/evaluate/examples"),
+    params:
+        config={k: config[k] for k in ("evaluate", "tokenize", "mlflow")},
+    threads: 2
+    log:
+        "results/logs/evaluate/evaluate.log",
+    benchmark:
+        "results/benchmarks/evaluate/evaluate.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/evaluate.py"

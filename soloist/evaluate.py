@@ -1,0 +1,191 @@
+"""Evaluation: test-set CE and accuracy, "does it listen?", generated solos and a listening page.
+
+"Does it listen?" compares the cross-entropy of the real solos given their own backing with
+the cross-entropy given another sample's backing: a model that uses the backing does worse
+with the wrong one (ratio > 1).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from soloist.data import eval_loader
+from soloist.fetch_weights import RANDOM_WARNING, load_encodec
+from soloist.io import atomic_path, write_json
+from soloist.model import Soloist
+from soloist.train import load_model
+
+log = logging.getLogger("soloist.evaluate")
+
+
+@torch.no_grad()
+def scores(model: Soloist, context: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+           lengths: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-codebook cross-entropy and accuracy [K] over all samples (valid positions only).
+
+    context, target [N, K, T]; mask bool [N, T]; lengths [N].
+    """
+    K = model.cfg.codebooks
+    loss_sum, correct, count = torch.zeros(K), torch.zeros(K), torch.zeros(K)
+    for i in range(0, len(context), batch_size):
+        s = slice(i, i + batch_size)
+        _, _, logits = model(context[s], target[s], mask[s], lengths[s])
+        delayed = model.pattern.build(target[s], lengths[s])[..., 1:]
+        valid = model.pattern.valid_mask(target.shape[-1], lengths[s])[..., 1:]
+        labels = delayed.clamp(max=model.cfg.card - 1)
+        ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 2), labels.flatten(),
+                                               reduction="none").view(valid.shape)
+        loss_sum += (ce * valid).sum((0, 2))
+        correct += ((logits.argmax(-1) == delayed) & valid).sum((0, 2))
+        count += valid.sum((0, 2))
+    return (loss_sum / count).numpy(), (correct / count).numpy()
+
+
+def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
+             codec_weights: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -> dict:
+    """Score the test split, generate ``examples`` solos, write metrics.json and index.html.
+
+    ``config`` is the whole workflow config (``evaluate``, ``tokenize`` and ``mlflow`` used).
+    Everything is also logged into the training's MLflow run.
+    """
+    cfg, model_dir, shards, out_dir = config["evaluate"], Path(model_dir), Path(shards), \
+        Path(out_dir)
+    torch.manual_seed(cfg["seed"])
+    model, info = load_model(model_dir)
+    frames = min(model.cfg.max_frames, round(cfg["seconds"] * info["frame_rate"]))
+    urls = [str(p) for p in sorted((shards / "test").glob("*.tar"))]
+    if not urls:
+        raise RuntimeError(f"no test shards in {shards / 'test'}: give some tracks split=test")
+    batches = [b for _, b in zip(range(cfg["batches"]),
+                                 eval_loader(urls, batch_size=16, frames=frames,
+                                             pad=model.cfg.card), strict=False)]
+    context, target, mask, lengths = (torch.cat([b[k] for b in batches]) for k in
+                                      ("context", "target", "context_mask", "lengths"))
+    keys = [k for b in batches for k in b["keys"]]
+    n = len(keys)
+    ce, acc = scores(model, context, target, mask, lengths, 16)
+    # Another sample's backing: a rotation of the whole set, so no sample keeps its own.
+    other = torch.roll(torch.arange(n), 1) if n > 1 else torch.arange(n)
+    ce_shuffled, _ = scores(model, context[other], target, mask[other], lengths, 16)
+    random_weights = info["weights"] == "random"
+    metrics = {
+        "samples": n, "ce": float(ce.mean()), "accuracy": float(acc.mean()),
+        "ce_shuffled_backing": float(ce_shuffled.mean()),
+        "listen_ratio": float(ce_shuffled.mean() / ce.mean()),
+        **{f"ce_cb{k}": float(v) for k, v in enumerate(ce)},
+        **{f"accuracy_cb{k}": float(v) for k, v in enumerate(acc)},
+        "weights": info["weights"],
+    }
+    if random_weights:
+        metrics["warning"] = RANDOM_WARNING
+    log.info("test CE %.4f (shuffled backing %.4f, ratio %.3f), accuracy %.3f", metrics["ce"],
+             metrics["ce_shuffled_backing"], metrics["listen_ratio"], metrics["accuracy"])
+
+    codec = load_encodec(codec_weights, config["tokenize"]["bandwidth"])
+    examples = []
+    for i in range(min(cfg["examples"], n)):
+        generated = model.generate(context[i:i + 1, :, :frames], frames, mask[i:i + 1, :frames],
+                                   temperature=cfg["temperature"], top_k=cfg["top_k"],
+                                   top_p=cfg["top_p"], seed=cfg["seed"] + i,
+                                   cfg_scale=cfg["cfg_scale"])
+        examples.append(_write_example(out_dir / "examples", i, keys[i], codec,
+                                       context[i, :, :lengths[i]], target[i, :, :lengths[i]],
+                                       generated[0]))
+    _write_page(out_dir / "index.html", examples, metrics)
+    write_json(out_dir / "metrics.json", metrics)
+    _log_to_mlflow(model_dir, out_dir, metrics, config["mlflow"])
+    return metrics
+
+
+@torch.no_grad()
+def _decode(codec: torch.nn.Module, codes: torch.Tensor) -> np.ndarray:
+    """EnCodec codes [K, T] -> mono audio [N] float32 at the codec's rate."""
+    return codec.decode([(codes[None].long(), None)])[0, 0].numpy()
+
+
+def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,
+                   context: torch.Tensor, target: torch.Tensor, generated: torch.Tensor) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    rate = codec.sample_rate
+    audio = {"backing": _decode(codec, context), "real": _decode(codec, target),
+             "generated": _decode(codec, generated)}
+    n = min(len(audio["backing"]), len(audio["generated"]))
+    audio["mix"] = audio["backing"][:n] + audio["generated"][:n]
+    files = {}
+    for name, wave in audio.items():
+        files[name] = f"{i:02d}_{name}.wav"
+        peak = max(1.0, float(np.abs(wave).max()))
+        with atomic_path(folder / files[name]) as tmp:
+            sf.write(tmp, wave / peak, rate, format="WAV", subtype="PCM_16")
+    files["spectrogram"] = f"{i:02d}_spectrogram.png"
+    _spectrogram(audio["real"], audio["generated"], rate, folder / files["spectrogram"])
+    return {"key": key, "files": {k: f"examples/{v}" for k, v in files.items()}}
+
+
+def _spectrogram(real: np.ndarray, generated: np.ndarray, rate: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    for ax, wave, title in zip(axes, (real, generated), ("real solo", "generated solo"),
+                               strict=True):
+        ax.specgram(wave + 1e-7, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
+        ax.set(title=title, ylabel="Hz")
+    axes[-1].set_xlabel("seconds")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def _write_page(path: Path, examples: list[dict], metrics: dict) -> None:
+    """A listening page: backing, real and generated solo and the mix, side by side."""
+    warning = (f'<p class="warning">{html.escape(metrics["warning"])}</p>'
+               if "warning" in metrics else "")
+    rows = []
+    for ex in examples:
+        f = ex["files"]
+        cells = "".join(f'<td><audio controls preload="auto" src="{html.escape(f[k])}"></audio>'
+                        f"</td>" for k in ("backing", "real", "generated", "mix"))
+        rows.append(f"<tr><td>{html.escape(ex['key'])}</td>{cells}<td><img width=\"320\" "
+                    f"src=\"{html.escape(f['spectrogram'])}\" alt=\"spectrogram\"></td></tr>")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>soloist: generated solos</title>
+<style>body{{font-family:sans-serif}} td{{padding:4px}}
+.warning{{background:#fdd;border:2px solid #c00;padding:8px;font-weight:bold}}</style>
+</head><body>
+<h1>Generated solos</h1>{warning}
+<p>Test CE {metrics['ce']:.3f} with the real backing, {metrics['ce_shuffled_backing']:.3f}
+with another sample's backing (ratio {metrics['listen_ratio']:.3f}); accuracy
+{metrics['accuracy']:.3f} over {metrics['samples']} samples.</p>
+<table><tr><th>sample</th><th>backing</th><th>real solo</th><th>generated solo</th>
+<th>backing + generated</th><th>spectrograms</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+
+
+def _log_to_mlflow(model_dir: Path, out_dir: Path, metrics: dict, mlflow_cfg: dict) -> None:
+    import mlflow
+
+    id_file = model_dir / "mlflow_run_id"
+    if not id_file.is_file():
+        log.warning("no MLflow run id in %s: metrics not logged to MLflow", model_dir)
+        return
+    mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
+    with mlflow.start_run(run_id=id_file.read_text().strip()):
+        mlflow.log_metrics({f"test/{k}": v for k, v in metrics.items()
+                            if isinstance(v, float)})
+        mlflow.log_artifacts(str(out_dir), artifact_path="evaluate")
+

@@ -1,0 +1,427 @@
+"""Training: one loop, read top to bottom. One process, or one per GPU under torchrun/srun.
+
+A run resumes by itself from ``<out>/checkpoints/last.pt``: model, optimizer, EMA, step,
+RNG states and the data position come back, so the losses continue as if never stopped.
+SIGTERM or SIGUSR1 (a SLURM time limit or preemption) saves a checkpoint and exits with
+EXIT_REQUEUE, so the job can be requeued and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from soloist.data import eval_loader, train_loader
+from soloist.io import atomic_path, read_json, write_json
+from soloist.model import PRESETS, ModelConfig, Soloist
+
+log = logging.getLogger("soloist.train")
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpoint saved on a signal; run again to resume
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's variables, or from SLURM's under srun."""
+    env = os.environ
+    if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+                               capture_output=True, text=True, check=True).stdout.split()
+        env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_NTASKS"],
+                   LOCAL_RANK=env["SLURM_LOCALID"], MASTER_ADDR=nodes[0])
+        env.setdefault("MASTER_PORT", str(29500 + int(env["SLURM_JOB_ID"]) % 1000))
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                init_method="env://")
+    return int(env.get("RANK", "0")), world, int(env.get("LOCAL_RANK", "0"))
+
+
+def lr_at(step: int, cfg: dict) -> float:
+    """Linear warmup, then cosine decay from lr to min_lr at the last step."""
+    if step < cfg["warmup_steps"]:
+        return cfg["lr"] * (step + 1) / cfg["warmup_steps"]
+    progress = (step - cfg["warmup_steps"]) / max(1, cfg["steps"] - cfg["warmup_steps"])
+    return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (
+        cfg["lr"] - cfg["min_lr"])
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Signals:
+    """Remembers SIGTERM/SIGUSR1 so the loop can checkpoint at the end of the step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+
+def _mlflow_run(out_dir: Path, mlflow_cfg: dict, config: dict):
+    """Start (or, on resume, continue) this training's MLflow run; its id is kept in out_dir."""
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
+    experiment = mlflow.get_experiment_by_name(mlflow_cfg["experiment"])
+    if experiment is None:
+        artifacts = None
+        if mlflow_cfg["tracking_uri"].startswith("sqlite:"):  # keep artifacts beside the db
+            db = Path(mlflow_cfg["tracking_uri"].removeprefix("sqlite:///"))
+            artifacts = (db.parent / "mlruns").resolve().as_uri()
+        mlflow.create_experiment(mlflow_cfg["experiment"], artifact_location=artifacts)
+    mlflow.set_experiment(mlflow_cfg["experiment"])
+    id_file = out_dir / "mlflow_run_id"
+    if id_file.is_file():
+        return mlflow.start_run(run_id=id_file.read_text().strip())
+    run = mlflow.start_run()
+    mlflow.log_params(flatten(config))
+    with atomic_path(id_file) as tmp:
+        tmp.write_text(run.info.run_id + "\n")
+    return run
+
+
+def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -> dict:
+    """Train on ``shards/train`` (validating on ``shards/valid``); writes ``out_dir/model.pt``.
+
+    ``config`` is the whole resolved workflow config (its ``train`` and ``mlflow`` sections
+    drive this; all of it is logged as the run's parameters).
+    """
+    cfg, shards, out_dir = config["train"], Path(shards), Path(out_dir)
+    rank, world, local_rank = setup_distributed()
+    main = rank == 0
+    if cfg["device"] == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg["device"])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(cfg["seed"] + rank)
+    random.seed(cfg["seed"] + rank)
+
+    stats = read_json(shards / "stats.json")
+    if stats.get("weights") == "random" and main:
+        log.warning("training on tokens of RANDOM-INIT codec weights: not musically meaningful")
+    frame_rate, card, codebooks = stats["frame_rate"], stats["cardinality"], stats["codebooks"]
+    frames = round(cfg["seconds"] * frame_rate)
+    model_cfg = ModelConfig(**{**asdict(PRESETS[cfg["preset"]]), "codebooks": codebooks,
+                               "card": card, "context_dropout": cfg["context_dropout"]})
+    model = Soloist(model_cfg).to(device)
+    optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["lr"], (0.9, 0.95))
+    ema = [p.detach().clone() for p in model.parameters()] if cfg["ema"] else None
+
+    # Resume from the last checkpoint if there is one.
+    ckpt_dir = out_dir / "checkpoints"
+    state = {"step": 0, "best_val": math.inf, "evals_since_best": 0, "history": []}
+    if (ckpt_dir / "last.pt").is_file():
+        saved = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        if saved["config_hash"] != config_hash(cfg) and main:
+            log.warning("train config changed since the checkpoint; resuming anyway")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if ema is not None and saved["ema"] is not None:
+            for e, s in zip(ema, saved["ema"], strict=True):
+                e.copy_(s)
+        _set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
+        state = saved["state"]
+        if main:
+            log.info("resuming from step %d", state["step"])
+
+    raw_model = model
+    if cfg["compile"]:
+        model = torch.compile(model)
+    if world > 1:
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else nullcontext())
+    run = _mlflow_run(out_dir, config["mlflow"], config) if main else None
+    signals = _Signals()
+    urls = [str(p) for p in sorted((shards / "train").glob("*.tar"))]
+    valid_urls = [str(p) for p in sorted((shards / "valid").glob("*.tar"))]
+    if not urls:
+        raise RuntimeError(f"no training shards in {shards / 'train'}")
+
+    def batches(start_micro: int):
+        """Micro-batches from global micro-batch index ``start_micro`` on, across epochs."""
+        epoch, skip = divmod(start_micro, cfg["epoch_batches"])
+        while True:
+            yield from train_loader(urls, batch_size=cfg["batch_size"], frames=frames, pad=card,
+                                    seed=cfg["seed"], epoch=epoch, batches=cfg["epoch_batches"],
+                                    workers=cfg["workers"], shuffle_buffer=cfg["shuffle_buffer"],
+                                    skip=skip)
+            epoch, skip = epoch + 1, 0
+
+    def checkpoint(name: str) -> None:
+        rngs = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, _rng_state())
+        else:
+            rngs = [_rng_state()]
+        if main:
+            save_checkpoint(ckpt_dir / name, {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema, "state": state, "rng": rngs, "config_hash": config_hash(cfg)})
+
+    data = batches(state["step"] * cfg["grad_accum"])
+    skipped: dict[str, int] = {}  # loader worker -> corrupt items it skipped
+    peak = next((f for name, f in PEAK_BF16_FLOPS.items()
+                 if device.type == "cuda" and name in torch.cuda.get_device_name(device)), None)
+    flops_per_step = raw_model.flops_per_token(frames) * frames * cfg["batch_size"] * \
+        cfg["grad_accum"] * world
+    bar = tqdm(total=cfg["steps"], initial=state["step"], disable=not main, unit="step",
+               dynamic_ncols=True)
+    model.train()
+    while state["step"] < cfg["steps"]:
+        step, t0 = state["step"], time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        per_codebook = torch.zeros(codebooks, device=device)
+        for micro in range(cfg["grad_accum"]):
+            batch = next(data)
+            skipped[batch["worker"]] = batch["skipped"]
+            sync = micro == cfg["grad_accum"] - 1 or world == 1
+            with autocast, (nullcontext() if sync else model.no_sync()):
+                loss, losses, _ = model(batch["context"].to(device), batch["target"].to(device),
+                                        batch["context_mask"].to(device),
+                                        batch["lengths"].to(device))
+                (loss / cfg["grad_accum"]).backward()
+            per_codebook += losses.detach().float() / cfg["grad_accum"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            raw_model.parameters(), cfg["grad_clip"] or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema, raw_model.parameters(), strict=True):
+                    e.lerp_(p.detach(), 1 - cfg["ema"])
+        if world > 1:
+            dist.all_reduce(per_codebook)
+            per_codebook /= world
+        state["step"] = step + 1
+        dt = time.perf_counter() - t0
+        tokens_per_s = frames * cfg["batch_size"] * cfg["grad_accum"] * world / dt
+        metrics = {"train/loss": per_codebook.mean().item(), "lr": lr,
+                   "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s, "step_time": dt}
+        metrics |= {f"train/loss_cb{k}": v for k, v in enumerate(per_codebook.tolist())}
+        if peak:
+            metrics["mfu"] = flops_per_step / dt / (peak * world)
+        state["history"].append({"step": state["step"], "loss": metrics["train/loss"]})
+        if main:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tokens_per_s:.0f}")
+            _log_metrics(metrics, state["step"])
+
+        if state["step"] % cfg["eval_every"] == 0 or state["step"] == cfg["steps"]:
+            # rank 0 validates; every rank learns the result, so all decide alike
+            val = _validate(raw_model, valid_urls, cfg, frames, card, device, autocast) \
+                if main else None
+            val_loss = torch.tensor(val["val/loss"] if val else math.nan, device=device)
+            if world > 1:
+                dist.broadcast(val_loss, 0)
+            if main and val:
+                _log_metrics(val, state["step"])
+                log.info("step %d: validation loss %.4f", state["step"], val["val/loss"])
+            if not math.isnan(val_loss.item()):
+                if val_loss.item() < state["best_val"]:
+                    state["best_val"], state["evals_since_best"] = val_loss.item(), 0
+                    checkpoint("best.pt")
+                else:
+                    state["evals_since_best"] += 1
+        stop = cfg["patience"] and state["evals_since_best"] >= cfg["patience"]
+        received = torch.tensor(float(signals.received is not None))
+        if world > 1:  # every rank must agree to stop here
+            dist.all_reduce(received)
+        if state["step"] % cfg["checkpoint_every"] == 0 or received.item() or stop or \
+                state["step"] == cfg["steps"]:
+            checkpoint("last.pt")
+        if received.item():
+            log.warning("signal received: checkpoint at step %d saved; exiting with %d so the "
+                        "job is requeued and resumes", state["step"], EXIT_REQUEUE)
+            _finish(world)
+            sys.exit(EXIT_REQUEUE)
+        if stop:
+            log.info("early stop: no better validation loss in %d evaluations", cfg["patience"])
+            break
+    bar.close()
+
+    total_skipped = sum(skipped.values())
+    if world > 1:
+        _check_replicas(raw_model, world)
+        counts = torch.tensor(float(total_skipped))
+        dist.all_reduce(counts)
+        total_skipped = int(counts.item())
+    result = {"steps": state["step"], "best_val_loss": state["best_val"],
+              "skipped_samples": total_skipped, "world_size": world}
+    if main:
+        _export(out_dir, ckpt_dir, raw_model, ema, model_cfg, frame_rate, stats, state)
+        _log_metrics({"skipped_samples": total_skipped}, state["step"])
+        log.info("skipped %d corrupt samples or shards", total_skipped)
+        _loss_plot(state["history"], out_dir / "loss.png")
+        import mlflow
+
+        mlflow.log_artifact(str(out_dir / "loss.png"))
+        mlflow.end_run()
+        write_json(out_dir / "train.json", result | {"mlflow_run_id": run.info.run_id})
+    _finish(world)
+    return result
+
+
+def _log_metrics(metrics: dict, step: int) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+                        if isinstance(v, (int, float)) and math.isfinite(v)}, step=step)
+
+
+@torch.no_grad()
+def _validate(model: Soloist, urls: list[str], cfg: dict, frames: int, card: int,
+              device: torch.device, autocast) -> dict | None:
+    """Mean validation loss (overall and per codebook) on up to eval_batches batches."""
+    if not urls:
+        return None
+    model.eval()
+    totals, n = None, 0
+    for i, batch in enumerate(eval_loader(urls, batch_size=cfg["batch_size"], frames=frames,
+                                          pad=card)):
+        if i >= cfg["eval_batches"]:
+            break
+        with autocast:
+            _, losses, _ = model(batch["context"].to(device), batch["target"].to(device),
+                                 batch["context_mask"].to(device), batch["lengths"].to(device))
+        totals = losses.float() if totals is None else totals + losses.float()
+        n += 1
+    model.train()
+    if totals is None:
+        return None
+    per_codebook = (totals / n).tolist()
+    return {"val/loss": sum(per_codebook) / len(per_codebook)} | {
+        f"val/loss_cb{k}": v for k, v in enumerate(per_codebook)}
+
+
+def _check_replicas(model: torch.nn.Module, world: int) -> None:
+    """DDP keeps replicas identical; verify it once at the end (cheap, catches real bugs)."""
+    local = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    gathered = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local.to(next(model.parameters()).device)
+                    if dist.get_backend() == "nccl" else local)
+    if not all(torch.equal(gathered[0].cpu(), g.cpu()) for g in gathered):
+        raise RuntimeError("DDP replicas diverged: parameters differ across ranks")
+    if dist.get_rank() == 0:
+        log.info("parameters identical across %d ranks", world)
+
+
+def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, ema: list | None,
+            model_cfg: ModelConfig, frame_rate: float, stats: dict, state: dict) -> None:
+    """model.pt: the best (else last) weights, EMA'd if EMA is on; model.json: how to build it."""
+    best = ckpt_dir / "best.pt"
+    source = best if best.is_file() else ckpt_dir / "last.pt"
+    saved = torch.load(source, map_location="cpu", weights_only=True)
+    weights = saved["model"]
+    if saved["ema"] is not None:
+        names = [n for n, _ in model.named_parameters()]
+        weights = weights | {n: e.cpu() for n, e in zip(names, saved["ema"], strict=True)}
+    save_checkpoint(out_dir / "model.pt", weights)
+    write_json(out_dir / "model.json", {
+        "config": asdict(model_cfg), "frame_rate": frame_rate, "from": source.name,
+        "step": saved["state"]["step"], "weights": stats.get("weights", "pretrained")})
+
+
+def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu"
+               ) -> tuple[Soloist, dict]:
+    """The trained model (eval mode) and its model.json."""
+    model_dir = Path(model_dir)
+    info = read_json(model_dir / "model.json")
+    model = Soloist(ModelConfig(**info["config"]))
+    model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu",
+                                     weights_only=True))
+    return model.to(device).eval(), info
+
+
+def _loss_plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    ax.set(xlabel="step", ylabel="train loss (mean CE over codebooks)", title="Training loss")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _finish(world: int) -> None:
+    if world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    """``python -m soloist.train SHARDS OUT CONFIG_JSON``: the entry point torchrun/srun launch."""
+    import argparse
+
+    from soloist.io import setup_logging
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("shards")
+    ap.add_argument("out")
+    ap.add_argument("config", help="the resolved workflow config as JSON")
+    args = ap.parse_args()
+    setup_logging()
+    train(args.shards, args.out, read_json(args.config))
+
+
+if __name__ == "__main__":
+    main()

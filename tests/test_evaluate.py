@@ -1,0 +1,123 @@
+"""Training and evaluation inside the DAG: MLflow, "does it listen?", the listening page."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import soundfile as sf
+from conftest import E2E
+from loopback import serve_dir
+
+from soloist.io import read_json
+
+
+def test_the_model_listens_to_the_backing(done):
+    """Random codec weights still leave a learnable backing -> solo relation."""
+    metrics = read_json(done / "results/evaluate/metrics.json")
+    assert metrics["samples"] > 0 and metrics["weights"] == "random"
+    assert metrics["ce"] < metrics["ce_shuffled_backing"], metrics
+    assert "NOT musically meaningful" in metrics["warning"]
+
+
+def test_generated_solos_have_the_requested_length(done):
+    seconds = E2E["evaluate"]["seconds"]
+    for i in range(E2E["evaluate"]["examples"]):
+        for part in ("generated", "mix", "real", "backing"):
+            info = sf.info(done / f"results/evaluate/examples/{i:02d}_{part}.wav")
+            assert info.samplerate == 24000 and info.frames == pytest.approx(seconds * 24000,
+                                                                              abs=320)
+
+
+def test_training_and_evaluation_share_one_mlflow_run(done):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{done}/results/mlflow.db")
+    run = client.get_run(read_json(done / "results/train/train.json")["mlflow_run_id"])
+    assert run.data.params["weights"] == "random" and run.data.params["train.steps"] == "150"
+    for key in ("train/loss", "val/loss", "test/ce", "test/ce_shuffled_backing",
+                "test/listen_ratio", "test/accuracy_cb0"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate/examples")}
+    assert {"evaluate/examples/00_generated.wav", "evaluate/examples/00_spectrogram.png"} <= \
+        artifacts
+    assert "loss.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+CHECK_PAGE = """<!doctype html><html><body><iframe id="f" src="index.html"></iframe>
+<pre id="out">pending</pre><script>
+document.getElementById('f').onload = async () => {
+  const doc = document.getElementById('f').contentDocument;
+  const ctx = new OfflineAudioContext(1, 1, 24000);
+  const results = [];
+  for (const a of doc.querySelectorAll('audio')) {
+    try {
+      const r = await fetch(a.src);
+      const audio = await ctx.decodeAudioData(await r.arrayBuffer());
+      results.push({src: a.getAttribute('src'), status: r.status, seconds: audio.duration});
+    } catch (e) { results.push({src: a.getAttribute('src'), error: String(e)}); }
+  }
+  document.getElementById('out').textContent = 'RESULT' + JSON.stringify(results) + 'END';
+};
+</script></body></html>"""
+
+
+def test_listening_page_plays_in_headless_chromium(done, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "install.sh installs Debian's chromium"
+    page = done / "results/evaluate"
+    (page / "check.html").write_text(CHECK_PAGE)
+    try:
+        with serve_dir(page) as base_url:
+            dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                                  f"--user-data-dir={tmp_path}", "--virtual-time-budget=20000",
+                                  "--dump-dom", f"{base_url}/check.html"],
+                                 capture_output=True, text=True, timeout=120).stdout
+    finally:
+        (page / "check.html").unlink()
+    results = json.loads(re.search(r"RESULT(.*)END", dom).group(1))
+    assert len(results) == 4 * E2E["evaluate"]["examples"]
+    for r in results:
+        assert r.get("status") == 200 and r["seconds"] > 1, r
+
+
+def test_mlflow_server_serves_the_run_over_rest(done):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{done}/results/mlflow.db", "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    run_id = read_json(done / "results/train/train.json")["mlflow_run_id"]
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(f"{base}/{path}", timeout=10) as r:
+                return json.load(r)
+
+        run = get(f"runs/get?run_id={run_id}")["run"]
+        assert run["info"]["status"] == "FINISHED"
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"train/loss", "val/loss", "test/ce"} <= metrics
+        history = get(f"metrics/get-history?run_id={run_id}&metric_key=train/loss")["metrics"]
+        assert len(history) == E2E["train"]["steps"]
+        files = get(f"artifacts/list?run_id={run_id}&path=evaluate/examples")["files"]
+        assert any(f["path"].endswith("_generated.wav") for f in files)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

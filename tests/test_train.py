@@ -1,0 +1,139 @@
+"""Training: resume after SIGTERM, DDP on 2 CPU processes, corrupt shards, MLflow logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from soloist.config import validate_config
+from soloist.io import read_json, write_json
+from soloist.train import EXIT_REQUEUE
+
+FRAMES = 300  # 4 s windows at 75 Hz
+
+
+def write_shards(root, n: int = 24, seed: int = 0) -> None:
+    """train/valid shards of synthetic samples whose target depends on the context."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n), ("valid", 6)):
+        (root / split).mkdir(parents=True)
+        for s in range(2 if split == "train" else 1):
+            with wds.TarWriter(str(root / split / f"shard-{s:06d}.tar")) as tar:
+                for i in range(count // (2 if split == "train" else 1)):
+                    context = rng.integers(0, 64, (4, FRAMES), dtype=np.int16)
+                    target = (context * 5 + 1) % 64
+                    tar.write({"__key__": f"{split}{s}~{i:05d}",
+                               "context.npy": context, "target.npy": target.astype(np.int16),
+                               "json": {"track": f"t{i}"}})
+    write_json(root / "stats.json", {"codebooks": 4, "cardinality": 64, "frame_rate": 75.0,
+                                     "weights": "random"})
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_shards(root)
+    return root
+
+
+def config(tmp_path, **train) -> dict:
+    return validate_config({
+        "train": {"steps": 30, "batch_size": 4, "seconds": 2, "workers": 0, "eval_every": 10,
+                  "eval_batches": 2, "checkpoint_every": 2, "epoch_batches": 7,
+                  "warmup_steps": 3, "device": "cpu"} | train,
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+
+
+def run_train(shards, out, cfg, *launcher, **popen) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*(launcher or [sys.executable]), "-m", "soloist.train", str(shards),
+                             str(out), str(out / "config.json")], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def history(out) -> list[float]:
+    state = torch.load(out / "checkpoints/last.pt", weights_only=True)["state"]
+    return [h["loss"] for h in state["history"]]
+
+
+def test_sigterm_checkpoints_and_the_rerun_reproduces_the_losses(tmp_path, shards):
+    cfg = config(tmp_path)
+    straight = run_train(shards, tmp_path / "straight", cfg)
+    assert straight.wait() == 0, straight.stdout.read()
+
+    interrupted = run_train(shards, tmp_path / "cut", cfg)
+    last = tmp_path / "cut/checkpoints/last.pt"
+    while not last.exists() and interrupted.poll() is None:
+        time.sleep(0.02)
+    interrupted.send_signal(signal.SIGTERM)
+    output = interrupted.communicate()[0]
+    assert interrupted.returncode == EXIT_REQUEUE, output
+    stopped_at = len(history(tmp_path / "cut"))
+    assert 2 <= stopped_at < 30 and "signal received" in output
+
+    resumed = run_train(shards, tmp_path / "cut", cfg)
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0, output
+    assert f"resuming from step {stopped_at}" in output
+    np.testing.assert_allclose(history(tmp_path / "cut"), history(tmp_path / "straight"),
+                               rtol=1e-5)
+    # one MLflow run, continued: every step logged once
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg["mlflow"]["tracking_uri"])
+    run_id = read_json(tmp_path / "cut/train.json")["mlflow_run_id"]
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 31))
+
+
+def test_two_process_ddp_on_cpu_keeps_replicas_identical(tmp_path, shards):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=2")
+    proc = run_train(shards, tmp_path / "ddp", config(tmp_path, steps=4), *launcher)
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert "parameters identical across 2 ranks" in output
+    assert read_json(tmp_path / "ddp/train.json")["world_size"] == 2
+
+
+def test_corrupt_shard_and_sample_are_skipped_and_counted(tmp_path, shards):
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    (bad / "train/shard-000002.tar").write_bytes(os.urandom(5000))  # not a tar at all
+    with wds.TarWriter(str(bad / "train/shard-000003.tar")) as tar:
+        tar.write({"__key__": "broken~00000", "context.npy": b"not npy",
+                   "target.npy": b"not npy", "json": b"{}"})
+    proc = run_train(bad, tmp_path / "out", config(tmp_path, steps=12))
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    skipped = read_json(tmp_path / "out/train.json")["skipped_samples"]
+    assert skipped > 0 and f"skipped {skipped} corrupt samples or shards" in output
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shards):
+    from mlflow.tracking import MlflowClient
+
+    cfg = config(tmp_path, steps=10)
+    proc = run_train(shards, tmp_path / "out", cfg)
+    assert proc.wait() == 0, proc.stdout.read()
+    client = MlflowClient(tracking_uri=cfg["mlflow"]["tracking_uri"])
+    run = client.get_run(read_json(tmp_path / "out/train.json")["mlflow_run_id"])
+    assert run.data.params["train.steps"] == "10" and run.data.params["clip.seconds"] == "10"
+    for key in ("train/loss", "train/loss_cb3", "val/loss", "val/loss_cb0", "lr", "grad_norm",
+                "tokens_per_s", "step_time"):
+        assert key in run.data.metrics, key
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 10
+    assert "loss.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert json.loads((tmp_path / "out/model.json").read_text())["config"]["card"] == 64
