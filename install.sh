@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Makes .venv/ with the pinned dependencies and installs soloist into it (editable).
-# As root it also installs the Debian packages soloist calls: ffmpeg, graphviz (for --dag).
+# As root it also installs the Debian packages soloist calls: ffmpeg, graphviz (for --dag),
+# and chromium (the tests open the listening page in it).
 # SOLOIST_VENV_CACHE=DIR keeps the venv in DIR/<hash of requirements.txt> and links .venv to it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ "$(id -u)" = 0 ] && ! { command -v ffmpeg && command -v dot; } >/dev/null; then
+if [ "$(id -u)" = 0 ] && ! { command -v ffmpeg && command -v dot && command -v chromium; } >/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg graphviz >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    ffmpeg graphviz chromium >/dev/null
 fi
 command -v ffmpeg >/dev/null || { echo "install.sh: ffmpeg is missing; install it (e.g. apt-get install ffmpeg)" >&2; exit 1; }
 
@@ -20,7 +22,7 @@ if [ "$(cat "$venv/.soloist-requirements" 2>/dev/null)" != "$hash" ]; then
   rm -rf "$venv"
   "${PYTHON:-python3}" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q -r requirements.txt
+  "$venv/bin/pip" install -q -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
   echo "$hash" > "$venv/.soloist-requirements"
 fi
 if [ "$venv" != .venv ]; then

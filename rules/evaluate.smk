@@ -19,6 +19,6 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/evaluate.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     script:
         "../workflow/scripts/evaluate.py"

@@ -21,6 +21,6 @@ rule train:
     benchmark:
         "results/benchmarks/train/train.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     script:
         "../workflow/scripts/train.py"

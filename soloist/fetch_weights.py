@@ -23,6 +23,7 @@ import warnings
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -148,16 +149,26 @@ def _init_codebooks(model: torch.nn.Module, seed: int) -> None:
 
     A random-init EnCodec has all-zero codebooks (they are set by k-means on the first
     training batch), so every code would be 0. Instead each quantizer layer, in order,
-    takes 1024 vectors sampled from the current residual of the encoder's output on
-    some synthetic audio, then subtracts its own quantized output from the residual.
+    takes 1024 vectors sampled from the current residual of the encoder's output on music
+    (a demo song's mixture and stems at levels from -30 to 0 dB), then subtracts its own
+    quantized output from the residual.
     """
+    import tempfile
+
+    import torchaudio.functional as AF
+
+    from soloist.demo_corpus import make_song
+    from soloist.io import read_audio
+
     g = torch.Generator().manual_seed(seed)
-    sr, seconds, batch = model.sample_rate, 6, 4
-    t = torch.arange(sr * seconds) / sr
-    freqs = 55 * 2 ** (torch.rand(batch, 8, 1, generator=g) * 6)
-    tones = torch.sin(2 * torch.pi * freqs * t).sum(1) * torch.rand(batch, 1, generator=g)
-    audio = (0.05 * tones + 0.05 * torch.randn(batch, t.numel(), generator=g))[:, None]
-    residual = model.encoder(audio)  # [B, D, T]
+    with tempfile.TemporaryDirectory() as tmp:
+        make_song("codebooks", tmp, seconds=12, seed=seed)
+        signals = [read_audio(p)[0].mean(0) for p in sorted(Path(tmp).rglob("*.flac"))]
+    audio = AF.resample(torch.from_numpy(np.stack(signals)), 44100, model.sample_rate)
+    segment = 6 * model.sample_rate
+    pieces = audio[:, : audio.shape[1] // segment * segment].reshape(-1, 1, segment)
+    gains = 10 ** (-torch.rand(len(pieces), 1, 1, generator=g) * 1.5)  # -30..0 dB
+    residual = model.encoder(pieces / pieces.abs().amax((1, 2), keepdim=True).clamp(1e-4) * gains)
     for layer in model.quantizer.vq.layers:
         vectors = layer.project_in(residual.transpose(1, 2).reshape(-1, residual.shape[1]))
         codebook = layer._codebook

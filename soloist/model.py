@@ -221,6 +221,7 @@ class Soloist(nn.Module):
         self.context_emb = nn.ModuleList(nn.Embedding(cfg.card + 1, D) for _ in range(K))
         self.target_emb = nn.ModuleList(nn.Embedding(cfg.card + 1, D) for _ in range(K))
         self.null = nn.Parameter(torch.zeros(D))  # the encoded "no context" for CFG
+        self.align = nn.Linear(K * D, D, bias=False)  # backing frames s..s-K+1 -> step s
         self.encoder = nn.ModuleList(Block(cfg, decoder=False) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(Block(cfg, decoder=True) for _ in range(cfg.decoder_layers))
         self.encoder_norm, self.decoder_norm = nn.RMSNorm(D), nn.RMSNorm(D)
@@ -261,6 +262,21 @@ class Soloist(nn.Module):
                 context_mask = context_mask | drop[:, None]
         return x, context_mask
 
+    def aligned(self, memory: Tensor, memory_mask: Tensor | None, start: int,
+                length: int) -> Tensor:
+        """The backing frames each decoder step needs [B, L, D], for steps start..start+L-1.
+
+        Backing and solo are time-aligned and step s predicts frame s - k of codebook k, so
+        step s gets memory frames s, s-1, .., s-K+1 directly (zeros outside the memory or
+        on padding); cross-attention alone takes long to discover that alignment.
+        """
+        K, M = self.cfg.codebooks, memory.shape[1]
+        if memory_mask is not None:
+            memory = memory * memory_mask[..., None]
+        padded = F.pad(memory, (0, 0, K - 1, max(0, start + length - M)))
+        frames = [padded[:, start + K - 1 - k:start + K - 1 - k + length] for k in range(K)]
+        return self.align(torch.cat(frames, dim=-1))
+
     def decode(self, steps: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
                cache: list[tuple[dict, dict]] | None = None, start: int = 0) -> Tensor:
         """Logits [B, K, L, card] after delayed steps [B, K, L] at positions start.. start+L-1.
@@ -269,6 +285,7 @@ class Soloist(nn.Module):
         """
         L = steps.shape[-1]
         x = self.drop(sum(emb(steps[:, k]) for k, emb in enumerate(self.target_emb)))
+        x = x + self.aligned(memory, memory_mask, start, L)
         pos = self.positions(start, L, x.device)
         memory_pos = self.positions(0, memory.shape[1], x.device)
         mask = None if memory_mask is None else memory_mask[:, None, None]
@@ -369,3 +386,14 @@ class Soloist(nn.Module):
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=params[0].is_cuda)
+
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
+
+
+def peak_bf16_flops(device: torch.device) -> float | None:
+    """The GPU's dense bf16 peak (FLOP/s) for MFU, or None when unknown (and on CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((f for gpu, f in PEAK_BF16_FLOPS.items() if gpu in name), None)

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,13 +30,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from soloist.data import eval_loader, train_loader
-from soloist.io import atomic_path, read_json, write_json
-from soloist.model import PRESETS, ModelConfig, Soloist
+from soloist.io import atomic_path, read_json, sha256_file, write_json
+from soloist.model import PRESETS, ModelConfig, Soloist, peak_bf16_flops
 
 log = logging.getLogger("soloist.train")
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpoint saved on a signal; run again to resume
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def setup_distributed() -> tuple[int, int, int]:
@@ -63,8 +63,21 @@ def lr_at(step: int, cfg: dict) -> float:
         cfg["lr"] - cfg["min_lr"])
 
 
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+# Settings that may change between a run and its continuation without starting over.
+CONTINUABLE = ("steps", "eval_every", "eval_batches", "checkpoint_every", "patience", "workers",
+               "gpus", "device", "compile")
+
+
+def run_key(shards: Path, cfg: dict) -> str:
+    """What a checkpoint belongs to: the data (its manifest, else the shards themselves) and
+    the settings that shape training. A checkpoint with another key is not resumed."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in cfg.items() if k not in CONTINUABLE},
+                                  sort_keys=True).encode())
+    manifest = shards / "manifest.parquet"
+    data = [manifest] if manifest.is_file() else sorted(shards.glob("*/*.tar"))
+    for path in [shards / "stats.json", *data]:
+        h.update(sha256_file(path).encode())
+    return h.hexdigest()[:16]
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -160,13 +173,24 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["lr"], (0.9, 0.95))
     ema = [p.detach().clone() for p in model.parameters()] if cfg["ema"] else None
 
-    # Resume from the last checkpoint if there is one.
-    ckpt_dir = out_dir / "checkpoints"
+    # Resume from the last checkpoint, unless it belongs to other data or settings.
+    ckpt_dir, key = out_dir / "checkpoints", run_key(shards, cfg)
     state = {"step": 0, "best_val": math.inf, "evals_since_best": 0, "history": []}
+    saved = None
     if (ckpt_dir / "last.pt").is_file():
         saved = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
-        if saved["config_hash"] != config_hash(cfg) and main:
-            log.warning("train config changed since the checkpoint; resuming anyway")
+        if saved["run_key"] != key:
+            saved = None
+            if main:
+                log.warning("the data or training settings changed since %s was written: "
+                            "starting a new training (old checkpoints in %s.old)",
+                            ckpt_dir / "last.pt", ckpt_dir)
+                shutil.rmtree(f"{ckpt_dir}.old", ignore_errors=True)
+                ckpt_dir.rename(f"{ckpt_dir}.old")
+                (out_dir / "mlflow_run_id").unlink(missing_ok=True)  # a new run, too
+    if world > 1:
+        dist.barrier()  # rank 0 may have moved the old checkpoints away
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if ema is not None and saved["ema"] is not None:
@@ -210,12 +234,11 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
         if main:
             save_checkpoint(ckpt_dir / name, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema, "state": state, "rng": rngs, "config_hash": config_hash(cfg)})
+                "ema": ema, "state": state, "rng": rngs, "run_key": key})
 
     data = batches(state["step"] * cfg["grad_accum"])
     skipped: dict[str, int] = {}  # loader worker -> corrupt items it skipped
-    peak = next((f for name, f in PEAK_BF16_FLOPS.items()
-                 if device.type == "cuda" and name in torch.cuda.get_device_name(device)), None)
+    peak = peak_bf16_flops(device)
     flops_per_step = raw_model.flops_per_token(frames) * frames * cfg["batch_size"] * \
         cfg["grad_accum"] * world
     bar = tqdm(total=cfg["steps"], initial=state["step"], disable=not main, unit="step",

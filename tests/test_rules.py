@@ -140,3 +140,20 @@ def test_keep_intermediates_false_deletes_audio_once_used(tmp_path, random_weigh
     assert (tmp_path / "results/tokenize/s/target.npy").is_file()
     for temp in ("ingest/s/audio.flac", "separate/s/context.flac", "separate/s/target.flac"):
         assert not (tmp_path / "results" / temp).exists(), temp
+
+
+def test_train_and_evaluate(workdir, random_weights):
+    from test_train import write_shards
+
+    with_weights(workdir, random_weights)
+    shards = workdir / "results/shards"
+    write_shards(shards, (("train", 1, 12), ("valid", 1, 4), ("test", 1, 6)))
+    (shards / "manifest.parquet").touch()
+    config = CONFIG | {"train": {"steps": 4, "batch_size": 4, "seconds": 2, "workers": 0,
+                                 "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1},
+                       "evaluate": {"examples": 1, "batches": 1, "seconds": 2}}
+    run_rule(workdir, "train", "results/train/model.pt", config=config)
+    assert read_json(workdir / "results/train/train.json")["steps"] == 4
+    run_rule(workdir, "evaluate", "results/evaluate/metrics.json", config=config)
+    assert read_json(workdir / "results/evaluate/metrics.json")["samples"] == 6
+    assert sf.info(workdir / "results/evaluate/examples/00_generated.wav").frames == 2 * 24000

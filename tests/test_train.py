@@ -22,14 +22,15 @@ from soloist.train import EXIT_REQUEUE
 FRAMES = 300  # 4 s windows at 75 Hz
 
 
-def write_shards(root, n: int = 24, seed: int = 0) -> None:
-    """train/valid shards of synthetic samples whose target depends on the context."""
+def write_shards(root, splits=(("train", 2, 12), ("valid", 1, 6)), seed: int = 0) -> None:
+    """Shards of synthetic samples whose target depends on the context: (split, shards,
+    samples per shard) for each split."""
     rng = np.random.default_rng(seed)
-    for split, count in (("train", n), ("valid", 6)):
+    for split, shards, count in splits:
         (root / split).mkdir(parents=True)
-        for s in range(2 if split == "train" else 1):
+        for s in range(shards):
             with wds.TarWriter(str(root / split / f"shard-{s:06d}.tar")) as tar:
-                for i in range(count // (2 if split == "train" else 1)):
+                for i in range(count):
                     context = rng.integers(0, 64, (4, FRAMES), dtype=np.int16)
                     target = (context * 5 + 1) % 64
                     tar.write({"__key__": f"{split}{s}~{i:05d}",
@@ -137,3 +138,20 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shards):
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 10
     assert "loss.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
     assert json.loads((tmp_path / "out/model.json").read_text())["config"]["card"] == 64
+
+
+def test_changed_data_starts_a_new_training(tmp_path, shards):
+    cfg = config(tmp_path, steps=4)
+    assert run_train(shards, tmp_path / "out", cfg).wait() == 0
+    first_run = read_json(tmp_path / "out/train.json")["mlflow_run_id"]
+    other = tmp_path / "other"
+    write_shards(other, seed=1)
+    proc = run_train(other, tmp_path / "out", cfg | {"train": cfg["train"] | {"steps": 6}})
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert "starting a new training" in output and "resuming" not in output
+    assert len(history(tmp_path / "out")) == 6
+    assert read_json(tmp_path / "out/train.json")["mlflow_run_id"] != first_run
+    # same data, more steps: continues
+    proc = run_train(other, tmp_path / "out", cfg | {"train": cfg["train"] | {"steps": 8}})
+    assert "resuming from step 6" in proc.communicate()[0] and proc.returncode == 0
