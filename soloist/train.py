@@ -242,7 +242,7 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     flops_per_step = raw_model.flops_per_token(frames) * frames * cfg["batch_size"] * \
         cfg["grad_accum"] * world
     bar = tqdm(total=cfg["steps"], initial=state["step"], disable=not main, unit="step",
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 30)
     model.train()
     while state["step"] < cfg["steps"]:
         step, t0 = state["step"], time.perf_counter()

@@ -155,3 +155,21 @@ def test_changed_data_starts_a_new_training(tmp_path, shards):
     # same data, more steps: continues
     proc = run_train(other, tmp_path / "out", cfg | {"train": cfg["train"] | {"steps": 8}})
     assert "resuming from step 6" in proc.communicate()[0] and proc.returncode == 0
+
+
+def test_early_stopping_and_ema_export(tmp_path, shards):
+    # lr 0: the validation loss never improves after the first evaluation
+    proc = run_train(shards, tmp_path / "flat", config(tmp_path, lr=0.0, min_lr=0.0, steps=30,
+                                                         eval_every=2, patience=2))
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert "early stop" in output and read_json(tmp_path / "flat/train.json")["steps"] == 6
+
+    proc = run_train(shards, tmp_path / "ema", config(tmp_path, steps=6, ema=0.9, eval_every=3))
+    assert proc.wait() == 0, proc.stdout.read()
+    exported = torch.load(tmp_path / "ema/model.pt", weights_only=True)
+    best = torch.load(tmp_path / "ema/checkpoints/best.pt", weights_only=True)
+    name = "heads.0.weight"
+    assert not torch.equal(exported[name], best["model"][name])  # the EMA, not the raw weights
+    index = [n for n in best["model"] if n in exported].index(name)
+    assert torch.equal(exported[name], best["ema"][index])
