@@ -135,7 +135,7 @@ def test_keep_intermediates_false_deletes_audio_once_used(tmp_path, random_weigh
     with_weights(tmp_path, random_weights)
     make_song("s", tmp_path / "multitrack", seconds=20)
     (tmp_path / "tracks.tsv").write_text(f"track\tsource\ns\t{tmp_path}/multitrack/stems\n")
-    snakemake(tmp_path, config=CONFIG | {"keep_intermediates": False})
+    snakemake(tmp_path, "shard", config=CONFIG | {"keep_intermediates": False})
     assert read_json(tmp_path / "results/shards/stats.json")["tracks_ok"] == 1
     assert (tmp_path / "results/tokenize/s/target.npy").is_file()
     for temp in ("ingest/s/audio.flac", "separate/s/context.flac", "separate/s/target.flac"):
