@@ -18,7 +18,7 @@ import torch
 
 from soloist.data import eval_loader
 from soloist.fetch_weights import RANDOM_WARNING, load_encodec
-from soloist.io import atomic_path, write_json
+from soloist.io import atomic_path, write_json, write_png
 from soloist.model import Soloist
 from soloist.train import load_model
 
@@ -141,10 +141,7 @@ def _spectrogram(real: np.ndarray, generated: np.ndarray, rate: int, path: Path)
         ax.specgram(wave + 1e-7, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
         ax.set(title=title, ylabel="Hz")
     axes[-1].set_xlabel("seconds")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    write_png(path, fig, dpi=80)
 
 
 def _write_page(path: Path, examples: list[dict], metrics: dict) -> None:

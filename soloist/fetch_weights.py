@@ -14,7 +14,6 @@ sha256 of its files; loaders verify them.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-from soloist.io import atomic_path, read_json, sha256_file, write_json
+from soloist.io import atomic_path, read_json, sha256_file, write_json, write_torch
 
 log = logging.getLogger("soloist.fetch_weights")
 
@@ -136,10 +135,7 @@ def _random_encodec(name: str, folder: Path, seed: int) -> list[str]:
     torch.manual_seed(seed)
     model = _encodec_24khz()
     _init_codebooks(model, seed)
-    buf = io.BytesIO()  # saving to a path would embed the (random) temp file name
-    torch.save(model.state_dict(), buf)
-    with atomic_path(folder / ENCODEC_FILES[name]) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    write_torch(folder / ENCODEC_FILES[name], model.state_dict())
     return [ENCODEC_FILES[name]]
 
 

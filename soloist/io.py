@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -58,6 +59,27 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+def write_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save, atomically; via a buffer, since saving to a path embeds the (temporary)
+    file name in the archive and the bytes would differ from run to run."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def write_png(path: str | os.PathLike, fig: Any, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
 
 
 def read_npy(path: str | os.PathLike) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soloist.io import atomic_path, read_json, read_npy, write_json
+from soloist.io import atomic_path, read_json, read_npy, write_json, write_png
 
 log = logging.getLogger("soloist.shard")
 
@@ -215,27 +215,18 @@ def _plots(per_track: list[dict], rows: list[dict], folder: Path) -> None:
     ax.bar(range(len(names)), [t["windows"] for t in per_track])
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set(title="Clips per track", ylabel="windows")
-    _save(fig, folder / "clips_per_track.png")
+    write_png(folder / "clips_per_track.png", fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for column in ("target_rms_db", "context_rms_db"):
         ax.hist([r[column] for r in rows], bins=40, alpha=0.6, label=column.split("_")[0])
     ax.set(title="RMS of the selected windows", xlabel="dBFS", ylabel="windows")
     ax.legend()
-    _save(fig, folder / "rms.png")
+    write_png(folder / "rms.png", fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist([[t["duration"] for t in per_track], [t["active_seconds"] for t in per_track]],
             bins=20, label=["track duration", "soloist active"])
     ax.set(title="Durations", xlabel="seconds", ylabel="tracks")
     ax.legend()
-    _save(fig, folder / "durations.png")
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    write_png(folder / "durations.png", fig)

@@ -9,7 +9,6 @@ EXIT_REQUEUE, so the job can be requeued and resume.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from soloist.data import eval_loader, train_loader
-from soloist.io import atomic_path, read_json, sha256_file, write_json
+from soloist.io import atomic_path, read_json, sha256_file, write_json, write_png, write_torch
 from soloist.model import PRESETS, ModelConfig, Soloist, peak_bf16_flops
 
 log = logging.getLogger("soloist.train")
@@ -88,13 +87,6 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[f"{prefix}{key}"] = str(value)
     return out
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
 
 
 def _rng_state() -> dict:
@@ -232,7 +224,7 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
         else:
             rngs = [_rng_state()]
         if main:
-            save_checkpoint(ckpt_dir / name, {
+            write_torch(ckpt_dir / name, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "ema": ema, "state": state, "rng": rngs, "run_key": key})
 
@@ -394,7 +386,7 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, ema: list | None,
     if saved["ema"] is not None:
         names = [n for n, _ in model.named_parameters()]
         weights = weights | {n: e.cpu() for n, e in zip(names, saved["ema"], strict=True)}
-    save_checkpoint(out_dir / "model.pt", weights)
+    write_torch(out_dir / "model.pt", weights)
     write_json(out_dir / "model.json", {
         "config": asdict(model_cfg), "frame_rate": frame_rate, "from": source.name,
         "step": saved["state"]["step"], "weights": stats.get("weights", "pretrained")})
@@ -420,10 +412,7 @@ def _loss_plot(history: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
     ax.set(xlabel="step", ylabel="train loss (mean CE over codebooks)", title="Training loss")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    write_png(path, fig)
 
 
 def _finish(world: int) -> None:
