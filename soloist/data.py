@@ -99,7 +99,8 @@ def train_loader(urls: list[str], *, batch_size: int, frames: int, pad: int, see
     # Its own generator: creating a loader must not draw from the global RNG, or a resumed
     # run (which creates one at a different step) would drift from an uninterrupted one.
     loader = wds.WebLoader(stream.with_epoch(per_worker), batch_size=None,
-                           num_workers=workers, generator=torch.Generator().manual_seed(seed))
+                           num_workers=workers, generator=torch.Generator().manual_seed(seed),
+                           pin_memory=torch.cuda.is_available())
     it = iter(loader)
     for _ in range(skip):
         next(it)

@@ -96,21 +96,25 @@ def rope(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tenso
 
 
 def rotate(x: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
-    """x [B, H, L, head_dim] rotated pairwise (first half, second half) by the rope angles."""
-    cos, sin = cos_sin
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+    """x [B, H, L, head_dim] rotated pairwise (first half, second half) by the rope angles.
+
+    In x's dtype: angles are exact in float32, the rotation itself is not precision-critical.
+    """
+    cos, sin = (t.to(x.dtype) for t in cos_sin)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class Attention(nn.Module):
     """Multi-head attention of x [B, L, D] over itself or over a memory [B, M, D]."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, cross: bool = False):
         super().__init__()
         self.heads = cfg.heads
         self.dropout = cfg.dropout
-        self.q = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim, bias=False)
+        # self-attention projects q, k, v in one matmul; cross-attention q and (k, v) apart
+        self.q = nn.Linear(cfg.dim, cfg.dim, bias=False) if cross else None
+        self.qkv = nn.Linear(cfg.dim, (2 if cross else 3) * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
     def split(self, x: Tensor) -> Tensor:
@@ -125,23 +129,24 @@ class Attention(nn.Module):
         A self-attention ``cache`` grows by the new keys/values each call; a cross-attention
         one keeps the memory's keys/values from its first call.
         """
-        q = rotate(self.split(self.q(x)), pos)
         if memory is None:
-            k, v = (self.split(t) for t in self.kv(x).chunk(2, dim=-1))
-            k = rotate(k, pos)
+            q, k, v = (self.split(t) for t in self.qkv(x).chunk(3, dim=-1))
+            q, k = rotate(q, pos), rotate(k, pos)
             if cache is not None:
                 # causal below is only right from an empty cache or for a single new step
                 assert "k" not in cache or x.shape[1] == 1
                 if "k" in cache:
                     k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
-        elif cache is not None and "k" in cache:
-            k, v = cache["k"], cache["v"]
         else:
-            k, v = (self.split(t) for t in self.kv(memory).chunk(2, dim=-1))
-            k = rotate(k, memory_pos)
-            if cache is not None:
-                cache["k"], cache["v"] = k, v
+            q = rotate(self.split(self.q(x)), pos)
+            if cache is not None and "k" in cache:
+                k, v = cache["k"], cache["v"]
+            else:
+                k, v = (self.split(t) for t in self.qkv(memory).chunk(2, dim=-1))
+                k = rotate(k, memory_pos)
+                if cache is not None:
+                    cache["k"], cache["v"] = k, v
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal and x.shape[1] > 1)
@@ -156,7 +161,7 @@ class Block(nn.Module):
         self.decoder = decoder
         self.norm1, self.attn = nn.RMSNorm(cfg.dim), Attention(cfg)
         if decoder:
-            self.norm2, self.cross = nn.RMSNorm(cfg.dim), Attention(cfg)
+            self.norm2, self.cross = nn.RMSNorm(cfg.dim), Attention(cfg, cross=True)
         self.norm3 = nn.RMSNorm(cfg.dim)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.ff_mult * cfg.dim, bias=False), nn.GELU(),
                                  nn.Linear(cfg.ff_mult * cfg.dim, cfg.dim, bias=False))
@@ -183,9 +188,11 @@ def codebook_losses(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
     [B, K, S] or [K, S].
     """
     valid = valid.expand(labels.shape)
-    # invalid labels may be the special token (== card): point them at class 0, then mask out
-    ce = F.cross_entropy(logits.flatten(0, 2).float(), labels.masked_fill(~valid, 0).flatten(),
-                         reduction="none").view(labels.shape)
+    # invalid labels may be the special token (== card): point them at class 0, then mask out.
+    # [B, S, K] order: the model's logits are a [B, K, S] view of a [B, S, K] tensor
+    ce = F.cross_entropy(logits.transpose(1, 2).reshape(-1, logits.shape[-1]).float(),
+                         labels.masked_fill(~valid, 0).transpose(1, 2).reshape(-1),
+                         reduction="none").view(labels.transpose(1, 2).shape).transpose(1, 2)
     ce = ce.masked_fill(~valid, 0.0)  # where() rather than multiply: an inf there must not leak
     return ce.sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp(min=1)
 
@@ -217,15 +224,18 @@ class Soloist(nn.Module):
         self.cfg = cfg
         self.pattern = DelayPattern(cfg.codebooks, cfg.card)
         K, D = cfg.codebooks, cfg.dim
-        # card + 1 rows: id `card` is the pad token (context) or the special token (target)
-        self.context_emb = nn.ModuleList(nn.Embedding(cfg.card + 1, D) for _ in range(K))
-        self.target_emb = nn.ModuleList(nn.Embedding(cfg.card + 1, D) for _ in range(K))
+        # One table per role holding K codebooks of card + 1 rows each (id `card` is the pad
+        # token in the context, the special token in the target): one lookup for all K.
+        self.context_emb = nn.Embedding(K * (cfg.card + 1), D)
+        self.target_emb = nn.Embedding(K * (cfg.card + 1), D)
+        self.register_buffer("offsets", torch.arange(K)[:, None] * (cfg.card + 1),
+                             persistent=False)
         self.null = nn.Parameter(torch.zeros(D))  # the encoded "no context" for CFG
         self.align = nn.Linear(K * D, D, bias=False)  # backing frames s..s-K+1 -> step s
         self.encoder = nn.ModuleList(Block(cfg, decoder=False) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(Block(cfg, decoder=True) for _ in range(cfg.decoder_layers))
         self.encoder_norm, self.decoder_norm = nn.RMSNorm(D), nn.RMSNorm(D)
-        self.heads = nn.ModuleList(nn.Linear(D, cfg.card, bias=False) for _ in range(K))
+        self.heads = nn.Linear(D, K * cfg.card, bias=False)  # K heads in one matmul
         self.drop = nn.Dropout(cfg.dropout)
         self.apply(self._init_weights)
         nn.init.normal_(self.null, std=0.02)
@@ -234,6 +244,10 @@ class Soloist(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
+
+    def embed(self, table: nn.Embedding, codes: Tensor) -> Tensor:
+        """Sum over codebooks of the embeddings [B, L, D] of codes int64 [B, K, L]."""
+        return table(codes + self.offsets).sum(dim=1)
 
     def positions(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         positions = torch.arange(start, start + length, device=device)
@@ -250,7 +264,7 @@ class Soloist(nn.Module):
         tokens = context.long()
         if context_mask is not None:
             tokens = tokens.masked_fill(~context_mask[:, None], self.cfg.card)
-        x = self.drop(sum(emb(tokens[:, k]) for k, emb in enumerate(self.context_emb)))
+        x = self.drop(self.embed(self.context_emb, tokens))
         pos = self.positions(0, T, x.device)
         mask = None if context_mask is None else context_mask[:, None, None]
         for block in self.encoder:
@@ -284,7 +298,7 @@ class Soloist(nn.Module):
         Causal; memory [B, M, D] with mask bool [B, M] from ``encode``.
         """
         L = steps.shape[-1]
-        x = self.drop(sum(emb(steps[:, k]) for k, emb in enumerate(self.target_emb)))
+        x = self.drop(self.embed(self.target_emb, steps))
         x = x + self.aligned(memory, memory_mask, start, L)
         pos = self.positions(start, L, x.device)
         memory_pos = self.positions(0, memory.shape[1], x.device)
@@ -292,8 +306,8 @@ class Soloist(nn.Module):
         for i, block in enumerate(self.decoder):
             x = block(x, pos, memory=memory, memory_pos=memory_pos, memory_mask=mask,
                       cache=None if cache is None else cache[i])
-        x = self.decoder_norm(x)
-        return torch.stack([head(x) for head in self.heads], dim=1)
+        B, K = x.shape[0], self.cfg.codebooks
+        return self.heads(self.decoder_norm(x)).view(B, L, K, self.cfg.card).transpose(1, 2)
 
     def forward(self, context: Tensor, target: Tensor, context_mask: Tensor | None = None,
                 target_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -374,8 +388,7 @@ class Soloist(nn.Module):
         """
         cfg = self.cfg
         frames = frames or cfg.max_frames
-        embeddings = sum(p.numel() for p in [*self.context_emb.parameters(),
-                                             *self.target_emb.parameters()])
+        embeddings = self.context_emb.weight.numel() + self.target_emb.weight.numel()
         attention = 12 * cfg.dim * frames * (cfg.encoder_layers + 2 * cfg.decoder_layers)
         return 6 * (self.num_params() - embeddings) + attention
 

@@ -247,9 +247,7 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
             skipped[batch["worker"]] = batch["skipped"]
             sync = micro == cfg["grad_accum"] - 1 or world == 1
             with autocast, (nullcontext() if sync else model.no_sync()):
-                loss, losses, _ = model(batch["context"].to(device), batch["target"].to(device),
-                                        batch["context_mask"].to(device),
-                                        batch["lengths"].to(device))
+                loss, losses, _ = model(*_inputs(batch, device))
                 (loss / cfg["grad_accum"]).backward()
             per_codebook += losses.detach().float() / cfg["grad_accum"]
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -339,6 +337,17 @@ def _log_metrics(metrics: dict, step: int) -> None:
                         if isinstance(v, (int, float)) and math.isfinite(v)}, step=step)
 
 
+def _inputs(batch: dict, device: torch.device) -> tuple:
+    """The model's (context, target, context_mask, target_lengths) of a loader batch.
+
+    A batch without padding gets no mask, so attention can take the flash kernel.
+    """
+    mask = batch["context_mask"]
+    return (batch["context"].to(device, non_blocking=True),
+            batch["target"].to(device, non_blocking=True),
+            None if mask.all() else mask.to(device), batch["lengths"].to(device))
+
+
 @torch.no_grad()
 def _validate(model: Soloist, urls: list[str], cfg: dict, frames: int, card: int,
               device: torch.device, autocast) -> dict | None:
@@ -352,8 +361,7 @@ def _validate(model: Soloist, urls: list[str], cfg: dict, frames: int, card: int
         if i >= cfg["eval_batches"]:
             break
         with autocast:
-            _, losses, _ = model(batch["context"].to(device), batch["target"].to(device),
-                                 batch["context_mask"].to(device), batch["lengths"].to(device))
+            _, losses, _ = model(*_inputs(batch, device))
         totals = losses.float() if totals is None else totals + losses.float()
         n += 1
     model.train()
