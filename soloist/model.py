@@ -83,7 +83,8 @@ class ModelConfig:
 
 PRESETS = {
     "tiny": ModelConfig(dim=128, heads=4, encoder_layers=2, decoder_layers=2, max_frames=750),
-    "base": ModelConfig(dim=1024, heads=16, encoder_layers=6, decoder_layers=8, dropout=0.1,
+    # head_dim 128 and no dropout: 35% -> 39% MFU on an H100 (16 x 10 s windows; BENCHMARKS.md)
+    "base": ModelConfig(dim=1024, heads=8, encoder_layers=6, decoder_layers=8, dropout=0.0,
                         max_frames=1500),
 }
 
@@ -96,11 +97,12 @@ def rope(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tenso
 
 
 def rotate(x: Tensor, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
-    """x [B, H, L, head_dim] rotated pairwise (first half, second half) by the rope angles.
+    """x [B, L, H, head_dim] rotated pairwise (first half, second half) by the rope angles.
 
     In x's dtype: angles are exact in float32, the rotation itself is not precision-critical.
+    Rotating before the heads are transposed keeps the kernel's memory access contiguous.
     """
-    cos, sin = (t.to(x.dtype) for t in cos_sin)
+    cos, sin = (t.to(x.dtype)[:, None] for t in cos_sin)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -118,8 +120,9 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
     def split(self, x: Tensor) -> Tensor:
+        """[B, L, D] -> [B, L, H, D // H]."""
         B, L, D = x.shape
-        return x.view(B, L, self.heads, D // self.heads).transpose(1, 2)
+        return x.view(B, L, self.heads, D // self.heads)
 
     def forward(self, x: Tensor, pos: tuple[Tensor, Tensor], memory: Tensor | None = None,
                 memory_pos: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
@@ -131,7 +134,8 @@ class Attention(nn.Module):
         """
         if memory is None:
             q, k, v = (self.split(t) for t in self.qkv(x).chunk(3, dim=-1))
-            q, k = rotate(q, pos), rotate(k, pos)
+            q, k, v = rotate(q, pos).transpose(1, 2), rotate(k, pos).transpose(1, 2), \
+                v.transpose(1, 2)
             if cache is not None:
                 # causal below is only right from an empty cache or for a single new step
                 assert "k" not in cache or x.shape[1] == 1
@@ -139,12 +143,12 @@ class Attention(nn.Module):
                     k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
         else:
-            q = rotate(self.split(self.q(x)), pos)
+            q = rotate(self.split(self.q(x)), pos).transpose(1, 2)
             if cache is not None and "k" in cache:
                 k, v = cache["k"], cache["v"]
             else:
                 k, v = (self.split(t) for t in self.qkv(memory).chunk(2, dim=-1))
-                k = rotate(k, memory_pos)
+                k, v = rotate(k, memory_pos).transpose(1, 2), v.transpose(1, 2)
                 if cache is not None:
                     cache["k"], cache["v"] = k, v
         y = F.scaled_dot_product_attention(
@@ -237,6 +241,10 @@ class Soloist(nn.Module):
         self.encoder_norm, self.decoder_norm = nn.RMSNorm(D), nn.RMSNorm(D)
         self.heads = nn.Linear(D, K * cfg.card, bias=False)  # K heads in one matmul
         self.drop = nn.Dropout(cfg.dropout)
+        # angles computed once: recomputing cos/sin inside every attention kernel is not free
+        cos, sin = rope(torch.arange(cfg.max_frames + K), D // cfg.heads)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         nn.init.normal_(self.null, std=0.02)
 
@@ -249,9 +257,10 @@ class Soloist(nn.Module):
         """Sum over codebooks of the embeddings [B, L, D] of codes int64 [B, K, L]."""
         return table(codes + self.offsets).sum(dim=1)
 
-    def positions(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        positions = torch.arange(start, start + length, device=device)
-        return rope(positions, self.cfg.dim // self.cfg.heads)
+    def positions(self, start: int, length: int) -> tuple[Tensor, Tensor]:
+        """RoPE cos and sin [length, head_dim // 2] of positions start..start+length-1."""
+        assert start + length <= len(self.rope_cos), "position past max_frames + codebooks"
+        return self.rope_cos[start:start + length], self.rope_sin[start:start + length]
 
     def encode(self, context: Tensor, context_mask: Tensor | None = None,
                drop: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -265,7 +274,7 @@ class Soloist(nn.Module):
         if context_mask is not None:
             tokens = tokens.masked_fill(~context_mask[:, None], self.cfg.card)
         x = self.drop(self.embed(self.context_emb, tokens))
-        pos = self.positions(0, T, x.device)
+        pos = self.positions(0, T)
         mask = None if context_mask is None else context_mask[:, None, None]
         for block in self.encoder:
             x = block(x, pos, mask)
@@ -300,8 +309,8 @@ class Soloist(nn.Module):
         L = steps.shape[-1]
         x = self.drop(self.embed(self.target_emb, steps))
         x = x + self.aligned(memory, memory_mask, start, L)
-        pos = self.positions(start, L, x.device)
-        memory_pos = self.positions(0, memory.shape[1], x.device)
+        pos = self.positions(start, L)
+        memory_pos = self.positions(0, memory.shape[1])
         mask = None if memory_mask is None else memory_mask[:, None, None]
         for i, block in enumerate(self.decoder):
             x = block(x, pos, memory=memory, memory_pos=memory_pos, memory_mask=mask,
