@@ -1,19 +1,16 @@
 rule clip:
     message:
-        "Selecting solo windows of {wildcards.track}"
+        "Selecting solo windows of batch {wildcards.batch}"
     input:
-        context="results/separate/{track}/context.flac",
-        target="results/separate/{track}/target.flac",
-        status="results/separate/{track}/separate.json",
+        "results/separate/{batch}",
     output:
-        windows="results/clip/{track}/windows.parquet",
-        status="results/clip/{track}/clip.json",
+        directory("results/clip/{batch}"),  # <track>/windows.parquet and clip.json
     params:
         settings=config["clip"],
     log:
-        "results/logs/clip/{track}.log",
+        "results/logs/clip/{batch}.log",
     benchmark:
-        "results/benchmarks/clip/{track}.tsv"
+        "results/benchmarks/clip/{batch}.tsv"
     conda:
         "../envs/data.yaml"
     script:

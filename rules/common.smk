@@ -1,6 +1,7 @@
+import functools
 import os
 
-from soloist.config import read_tracks, row_of, validate_config
+from soloist.config import batch_of, read_tracks, row_of, validate_config
 
 # Scripts import soloist from this checkout, also inside --sdm conda environments.
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (workflow.basedir, os.getenv("PYTHONPATH")))))
@@ -11,8 +12,8 @@ WEIGHTS = config["weights"]
 
 
 wildcard_constraints:
-    track=r"[A-Za-z0-9._-]+",
     row=r"[A-Za-z0-9._-]+",
+    batch=r"b[0-9]+",
     name=r"[A-Za-z0-9._-]+",
 
 
@@ -38,22 +39,52 @@ def all_tracks():
     return tracks
 
 
+def tracks_by_batch():
+    """Batch id -> its track ids (sheet order); only batches that hold a track exist."""
+    return _group(tuple(all_tracks()))
+
+
+@functools.cache  # input functions ask for this dozens of times per run
+def _group(tracks):
+    batches = {}
+    for track in tracks:
+        batches.setdefault(batch_of(track, config["batches"]), []).append(track)
+    return batches
+
+
+def batch_tracks(wildcards):
+    return tracks_by_batch().get(wildcards.batch, [])
+
+
+def ingest_jobs(wildcards):
+    """What ingest needs to know of each track of the batch (the script's input)."""
+    jobs = []
+    for track in batch_tracks(wildcards):
+        row = row_of(track, ROWS)
+        jobs.append({"track": track, "row": row.track, "kind": row.kind,
+                     "source": source_of(row),
+                     "resolved": f"results/resolve/{row.track}.tsv" if row.kind == "url" else None})
+    return jobs
+
+
 def ingest_input(wildcards):
-    row = row_of(wildcards.track, ROWS)
-    if row.kind == "url":
-        return {"resolved": f"results/resolve/{row.track}.tsv"}
-    if row.kind == "demo":
-        return {"source": f"results/demo_corpus/{row.demo_name}/mixture.flac"}
-    # Only an existing local source is an input (a missing one becomes a failure row).
-    return {"source": row.source} if os.path.exists(row.source) else {}
+    """Files ingest reads: demo mixtures, existing local sources, and every resolved playlist
+    (which tracks a batch holds depends on all of them).
+
+    A missing local source is not an input: it becomes a failure row, not a DAG error.
+    """
+    inputs = {f"results/resolve/{r.track}.tsv" for r in ROWS.values() if r.kind == "url"}
+    for job in ingest_jobs(wildcards):
+        if job["kind"] == "demo" or (job["kind"] != "url" and os.path.exists(job["source"])):
+            inputs.add(job["source"])
+    return sorted(inputs)
 
 
 def separate_input(wildcards):
-    inputs = {
-        "audio": f"results/ingest/{wildcards.track}/audio.flac",
-        "info": f"results/ingest/{wildcards.track}/info.json",
-    }
-    if row_of(wildcards.track, ROWS).kind != "stems":  # given stems need no model
+    inputs = {"audio": f"results/ingest/{wildcards.batch}/audio",
+              "info": f"results/ingest/{wildcards.batch}/info"}
+    # given stems need no model
+    if any(row_of(t, ROWS).kind != "stems" for t in batch_tracks(wildcards)):
         inputs["weights"] = weights_manifest("demucs")
     return inputs
 
@@ -64,6 +95,6 @@ def source_of(row):
     return row.source
 
 
-def per_track(pattern):
-    """An input function: ``pattern`` formatted for every track of the sheet."""
-    return lambda wildcards: [pattern.format(track=t) for t in all_tracks()]
+def per_batch(pattern):
+    """An input function: ``pattern`` formatted for every batch that holds a track."""
+    return lambda wildcards: [pattern.format(batch=b) for b in sorted(tracks_by_batch())]

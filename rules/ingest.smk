@@ -21,21 +21,19 @@ checkpoint resolve:
 
 rule ingest:
     message:
-        "Ingesting {wildcards.track}"
+        "Ingesting batch {wildcards.batch}"
     input:
-        unpack(ingest_input),
+        ingest_input,
     output:
-        audio=intermediate("results/ingest/{track}/audio.flac"),
-        info="results/ingest/{track}/info.json",
+        audio=intermediate(directory("results/ingest/{batch}/audio")),  # <track>.flac
+        info=directory("results/ingest/{batch}/info"),  # <track>.json
     params:
-        row=lambda wc: row_of(wc.track, ROWS).track,
-        kind=lambda wc: row_of(wc.track, ROWS).kind,
-        source=lambda wc: source_of(row_of(wc.track, ROWS)),
+        jobs=ingest_jobs,
         settings=config["ingest"],
     log:
-        "results/logs/ingest/{track}.log",
+        "results/logs/ingest/{batch}.log",
     benchmark:
-        "results/benchmarks/ingest/{track}.tsv"
+        "results/benchmarks/ingest/{batch}.tsv"
     conda:
         "../envs/audio.yaml"
     script:

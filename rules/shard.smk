@@ -2,12 +2,9 @@ rule shard:
     message:
         "Writing WebDataset shards, manifest, stats and plots"
     input:
-        info=per_track("results/ingest/{track}/info.json"),
-        clip=per_track("results/clip/{track}/clip.json"),
-        windows=per_track("results/clip/{track}/windows.parquet"),
-        tokens=per_track("results/tokenize/{track}/tokens.json"),
-        context=per_track("results/tokenize/{track}/context.npy"),
-        target=per_track("results/tokenize/{track}/target.npy"),
+        info=per_batch("results/ingest/{batch}/info"),
+        clip=per_batch("results/clip/{batch}"),
+        tokens=per_batch("results/tokenize/{batch}"),
         resolved=[f"results/resolve/{r.track}.tsv" for r in ROWS.values() if r.kind == "url"],
     output:
         shards=directory(expand("results/shards/{split}", split=["train", "valid", "test"])),

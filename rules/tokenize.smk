@@ -1,24 +1,20 @@
 rule tokenize:
     message:
-        "Tokenizing {wildcards.track} with EnCodec"
+        "Tokenizing batch {wildcards.batch} with EnCodec"
     input:
-        context="results/separate/{track}/context.flac",
-        target="results/separate/{track}/target.flac",
-        status="results/separate/{track}/separate.json",
+        separated="results/separate/{batch}",
         weights=weights_manifest("encodec"),
     output:
-        context="results/tokenize/{track}/context.npy",
-        target="results/tokenize/{track}/target.npy",
-        status="results/tokenize/{track}/tokens.json",
+        directory("results/tokenize/{batch}"),  # <track>/{context,target}.npy and tokens.json
     params:
         settings={k: v for k, v in config["tokenize"].items() if k not in ("threads", "gpus")},
     threads: config["tokenize"]["threads"]
     resources:
         gpu=config["tokenize"]["gpus"],
     log:
-        "results/logs/tokenize/{track}.log",
+        "results/logs/tokenize/{batch}.log",
     benchmark:
-        "results/benchmarks/tokenize/{track}.tsv"
+        "results/benchmarks/tokenize/{batch}.tsv"
     conda:
         "../envs/torch.yaml"
     script:

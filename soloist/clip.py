@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from soloist.io import atomic_path, failed, first_failure, read_audio, write_json
 
@@ -98,6 +100,17 @@ def clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
         pq.write_table(table, tmp)
     write_json(status_out, status)
     return status
+
+
+def clip_batch(separated: str | os.PathLike, out_dir: str | os.PathLike, settings: dict
+               ) -> list[dict]:
+    """Clip every track of a separate batch folder into ``out_dir/<track>/``."""
+    separated, out_dir = Path(separated), Path(out_dir)
+    tracks = sorted(d.name for d in separated.iterdir() if d.is_dir())
+    return [clip(t, separated / t / "context.flac", separated / t / "target.flac",
+                 separated / t / "separate.json", out_dir / t / "windows.parquet",
+                 out_dir / t / "clip.json", settings)
+            for t in tqdm(tracks, desc="clip", unit="track", disable=len(tracks) < 2)]
 
 
 def _clip(track: str, context: str | os.PathLike, target: str | os.PathLike,

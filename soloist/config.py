@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -110,6 +111,15 @@ def read_tracks(path: str | os.PathLike) -> dict[str, Row]:
     if not rows:
         raise ConfigError(f"track sheet {path} lists no tracks")
     return rows
+
+
+def batch_of(track: str, batches: int) -> str:
+    """The batch (``b0`` .. ``b<batches-1>``) a track's per-track stages run in.
+
+    A hash of the id alone: adding or removing other tracks never moves a track.
+    """
+    digest = hashlib.sha256(track.encode()).digest()
+    return f"b{int.from_bytes(digest[:8], 'big') % batches}"
 
 
 def row_of(track: str, rows: dict[str, Row]) -> Row:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import yt_dlp
+from tqdm import tqdm
 from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import DownloadError, ExtractorError, unsmuggle_url
 
@@ -471,3 +472,15 @@ def ingest(
         io.touch_empty(audio_out)
     io.write_json(info_out, info)
     return info
+
+
+def ingest_batch(jobs: list[dict], audio_dir: str | os.PathLike, info_dir: str | os.PathLike,
+                 settings: dict) -> list[dict]:
+    """Ingest each job (track, row, kind, source, resolved) to ``<dir>/<track>.flac|json``."""
+    audio_dir, info_dir = Path(audio_dir), Path(info_dir)
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    info_dir.mkdir(parents=True, exist_ok=True)
+    return [ingest(j["track"], j["row"], j["kind"], j["source"], audio_dir / f"{j['track']}.flac",
+                   info_dir / f"{j['track']}.json", settings, settings["downloads"],
+                   resolved_tsv=j["resolved"])
+            for j in tqdm(jobs, desc="ingest", unit="track", disable=len(jobs) < 2)]

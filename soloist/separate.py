@@ -57,23 +57,40 @@ def mix_roles(stems: dict[str, np.ndarray], context: list[str], target: list[str
     return pick[0], pick[1]
 
 
-def separate(items: list[Item], settings: dict, weights: str | os.PathLike | None,
-             sample_rate: int, weights_random: bool = False) -> list[dict]:
-    """Separate each item with one Demucs model loaded once (None: the items are stem folders).
+def separate_batch(ingested: str | os.PathLike, out_dir: str | os.PathLike, settings: dict,
+                   weights: str | os.PathLike | None, sample_rate: int) -> list[dict]:
+    """Separate every track of an ingest batch folder into ``out_dir/<track>/``."""
+    ingested, out_dir = Path(ingested), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracks = sorted(p.stem for p in (ingested / "info").glob("*.json"))
+    items = [Item(t, ingested / "audio" / f"{t}.flac", ingested / "info" / f"{t}.json",
+                  out_dir / t / "context.flac", out_dir / t / "target.flac",
+                  out_dir / t / "separate.json", out_dir / t / "stems") for t in tracks]
+    return separate(items, settings, weights, sample_rate)
 
-    ``settings`` is the config's ``separate`` section (roles, shifts, overlap, segment,
-    device, keep_stems). Bad input never raises: the item gets a failed status.
+
+def separate(items: list[Item], settings: dict, weights: str | os.PathLike | None,
+             sample_rate: int) -> list[dict]:
+    """Separate each item with one Demucs model, loaded once, when the first item needs it.
+
+    Items ingested from a stems folder use the given stems. ``settings`` is the config's
+    ``separate`` section (roles, shifts, overlap, segment, device, keep_stems). Bad input
+    never raises: the item gets a failed status.
     """
     model = None
+    weights_random = weights is not None and read_json(weights)["random"]
     statuses = []
     for item in tqdm(items, desc="separate", unit="track", disable=len(items) < 2):
         upstream = first_failure(item.info)
         try:
             if upstream:
                 raise _Skip(upstream)
-            if weights is None:
+            given = read_json(item.info).get("kind") == "stems"
+            if given:
                 stems = _given_stems(item, sample_rate)
             else:
+                if weights is None:
+                    raise ValueError("no Demucs weights given for a track that needs separation")
                 if model is None:
                     from soloist.fetch_weights import load_demucs
 
@@ -86,8 +103,8 @@ def separate(items: list[Item], settings: dict, weights: str | os.PathLike | Non
                 for name, audio in stems.items():
                     write_audio(item.stems_dir / f"{name}.flac", audio, sample_rate)
             status = {"ok": True, "stage": "separate", "track": item.track,
-                      "stems": sorted(stems), "weights": "random" if weights_random else
-                      ("pretrained" if weights else "given stems"),
+                      "stems": sorted(stems), "weights": "given stems" if given else
+                      ("random" if weights_random else "pretrained"),
                       "unused_stems": sorted(set(stems) - set(settings["context"])
                                              - set(settings["target"]))}
         except _Skip as skip:

@@ -50,6 +50,23 @@ class TrackFiles:
     target: Path
 
 
+def batch_files(info_dirs: list[str], clip_dirs: list[str], tokenize_dirs: list[str]
+                ) -> list[TrackFiles]:
+    """The files of every track of the batches (folders given batch by batch, in one order).
+
+    A batch's tracks are the ones ingest wrote an info file for.
+    """
+    tracks = []
+    for info, clip, tok in zip(map(Path, info_dirs), map(Path, clip_dirs),
+                               map(Path, tokenize_dirs), strict=True):
+        for path in sorted(info.glob("*.json")):
+            t = path.stem
+            tracks.append(TrackFiles(t, path, clip / t / "clip.json", clip / t / "windows.parquet",
+                                     tok / t / "tokens.json", tok / t / "context.npy",
+                                     tok / t / "target.npy"))
+    return sorted(tracks, key=lambda f: f.track)
+
+
 def split_of(track: str, fractions: dict[str, float]) -> str:
     """Deterministic split from a hash of the track id (stable across runs and machines)."""
     u = int(hashlib.sha256(track.encode()).hexdigest()[:12], 16) / 16**12

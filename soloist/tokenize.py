@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torchaudio.functional as AF
+from tqdm import tqdm
 
 from soloist.fetch_weights import load_encodec
 from soloist.io import (
@@ -96,3 +98,23 @@ def tokenize(track: str, context: str | os.PathLike, target: str | os.PathLike,
         touch_empty(context_out, target_out)
     write_json(status_out, status)
     return status
+
+
+def tokenize_batch(separated: str | os.PathLike, out_dir: str | os.PathLike,
+                   weights: str | os.PathLike, settings: dict) -> list[dict]:
+    """Tokenize every track of a separate batch folder into ``out_dir/<track>/``.
+
+    EnCodec is loaded once, when the first track needs it.
+    """
+    separated, out_dir = Path(separated), Path(out_dir)
+    tracks = sorted(d.name for d in separated.iterdir() if d.is_dir())
+    model, statuses = None, []
+    for t in tqdm(tracks, desc="tokenize", unit="track", disable=len(tracks) < 2):
+        if model is None and first_failure(separated / t / "separate.json") is None:
+            model = load_encodec(weights, settings["bandwidth"])
+            model.to(pick_device(settings["device"]))
+        statuses.append(tokenize(t, separated / t / "context.flac", separated / t / "target.flac",
+                                 separated / t / "separate.json", out_dir / t / "context.npy",
+                                 out_dir / t / "target.npy", out_dir / t / "tokens.json",
+                                 weights, settings, model=model))
+    return statuses

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+from soloist.config import batch_of
 from soloist.fetch_weights import fetch_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,11 @@ def set_config(workdir: Path, changes: dict) -> None:
 
     path = workdir / "config" / "config.yaml"
     path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), changes)))
+
+
+def batch_dir(workdir: Path, stage: str, track: str, batches: int = 8) -> Path:
+    """results/<stage>/<batch>: the folder of the batch job that handles ``track``."""
+    return workdir / "results" / stage / batch_of(track, batches)
 
 
 def with_weights(workdir: Path, weights: Path) -> None:

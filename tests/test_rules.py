@@ -10,6 +10,7 @@ from conftest import snakemake, with_weights, workflow_copy
 from loopback import make_tone, serve_dir, write_rss
 
 from soloist.clip import clip
+from soloist.config import batch_of
 from soloist.demo_corpus import make_song
 from soloist.io import read_json, read_npy, write_audio, write_json
 from soloist.tokenize import tokenize
@@ -35,12 +36,15 @@ def run_rule(workdir, rule, *targets, config=CONFIG):
         assert (workdir / target).exists(), target
 
 
+B = batch_of("t", 8)  # the batch of track t
+
+
 def stage_separated(workdir, seconds=11.0):
-    """results/separate/t/*: a backing with a solo over its middle."""
+    """results/separate/<B>/t/*: a backing with a solo over its middle."""
     t = np.arange(round(seconds * 44100)) / 44100
     backing = 0.2 * np.sin(2 * np.pi * 110 * t) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t))
     solo = 0.3 * np.sin(2 * np.pi * 660 * t) * ((t > 0.5) & (t < seconds - 0.2))
-    d = workdir / "results/separate/t"
+    d = workdir / f"results/separate/{B}/t"
     write_audio(d / "context.flac", np.stack([backing, backing]), 44100)
     write_audio(d / "target.flac", np.stack([solo, solo]), 44100)
     write_json(d / "separate.json", {"ok": True, "stage": "separate", "track": "t"})
@@ -74,51 +78,51 @@ def test_resolve(workdir):
 
 
 def test_ingest(workdir):
-    run_rule(workdir, "ingest", "results/ingest/t/info.json")
-    info = read_json(workdir / "results/ingest/t/info.json")
+    run_rule(workdir, "ingest", f"results/ingest/{B}/info")
+    info = read_json(workdir / f"results/ingest/{B}/info/t.json")
     assert info["ok"] and info["kind"] == "file" and info["duration"] == pytest.approx(11)
-    assert sf.info(workdir / "results/ingest/t/audio.flac").samplerate == 44100
+    assert sf.info(workdir / f"results/ingest/{B}/audio/t.flac").samplerate == 44100
 
 
 def test_separate(workdir, random_weights):
     with_weights(workdir, random_weights)
-    d = workdir / "results/ingest/t"
-    write_audio(d / "audio.flac", 0.1 * np.random.default_rng(0).standard_normal((2, 44100 * 8)),
+    d = workdir / f"results/ingest/{B}"
+    write_audio(d / "audio/t.flac", 0.1 * np.random.default_rng(0).standard_normal((2, 44100 * 8)),
                 44100)
-    write_json(d / "info.json", {"ok": True, "stage": "ingest", "track": "t",
-                                 "source": str(workdir / "tone.wav")})
-    run_rule(workdir, "separate", "results/separate/t/separate.json")
-    status = read_json(workdir / "results/separate/t/separate.json")
+    write_json(d / "info/t.json", {"ok": True, "stage": "ingest", "track": "t", "kind": "file",
+                                   "source": str(workdir / "tone.wav")})
+    run_rule(workdir, "separate", f"results/separate/{B}")
+    status = read_json(workdir / f"results/separate/{B}/t/separate.json")
     assert status["ok"] and status["weights"] == "random"
     assert status["unused_stems"] == []  # htdemucs_6s: every stem has a role
     for role in ("context", "target"):
-        assert sf.info(workdir / f"results/separate/t/{role}.flac").frames == 44100 * 8
+        assert sf.info(workdir / f"results/separate/{B}/t/{role}.flac").frames == 44100 * 8
 
 
 def test_clip(workdir):
     stage_separated(workdir)
-    run_rule(workdir, "clip", "results/clip/t/clip.json")
-    windows = pq.read_table(workdir / "results/clip/t/windows.parquet").to_pylist()
+    run_rule(workdir, "clip", f"results/clip/{B}")
+    windows = pq.read_table(workdir / f"results/clip/{B}/t/windows.parquet").to_pylist()
     assert [w["start"] for w in windows] == [0.0]  # one 10 s window fits in 11 s
-    assert read_json(workdir / "results/clip/t/clip.json")["windows"] == 1
+    assert read_json(workdir / f"results/clip/{B}/t/clip.json")["windows"] == 1
 
 
 def test_tokenize(workdir, random_weights):
     with_weights(workdir, random_weights)
     stage_separated(workdir)
-    run_rule(workdir, "tokenize", "results/tokenize/t/tokens.json")
-    assert read_npy(workdir / "results/tokenize/t/target.npy").shape == (4, 825)
-    assert read_json(workdir / "results/tokenize/t/tokens.json")["weights"] == "random"
+    run_rule(workdir, "tokenize", f"results/tokenize/{B}")
+    assert read_npy(workdir / f"results/tokenize/{B}/t/target.npy").shape == (4, 825)
+    assert read_json(workdir / f"results/tokenize/{B}/t/tokens.json")["weights"] == "random"
 
 
 def test_shard(workdir, random_weights):
     d = stage_separated(workdir)
-    write_json(workdir / "results/ingest/t/info.json",
+    write_json(workdir / f"results/ingest/{B}/info/t.json",
                {"ok": True, "stage": "ingest", "track": "t", "row": "t", "source": "tone.wav"})
     clip("t", d / "context.flac", d / "target.flac", d / "separate.json",
-         workdir / "results/clip/t/windows.parquet", workdir / "results/clip/t/clip.json",
-         {**CLIP, "seconds": 4.0, "hop": 2.0})
-    out = workdir / "results/tokenize/t"
+         workdir / f"results/clip/{B}/t/windows.parquet",
+         workdir / f"results/clip/{B}/t/clip.json", {**CLIP, "seconds": 4.0, "hop": 2.0})
+    out = workdir / f"results/tokenize/{B}/t"
     tokenize("t", d / "context.flac", d / "target.flac", d / "separate.json",
              out / "context.npy", out / "target.npy", out / "tokens.json",
              random_weights / "random/encodec/encodec_24khz.json",
@@ -137,8 +141,10 @@ def test_keep_intermediates_false_deletes_audio_once_used(tmp_path, random_weigh
     (tmp_path / "tracks.tsv").write_text(f"track\tsource\ns\t{tmp_path}/multitrack/stems\n")
     snakemake(tmp_path, "shard", config=CONFIG | {"keep_intermediates": False})
     assert read_json(tmp_path / "results/shards/stats.json")["tracks_ok"] == 1
-    assert (tmp_path / "results/tokenize/s/target.npy").is_file()
-    for temp in ("ingest/s/audio.flac", "separate/s/context.flac", "separate/s/target.flac"):
+    b = batch_of("s", 8)
+    assert (tmp_path / f"results/tokenize/{b}/s/target.npy").is_file()
+    assert (tmp_path / f"results/ingest/{b}/info/s.json").is_file()
+    for temp in (f"ingest/{b}/audio", f"separate/{b}"):
         assert not (tmp_path / "results" / temp).exists(), temp
 
 

@@ -13,7 +13,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from conftest import BAD, GOOD, e2e_sheet, planned_jobs, run_e2e, snakemake, workflow_copy
+from conftest import (
+    BAD,
+    GOOD,
+    batch_dir,
+    e2e_sheet,
+    planned_jobs,
+    run_e2e,
+    snakemake,
+    workflow_copy,
+)
+
+from soloist.config import batch_of
 
 
 def test_failures_table_has_one_readable_row_per_bad_track(done):
@@ -29,7 +40,7 @@ def test_counts_reconcile(done):
     tracks_in = len(GOOD) + len(BAD)  # the playlist row expanded into two tracks
     assert (stats["tracks_in"], stats["tracks_ok"], stats["tracks_failed"]) == \
         (tracks_in, len(GOOD), len(BAD))
-    windows = sum(pq.read_metadata(done / f"results/clip/{t}/windows.parquet").num_rows
+    windows = sum(pq.read_metadata(batch_dir(done, "clip", t) / t / "windows.parquet").num_rows
                   for t in GOOD)
     manifest = pq.read_table(done / "results/shards/manifest.parquet").to_pylist()
     assert windows == len(manifest) == stats["samples_in_manifest"] > 0
@@ -56,7 +67,8 @@ def test_shards_stream_back_with_webdataset(done):
 def test_playlist_and_stems_tracks(done):
     resolved = (done / "results/resolve/feed.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in resolved[1:]] == ["feed.001", "feed.002"]
-    separated = json.loads((done / "results/separate/stems/separate.json").read_text())
+    separated = json.loads((batch_dir(done, "separate", "stems") / "stems/separate.json")
+                           .read_text())
     assert separated["weights"] == "given stems"  # no Demucs for a multitrack
     assert separated["stems"] == ["bass", "drums", "other", "piano"]
 
@@ -65,9 +77,13 @@ def test_nothing_left_to_do_after_a_run(done):
     assert planned_jobs(done) == {}
 
 
+def batches(tracks) -> int:
+    return len({batch_of(t, 8) for t in tracks})
+
+
 def test_clip_change_reruns_only_clip_and_shard(done):
     jobs = planned_jobs(done, config={"clip": {"min_active": 0.7}})
-    assert jobs == {"clip": len(GOOD) + len(BAD), "shard": 1, "train": 1, "evaluate": 1,
+    assert jobs == {"clip": batches([*GOOD, *BAD]), "shard": 1, "train": 1, "evaluate": 1,
                     "all": 1}
 
 
@@ -76,11 +92,36 @@ def test_shard_size_change_reruns_only_shard_and_downstream(done):
         {"shard": 1, "train": 1, "evaluate": 1, "all": 1}
 
 
-def test_new_track_schedules_only_its_jobs_and_shard(done, media):
+def test_new_track_schedules_only_its_batch_and_shard(done, media):
     (done / "config/more.tsv").write_text(e2e_sheet(*media, extra="song3\tdemo:song3\t\n"))
     jobs = planned_jobs(done, config={"tracks": "config/more.tsv"})
     assert jobs == {"demo_corpus": 1, "ingest": 1, "separate": 1, "clip": 1, "tokenize": 1,
                     "shard": 1, "train": 1, "evaluate": 1, "all": 1}
+
+
+def test_a_batch_job_loads_its_model_once(done):
+    """feed.001 and feed.002 share a batch: one Demucs and one EnCodec load for both."""
+    b = batch_of("feed.001", 8)
+    assert b == batch_of("feed.002", 8)
+    for t in ("feed.001", "feed.002"):
+        status = json.loads((done / f"results/tokenize/{b}/{t}/tokens.json").read_text())
+        assert status["ok"] and status["weights"] == "random"
+    for stage in ("separate", "tokenize"):
+        log = (done / f"results/logs/{stage}/{b}.log").read_text()
+        assert log.count("RANDOM-INIT WEIGHTS") == 1, log
+
+
+def test_a_thousand_tracks_make_a_handful_of_jobs(fresh):
+    (fresh / "audio").mkdir()
+    lines = ["track\tsource"]
+    for i in range(1000):
+        (fresh / f"audio/{i}.wav").touch()
+        lines.append(f"t{i}\t{fresh}/audio/{i}.wav")
+    (fresh / "big.tsv").write_text("\n".join(lines) + "\n")
+    jobs = planned_jobs(fresh, "shard", config={"tracks": "big.tsv", "weights": "random",
+                                                "batches": 4})
+    assert jobs == {"fetch_weights": 2, "ingest": 4, "separate": 4, "clip": 4, "tokenize": 4,
+                    "shard": 1}
 
 
 def test_two_runs_from_scratch_are_byte_identical(done, media, tmp_path):
@@ -111,8 +152,9 @@ def fresh(tmp_path):
 
 def test_dry_run_lists_the_dag_and_lint_is_clean(fresh):
     jobs = planned_jobs(fresh)
-    assert jobs == {"demo_corpus": 8, "fetch_weights": 2, "ingest": 8, "separate": 8,
-                    "clip": 8, "tokenize": 8, "shard": 1, "train": 1, "evaluate": 1, "all": 1}
+    n = batches(f"demo0{i}" for i in range(1, 9))  # the default sheet
+    assert jobs == {"demo_corpus": 8, "fetch_weights": 2, "ingest": n, "separate": n,
+                    "clip": n, "tokenize": n, "shard": 1, "train": 1, "evaluate": 1, "all": 1}
     lint = snakemake(fresh, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
 

@@ -2,14 +2,11 @@ from pathlib import Path
 
 import torch
 
-from soloist.io import read_json, setup_logging
-from soloist.separate import Item, separate
+from soloist.io import setup_logging
+from soloist.separate import separate_batch
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-i, o, p = snakemake.input, snakemake.output, snakemake.params
-weights = i.get("weights")
-item = Item(snakemake.wildcards.track, Path(i.audio), Path(i.info), Path(o.context),
-            Path(o.target), Path(o.status), Path(p.stems_dir))
-separate([item], p.settings, weights, p.sample_rate,
-         weights_random=bool(weights) and read_json(weights)["random"])
+i, p = snakemake.input, snakemake.params
+separate_batch(Path(i.info).parent, snakemake.output[0], p.settings, i.get("weights"),
+               p.sample_rate)
