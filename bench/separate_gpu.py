@@ -1,0 +1,162 @@
+"""Separation throughput: our separate stage vs demucs' apply_model with its CLI defaults.
+
+Both run the same random-init htdemucs_6s-shaped model (same compute as pretrained) on the
+same synthetic songs of different lengths, on the GPU when there is one. Ours is timed end
+to end on an ingest batch folder (model load, FLAC read, separation, FLAC write), with the
+settings of config.yaml's ``separate`` section; apply_model is timed on tensors already in
+memory (the library's compute path only, what the demucs CLI does between reading and
+writing files). SDR compares our written context/target with the same role mixes of
+apply_model's fp32 output, for the CLI defaults and for our own settings: with random
+weights the model is far from shift-equivariant, so a different shift alone (ours 0, the
+CLI's random one) gives an SDR near 0 dB; the same-settings row measures our numerics.
+
+    PYTHONPATH=. python3 bench/separate_gpu.py [--seconds 240 180 120 90 60 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from soloist.demo_corpus import make_song
+from soloist.fetch_weights import fetch_weights, load_demucs
+from soloist.io import read_audio, write_audio, write_json
+from soloist.separate import mix_roles, separate_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+RATE = 44100
+
+
+def make_ingest_batch(folder: Path, seconds: list[float]) -> dict[str, np.ndarray]:
+    """An ingest batch folder of demo mixtures of these lengths; returns {track: [2, N]}.
+
+    Songs longer than 60 s repeat a 60 s song: synthesis costs CPU time, Demucs does not care.
+    """
+    mixes = {}
+    for i, s in enumerate(seconds):
+        track = f"t{i:02d}_{s:g}s"
+        song = folder / "songs" / track
+        make_song(track, song, seconds=min(s, 60.0), seed=i)
+        audio, _ = read_audio(song / "mixture.flac")
+        n = round(s * RATE)
+        audio = np.tile(audio, (1, -(-n // audio.shape[1])))[:, :n]
+        write_audio(folder / "audio" / f"{track}.flac", audio, RATE)
+        write_json(folder / "info" / f"{track}.json",
+                   {"ok": True, "stage": "ingest", "track": track, "kind": "file",
+                    "source": str(song / "mixture.flac"), "sample_rate": RATE})
+        # what separate reads back: the 16-bit file, not the float we wrote
+        mixes[track] = read_audio(folder / "audio" / f"{track}.flac")[0]
+    return mixes
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def apply_model_path(model: torch.nn.Module, mixes: dict[str, np.ndarray], shifts: int,
+                     overlap: float, device: torch.device) -> tuple[float, dict]:
+    """Wall seconds and {track: stems [S, C, N]} of apply_model on each whole track."""
+    from demucs.apply import apply_model
+
+    outs = {}
+    sync(device)
+    start = time.perf_counter()
+    for track, audio in mixes.items():
+        mix = torch.from_numpy(audio)
+        ref = mix.mean(0)  # the CLI normalises by the mono mix's mean and std, then undoes it
+        mean, std = ref.mean(), ref.std()
+        random.seed(track)  # the shift offsets come from `random`: same draw as our stage
+        out = apply_model(model, ((mix - mean) / std)[None], shifts=shifts, overlap=overlap,
+                          split=True, device=device)[0]
+        outs[track] = (out * std + mean).numpy()
+    sync(device)
+    return time.perf_counter() - start, outs
+
+
+def role_sdr(ours: Path, ref: dict[str, np.ndarray], sources: list[str], settings: dict
+             ) -> tuple[float, float]:
+    """SDR (dB) of our context and target files vs the reference stems mixed the same way.
+
+    Energies are summed over all tracks. The reference is clipped to [-1, 1] like our
+    16-bit files: clipping is the file format, not an error of the separation.
+    """
+    num, den = np.zeros(2), np.zeros(2)
+    for track, stems in ref.items():
+        mixed = mix_roles(dict(zip(sources, stems, strict=True)), settings["context"],
+                          settings["target"])
+        for i, (role, r) in enumerate(zip(("context", "target"), mixed, strict=True)):
+            r = np.clip(r, -1, 1)
+            est = read_audio(ours / track / f"{role}.flac")[0]
+            num[i] += np.sum(r.astype(np.float64) ** 2)
+            den[i] += np.sum((r.astype(np.float64) - est) ** 2)
+    sdr = 10 * np.log10(num / np.maximum(den, 1e-20))
+    return float(sdr[0]), float(sdr[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, nargs="+", default=[240, 180, 120, 90, 60, 30],
+                    help="track lengths (default: 12 audio-minutes)")
+    ap.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml")
+    args = ap.parse_args()
+    logging.getLogger("soloist").setLevel(logging.ERROR)  # the header says random-init once
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    settings = {**yaml.safe_load(args.config.read_text())["separate"], "device": str(device)}
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"device: {name}, torch {torch.__version__}, weights: random-init "
+          f"{settings['model']}, ours: shifts={settings['shifts']} "
+          f"overlap={settings['overlap']} segment={settings['segment']}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-separate-") as tmp:
+        tmp = Path(tmp)
+        manifest = tmp / "weights" / "demucs" / f"{settings['model']}.json"
+        fetch_weights("demucs", settings["model"], "random", manifest)
+        mixes = make_ingest_batch(tmp / "ingest", args.seconds)
+        audio_s = sum(a.shape[1] for a in mixes.values()) / RATE
+        model = load_demucs(manifest).to(device)
+        if device.type == "cuda":  # CUDA context, cuDNN and allocator warm-up, untimed
+            shortest = min(mixes, key=lambda t: mixes[t].shape[1])
+            apply_model_path(model, {shortest: mixes[shortest]}, 0, 0.25, device)
+
+        sync(device)
+        start = time.perf_counter()
+        statuses = separate_batch(tmp / "ingest", tmp / "ours", settings, manifest, RATE)
+        sync(device)
+        ours_s = time.perf_counter() - start
+        if not all(s["ok"] for s in statuses):
+            raise RuntimeError(f"our stage failed: {[s for s in statuses if not s['ok']]}")
+
+        # (label, shifts, overlap): the CLI defaults, then our settings; both fp32 (its default)
+        refs = [("apply_model CLI (shifts=1)", 1, 0.25)]
+        if (settings["shifts"], settings["overlap"]) != (1, 0.25):
+            refs.append((f"apply_model ours (shifts={settings['shifts']})", settings["shifts"],
+                         settings["overlap"]))
+        print(f"{len(mixes)} tracks, {audio_s:.0f} audio-s; SDR columns: our output vs that "
+              f"row's fp32 output")
+        print(f"{'path':<34}{'audio s':>9}{'wall s':>9}{'x realtime':>12}"
+              f"{'SDR ctx dB':>12}{'SDR tgt dB':>12}")
+        print(f"{'ours: separate_batch (I/O incl.)':<34}{audio_s:>9.0f}{ours_s:>9.2f}"
+              f"{audio_s / ours_s:>12.1f}{'-':>12}{'-':>12}", flush=True)
+        rates = []
+        for label, shifts, overlap in refs:
+            seconds, outs = apply_model_path(model, mixes, shifts, overlap, device)
+            ctx, tgt = role_sdr(tmp / "ours", outs, list(model.sources), settings)
+            rates.append(audio_s / seconds)
+            print(f"{label:<34}{audio_s:>9.0f}{seconds:>9.2f}{audio_s / seconds:>12.1f}"
+                  f"{ctx:>12.1f}{tgt:>12.1f}", flush=True)
+    print(f"ratio: ours / apply_model CLI defaults = {audio_s / ours_s / rates[0]:.2f}x "
+          f"(target >= 4x; SDR vs fp32 >= 30 dB)")
+
+
+if __name__ == "__main__":
+    main()
