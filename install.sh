@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Makes .venv/ with the pinned dependencies and installs soloist into it (editable).
 # As root it also installs the Debian packages soloist calls: ffmpeg, graphviz (for --dag),
-# and chromium (the tests open the listening page in it).
+# chromium (the tests open the listening page in it) and SLURM with munge and MariaDB
+# (tests/test_slurm.py starts its own one-node cluster on localhost from them).
 # SOLOIST_VENV_CACHE=DIR keeps the venv in DIR/<hash of requirements.txt> and links .venv to it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ "$(id -u)" = 0 ] && ! { command -v ffmpeg && command -v dot && command -v chromium; } >/dev/null; then
+if [ "$(id -u)" = 0 ] && ! { command -v ffmpeg && command -v dot && command -v chromium &&
+    command -v slurmctld && command -v slurmd && command -v sinfo && command -v slurmdbd &&
+    command -v munged && command -v mariadbd; } >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    ffmpeg graphviz chromium >/dev/null
+    ffmpeg graphviz chromium slurmctld slurmd slurm-client slurmdbd munge mariadb-server >/dev/null
 fi
 command -v ffmpeg >/dev/null || { echo "install.sh: ffmpeg is missing; install it (e.g. apt-get install ffmpeg)" >&2; exit 1; }
 

@@ -98,3 +98,22 @@ def source_of(row):
 def per_batch(pattern):
     """An input function: ``pattern`` formatted for every batch that holds a track."""
     return lambda wildcards: [pattern.format(batch=b) for b in sorted(tracks_by_batch())]
+
+
+# profiles/slurm reads the config's slurm section through these variables: a profile cannot
+# see the config, and Snakemake expands $VARS in resource values when a job is built.
+os.environ.update({f"SOLOIST_SLURM_{key.upper()}": str(value)
+                   for key, value in config["slurm"].items() if key != "runtime"})
+os.environ.update({f"SOLOIST_SLURM_RUNTIME_{rule.upper()}": str(value)
+                   for rule, value in config["slurm"]["runtime"].items()})
+
+
+def train_resources(train):
+    """One node: ``gpus`` GPUs for one torchrun. More nodes: one srun task per node, each
+    starting a torchrun on its node's ``gpus`` GPUs (workflow/scripts/train.py)."""
+    cpus = max(2, train["gpus"] * (train["workers"] + 1))  # a process and its loaders per GPU
+    if train["nodes"] == 1:
+        return {"gpu": train["gpus"], "cpus_per_task": cpus}
+    # gres (per node), not gpu: with tasks, gpu would become --ntasks-per-gpu
+    return {"nodes": train["nodes"], "tasks": train["nodes"], "tasks_per_gpu": 0,
+            "gres": f"gpu:{train['gpus']}", "cpus_per_task": cpus, "mpi": "srun"}

@@ -1,6 +1,6 @@
 rule train:
     message:
-        "Training the {params.preset} model ({resources.gpu} GPU(s))"
+        "Training the {params.preset} model ({params.gpus} GPU(s) on {params.nodes} node(s))"
     input:
         manifest="results/shards/manifest.parquet",
         stats="results/shards/stats.json",
@@ -11,11 +11,13 @@ rule train:
         curve="results/train/loss.png",
     params:
         preset=config["train"]["preset"],
-        # logged as the run's parameters; evaluation settings do not retrain
-        config={k: v for k, v in config.items() if k != "evaluate"},
+        gpus=config["train"]["gpus"],
+        nodes=config["train"]["nodes"],
+        # logged as the run's parameters; evaluation and cluster settings do not retrain
+        config={k: v for k, v in config.items() if k not in ("evaluate", "slurm")},
     threads: 2
     resources:
-        gpu=config["train"]["gpus"],
+        **train_resources(config["train"]),
     log:
         "results/logs/train/train.log",
     benchmark:

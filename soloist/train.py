@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -104,13 +104,27 @@ def _set_rng_state(state: dict) -> None:
 class _Signals:
     """Remembers SIGTERM/SIGUSR1 so the loop can checkpoint at the end of the step."""
 
+    SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
+
     def __init__(self):
         self.received: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
+
+    @contextmanager
+    def held(self):
+        """Processes forked in here (data loader workers) never see these signals. SLURM
+        signals every process of a job step, and PyTorch lets a worker die of a SIGTERM not
+        sent by its parent, which would crash the trainer before it checkpoints. Here they
+        wait until the block ends, then reach the trainer's handler."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _mlflow_run(out_dir: Path, mlflow_cfg: dict, config: dict):
@@ -142,6 +156,7 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     ``config`` is the whole resolved workflow config (its ``train`` and ``mlflow`` sections
     drive this; all of it is logged as the run's parameters).
     """
+    signals = _Signals()  # first: a signal during start-up still ends in a checkpoint
     cfg, shards, out_dir = config["train"], Path(shards), Path(out_dir)
     rank, world, local_rank = setup_distributed()
     main = rank == 0
@@ -201,7 +216,6 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else nullcontext())
     run = _mlflow_run(out_dir, config["mlflow"], config) if main else None
-    signals = _Signals()
     urls = [str(p) for p in sorted((shards / "train").glob("*.tar"))]
     valid_urls = [str(p) for p in sorted((shards / "valid").glob("*.tar"))]
     if not urls:
@@ -211,10 +225,15 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
         """Micro-batches from global micro-batch index ``start_micro`` on, across epochs."""
         epoch, skip = divmod(start_micro, cfg["epoch_batches"])
         while True:
-            yield from train_loader(urls, batch_size=cfg["batch_size"], frames=frames, pad=card,
-                                    seed=cfg["seed"], epoch=epoch, batches=cfg["epoch_batches"],
-                                    workers=cfg["workers"], shuffle_buffer=cfg["shuffle_buffer"],
-                                    skip=skip)
+            loader = train_loader(urls, batch_size=cfg["batch_size"], frames=frames, pad=card,
+                                  seed=cfg["seed"], epoch=epoch, batches=cfg["epoch_batches"],
+                                  workers=cfg["workers"], shuffle_buffer=cfg["shuffle_buffer"],
+                                  skip=skip)
+            with signals.held():  # the first batch starts the workers
+                first = next(loader, None)
+            if first is not None:
+                yield first
+                yield from loader
             epoch, skip = epoch + 1, 0
 
     def checkpoint(name: str) -> None:

@@ -99,6 +99,20 @@ def test_sigterm_checkpoints_and_the_rerun_reproduces_the_losses(tmp_path, shard
     assert sorted(steps) == list(range(1, 31))
 
 
+def test_sigterm_to_every_process_with_loader_workers_still_checkpoints(tmp_path, shards):
+    """SLURM signals every process of a job step, the data loader workers too."""
+    proc = run_train(shards, tmp_path / "step", config(tmp_path, workers=1, steps=200),
+                     start_new_session=True)
+    last = tmp_path / "step/checkpoints/last.pt"
+    while not last.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    output = proc.communicate()[0]
+    assert proc.returncode == EXIT_REQUEUE, output
+    assert "signal received: checkpoint at step" in output
+    assert 2 <= len(history(tmp_path / "step")) < 200
+
+
 def test_two_process_ddp_on_cpu_keeps_replicas_identical(tmp_path, shards):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node=2")
@@ -169,7 +183,7 @@ def test_early_stopping_and_ema_export(tmp_path, shards):
     assert proc.wait() == 0, proc.stdout.read()
     exported = torch.load(tmp_path / "ema/model.pt", weights_only=True)
     best = torch.load(tmp_path / "ema/checkpoints/best.pt", weights_only=True)
-    name = "heads.0.weight"
+    name = "heads.weight"
     assert not torch.equal(exported[name], best["model"][name])  # the EMA, not the raw weights
     index = [n for n in best["model"] if n in exported].index(name)
     assert torch.equal(exported[name], best["ema"][index])
