@@ -135,7 +135,7 @@ def test_every_remote_rule_ran_as_a_completed_slurm_job(cluster, slurm_run):
     done = {rule: sum(rule_of(j["Comment"]) == rule for j in completed) for rule in expected}
     assert done == expected
     assert not {rule_of(j["Comment"]) for j in jobs} & local, "local rules stay local"
-    # the config's slurm section reached every job (rules/train.smk -> profiles/slurm)
+    # the config's slurm section reached every job (rules/common.smk -> profiles/slurm)
     assert {j["Account"] for j in jobs} == {ACCOUNT}
     assert {j["Timelimit"] for j in jobs if j["Comment"] == "rule_train"} == {"1-00:00:00"}
     assert {j["Timelimit"] for j in jobs if j["Comment"].startswith("rule_separate")} == \
