@@ -12,6 +12,7 @@ Needs root and the packages that install.sh installs as root.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,22 @@ def missing() -> str | None:
         path = ETC / name
         if path.exists() and not path.read_text().startswith(MARK):
             return f"{path} belongs to a real SLURM setup; not touching it"
+    port = re.search(r"^SlurmctldPort=(\d+)", _read(ETC / "slurm.conf"), re.M)
+    if port and _listening(int(port[1])):
+        return "another test session's cluster is up (its slurm.conf is in /etc/slurm)"
     return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _free_port() -> int:

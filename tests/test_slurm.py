@@ -23,7 +23,7 @@ from soloist.io import read_json
 FAST = ("--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs")
 SMALL = {"tracks": "config/slurm.tsv", "weights": "random", "demo": {"seconds": 6},
          "clip": {"seconds": 2, "hop": 1},
-         "train": {"steps": 16, "batch_size": 4, "seconds": 2, "workers": 1, "eval_every": 8,
+         "train": {"steps": 24, "batch_size": 4, "seconds": 2, "workers": 1, "eval_every": 8,
                    "eval_batches": 2, "checkpoint_every": 4, "epoch_batches": 8,
                    "warmup_steps": 2},
          "evaluate": {"examples": 1, "batches": 1, "seconds": 2},
@@ -32,7 +32,7 @@ SHEET = "track\tsource\tsplit\nsong1\tdemo:song1\ttrain\nsong2\tdemo:song2\ttest
 GPU_RULES = ("separate", "tokenize", "train")  # on slurm.gpu_partition with a GPU each
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The local cluster; CI runs as root with install.sh's packages, so it runs there."""
     if missing():
@@ -92,7 +92,7 @@ def start(workdir: Path, *args: str) -> subprocess.Popen:
                                 cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory, random_weights):
     """The small demo DAG through ``--profile profiles/slurm``. The train job gets SIGTERM,
     as before a time limit, once it has written a checkpoint; Snakemake resubmits it.
