@@ -73,7 +73,7 @@ if [[ ${SMOKE:-0} == 1 ]]; then
     run 120 train bench/train_throughput.py --preset tiny --batch 4 --frames 150 --steps 2 \
         --compile no
 else
-    run 150 separate bench/separate_gpu.py --seconds 240 180 120 90 60 30
+    run 150 separate bench/separate_gpu.py --seconds 240 180 120 90 60 30 --precision bf16 fp32
     run 120 tokenize bench/tokenize_gpu.py --seconds 240 180 120 90 60 30
     run 150 loader bench/loader_gpu.py --batch 32 --frames 750 --compile both
     run 150 generate bench/generate_gpu.py --preset base --batch 1 16 --frames 150

@@ -6,11 +6,12 @@ to end on an ingest batch folder (model load, FLAC read, separation, FLAC write)
 settings of config.yaml's ``separate`` section; apply_model is timed on tensors already in
 memory (the library's compute path only, what the demucs CLI does between reading and
 writing files). SDR compares our written context/target with the same role mixes of
-apply_model's fp32 output, for the CLI defaults and for our own settings: with random
-weights the model is far from shift-equivariant, so a different shift alone (ours 0, the
-CLI's random one) gives an SDR near 0 dB; the same-settings row measures our numerics.
+apply_model's fp32 output with our own settings (shifts=0): with random weights the model
+is far from shift-equivariant, so a different shift alone (ours 0, the CLI's random one)
+would give an SDR near 0 dB and say nothing about our numerics.
 
-    PYTHONPATH=. python3 bench/separate_gpu.py [--seconds 240 180 120 90 60 30]
+    PYTHONPATH=. python3 bench/separate_gpu.py [--seconds 240 180 120 90 60 30] \
+        [--precision bf16 fp32] [--batch auto 32]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +30,8 @@ import yaml
 
 from soloist.demo_corpus import make_song
 from soloist.fetch_weights import fetch_weights, load_demucs
-from soloist.io import read_audio, write_audio, write_json
-from soloist.separate import mix_roles, separate_batch
+from soloist.io import io_pool, io_workers, read_audio, write_audio, write_json
+from soloist.separate import PIECE_SECONDS, mix_roles, separate_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 44100
@@ -83,6 +85,28 @@ def apply_model_path(model: torch.nn.Module, mixes: dict[str, np.ndarray], shift
     return time.perf_counter() - start, outs
 
 
+@torch.inference_mode()
+def forward_alone(model: torch.nn.Module, mixes: dict[str, np.ndarray], settings: dict,
+                  precision: str, device: torch.device) -> float:
+    """Wall seconds of the forward passes alone that our stage makes for ``mixes``, in
+    batches of 16 segments of random input: the GPU's ceiling for the stage."""
+    inner = model.models[0]
+    seg = int(inner.samplerate * (settings["segment"] or float(inner.segment)))
+    stride = int((1 - settings["overlap"]) * seg)
+    window = inner.valid_length(seg)
+    n = sum(-(-a.shape[1] // stride) for a in mixes.values())
+    x = torch.randn(16, 2, window, device=device)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+    with autocast:
+        inner(x)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(-(-n // 16)):
+            inner(x)
+        sync(device)
+    return time.perf_counter() - start
+
+
 def role_sdr(ours: Path, ref: dict[str, np.ndarray], sources: list[str], settings: dict
              ) -> tuple[float, float]:
     """SDR (dB) of our context and target files vs the reference stems mixed the same way.
@@ -107,9 +131,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, nargs="+", default=[240, 180, 120, 90, 60, 30],
                     help="track lengths (default: 12 audio-minutes)")
+    ap.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
+    ap.add_argument("--batch", nargs="+", default=["auto"], help="our batch_size settings")
     ap.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml")
     args = ap.parse_args()
     logging.getLogger("soloist").setLevel(logging.ERROR)  # the header says random-init once
+    stage_log = logging.getLogger("soloist.separate")  # its line of where the time went
+    stage_log.setLevel(logging.INFO)
+    stage_log.addHandler(logging.StreamHandler(sys.stdout))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = {**yaml.safe_load(args.config.read_text())["separate"], "device": str(device)}
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -127,35 +156,63 @@ def main() -> None:
         if device.type == "cuda":  # CUDA context, cuDNN and allocator warm-up, untimed
             shortest = min(mixes, key=lambda t: mixes[t].shape[1])
             apply_model_path(model, {shortest: mixes[shortest]}, 0, 0.25, device)
+            separate_batch(tmp / "ingest", tmp / "warm", settings, manifest, RATE)
 
-        sync(device)
+        print(f"{len(mixes)} tracks, {audio_s:.0f} audio-s; SDR columns: our output vs "
+              f"apply_model's fp32 output with our settings (shifts={settings['shifts']})")
+        print(f"{'path':<40}{'audio s':>9}{'wall s':>9}{'x realtime':>12}"
+              f"{'SDR ctx dB':>12}{'SDR tgt dB':>12}", flush=True)
+        # the CLI defaults, then our settings; both fp32 (its default)
+        cli_s, _ = apply_model_path(model, mixes, 1, 0.25, device)
+        print(f"{'apply_model CLI (shifts=1)':<40}{audio_s:>9.0f}{cli_s:>9.2f}"
+              f"{audio_s / cli_s:>12.1f}{'-':>12}{'-':>12}", flush=True)
+        same_s, ref = apply_model_path(model, mixes, settings["shifts"], settings["overlap"],
+                                       device)
+        label = f"apply_model (shifts={settings['shifts']})"
+        print(f"{label:<40}{audio_s:>9.0f}{same_s:>9.2f}{audio_s / same_s:>12.1f}"
+              f"{'-':>12}{'-':>12}", flush=True)
+        # what the parts of our stage cost alone: loading the model, reading, writing
         start = time.perf_counter()
-        statuses = separate_batch(tmp / "ingest", tmp / "ours", settings, manifest, RATE)
+        load_demucs(manifest).to(device)
         sync(device)
-        ours_s = time.perf_counter() - start
-        if not all(s["ok"] for s in statuses):
-            raise RuntimeError(f"our stage failed: {[s for s in statuses if not s['ok']]}")
-
-        # (label, shifts, overlap): the CLI defaults, then our settings; both fp32 (its default)
-        refs = [("apply_model CLI (shifts=1)", 1, 0.25)]
-        if (settings["shifts"], settings["overlap"]) != (1, 0.25):
-            refs.append((f"apply_model ours (shifts={settings['shifts']})", settings["shifts"],
-                         settings["overlap"]))
-        print(f"{len(mixes)} tracks, {audio_s:.0f} audio-s; SDR columns: our output vs that "
-              f"row's fp32 output")
-        print(f"{'path':<34}{'audio s':>9}{'wall s':>9}{'x realtime':>12}"
-              f"{'SDR ctx dB':>12}{'SDR tgt dB':>12}")
-        print(f"{'ours: separate_batch (I/O incl.)':<34}{audio_s:>9.0f}{ours_s:>9.2f}"
-              f"{audio_s / ours_s:>12.1f}{'-':>12}{'-':>12}", flush=True)
-        rates = []
-        for label, shifts, overlap in refs:
-            seconds, outs = apply_model_path(model, mixes, shifts, overlap, device)
-            ctx, tgt = role_sdr(tmp / "ours", outs, list(model.sources), settings)
-            rates.append(audio_s / seconds)
-            print(f"{label:<34}{audio_s:>9.0f}{seconds:>9.2f}{audio_s / seconds:>12.1f}"
-                  f"{ctx:>12.1f}{tgt:>12.1f}", flush=True)
-    print(f"ratio: ours / apply_model CLI defaults = {audio_s / ours_s / rates[0]:.2f}x "
-          f"(target >= 4x; SDR vs fp32 >= 30 dB)")
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        audio = [read_audio(tmp / "ingest" / "audio" / f"{t}.flac", PIECE_SECONDS)[0]
+                 for t in mixes]
+        read_s = time.perf_counter() - start
+        start = time.perf_counter()
+        list(io_pool().map(lambda a: write_audio(tmp / f"w{a[0]}.flac", a[1], RATE),
+                           [(i, x) for i, x in enumerate(audio + audio)]))
+        write_s = time.perf_counter() - start
+        forward = {p: forward_alone(model, mixes, settings, p, device) for p in args.precision}
+        for label, seconds in (("  model load", load_s),
+                               *((f"  model forward alone, {p}, batch 16", t)
+                                 for p, t in forward.items()),
+                               (f"  FLAC read alone ({io_workers()} threads)", read_s),
+                               (f"  FLAC write alone, 2 roles ({io_workers()} threads)", write_s)):
+            print(f"{label:<40}{audio_s:>9.0f}{seconds:>9.2f}{audio_s / seconds:>12.1f}"
+                  f"{'-':>12}{'-':>12}", flush=True)
+        best = 0.0
+        for precision in args.precision:
+            for batch in args.batch:
+                variant = {**settings, "precision": precision,
+                           "batch_size": batch if batch == "auto" else int(batch)}
+                out = tmp / f"ours-{precision}-{batch}"
+                sync(device)
+                start = time.perf_counter()
+                statuses = separate_batch(tmp / "ingest", out, variant, manifest, RATE)
+                sync(device)
+                ours_s = time.perf_counter() - start
+                if not all(s["ok"] for s in statuses):
+                    raise RuntimeError(f"our stage failed: {[s for s in statuses if not s['ok']]}")
+                ctx, tgt = role_sdr(out, ref, list(model.sources), settings)
+                label = f"ours {precision} batch {batch} (I/O incl.)"
+                print(f"{label:<40}{audio_s:>9.0f}{ours_s:>9.2f}{audio_s / ours_s:>12.1f}"
+                      f"{ctx:>12.1f}{tgt:>12.1f}", flush=True)
+                if min(ctx, tgt) >= 30:
+                    best = max(best, audio_s / ours_s)
+    print(f"ratio: ours (best with SDR >= 30 dB) / apply_model CLI defaults = "
+          f"{best / (audio_s / cli_s):.2f}x (target >= 4x)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,16 +91,51 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
-    """Write ``audio`` [C, N] float as 16-bit FLAC (clipped to [-1, 1])."""
-    data = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0).T
+    """Write ``audio`` [C, N] as 16-bit FLAC: float (clipped to [-1, 1]) or int16 samples."""
+    data = audio.T if audio.dtype == np.int16 else np.clip(
+        np.asarray(audio, dtype=np.float32), -1.0, 1.0).T
     with atomic_path(path) as tmp:
         sf.write(tmp, data, sample_rate, format="FLAC", subtype="PCM_16")
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read an audio file soundfile understands; returns ([C, N] float32, sample rate)."""
-    data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+def read_audio(path: str | os.PathLike, piece_seconds: float | None = None
+               ) -> tuple[np.ndarray, int]:
+    """Read an audio file soundfile understands; returns ([C, N] float32, sample rate).
+
+    With ``piece_seconds``, pieces of that length are decoded in parallel threads (FLAC
+    seeks to the sample, and decoding releases the GIL): one long track no longer holds
+    up a GPU that is waiting for it.
+    """
+    data, sample_rate = _read(path, "float32", piece_seconds)
     return np.ascontiguousarray(data.T), sample_rate
+
+
+def read_pcm16(path: str | os.PathLike, piece_seconds: float | None = None
+               ) -> tuple[np.ndarray, int]:
+    """The samples of a 16-bit file as stored: ([N, C] int16, sample rate); half the bytes
+    of float32 and no transpose, for a GPU to convert (x / 32768 is ``read_audio``'s)."""
+    return _read(path, "int16", piece_seconds)
+
+
+def _read(path: str | os.PathLike, dtype: str, piece_seconds: float | None
+          ) -> tuple[np.ndarray, int]:
+    if piece_seconds is None:
+        return sf.read(path, dtype=dtype, always_2d=True)
+    with sf.SoundFile(path) as f:
+        frames, channels, sample_rate = f.frames, f.channels, f.samplerate
+    data = np.empty((frames, channels), dtype)
+    step = max(1, round(piece_seconds * sample_rate))
+
+    def piece(start: int) -> None:
+        stop = min(frames, start + step)
+        with sf.SoundFile(path) as f:
+            f.seek(start)
+            if f.read(stop - start, dtype=dtype, always_2d=True, out=data[start:stop]
+                      ).shape[0] != stop - start:
+                raise sf.LibsndfileError(0, f"{path}: short read at frame {start}")
+
+    list(io_pool().map(piece, range(0, frames, step)))
+    return data, sample_rate
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -139,3 +178,102 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> None:
         handlers=handlers,
         force=True,
     )
+
+
+def io_workers() -> int:
+    """Threads for reading and writing files: up to 16, within the CPUs this job may use."""
+    return max(1, min(16, len(os.sched_getaffinity(0))))
+
+
+_IO_POOL: ThreadPoolExecutor | None = None
+
+
+def io_pool() -> ThreadPoolExecutor:
+    """One process-wide pool of ``io_workers()`` threads for pieces of files. Its tasks
+    never wait on each other, so callers in other threads may block on it safely."""
+    global _IO_POOL
+    if _IO_POOL is None:
+        _IO_POOL = ThreadPoolExecutor(io_workers(), thread_name_prefix="io")
+    return _IO_POOL
+
+
+def prefetch(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 2,
+             ahead: int = 3) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """Yield ``(item, fn(item), None)`` or ``(item, None, error)`` in order, computing up to
+    ``ahead`` items in ``workers`` threads while the caller works on the current one.
+
+    Audio decoding releases the GIL, so reading the next tracks overlaps with GPU work.
+    """
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="prefetch") as pool:
+        queue: deque = deque()
+        it = iter(items)
+        for item in it:
+            queue.append((item, pool.submit(fn, item)))
+            if len(queue) > ahead:
+                break
+        while queue:
+            item, future = queue.popleft()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                queue.append((nxt, pool.submit(fn, nxt)))
+            try:
+                yield item, future.result(), None
+            except Exception as e:  # the caller records it for this item
+                yield item, None, e
+
+
+_END = object()
+
+
+class Background:
+    """A few writer threads with a bounded backlog: ``submit`` blocks while ``limit`` tasks
+    are pending, so results cannot pile up in memory when the GPU outruns the disk."""
+
+    def __init__(self, workers: int = 4, limit: int = 8):
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="write")
+        self._slots = threading.BoundedSemaphore(max(1, limit))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        self._slots.acquire()
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Clock:
+    """Wall seconds spent in named spans, for the one log line that says where a stage's
+    time went (``with clock("model"): ...``, ``for x in clock.iter("reading", it)``)."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spans[name] = self.spans.get(name, 0.0) + time.perf_counter() - start
+
+    def iter(self, name: str, items: Iterable[Any]) -> Iterator[Any]:
+        it = iter(items)
+        while True:
+            with self(name):
+                item = next(it, _END)
+            if item is _END:
+                return
+            yield item
+
+    def __str__(self) -> str:
+        total = time.perf_counter() - self.start
+        return f"{total:.2f} s (" + ", ".join(f"{k} {v:.2f} s" for k, v in self.spans.items()) + ")"

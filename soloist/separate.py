@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
-import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,13 @@ import torch
 from tqdm import tqdm
 
 from soloist.io import (
+    Background,
+    Clock,
     failed,
     first_failure,
+    io_pool,
+    io_workers,
+    prefetch,
     read_audio,
     read_json,
     touch_empty,
@@ -24,6 +30,8 @@ from soloist.io import (
 )
 
 log = logging.getLogger("soloist.separate")
+Audio = np.ndarray | torch.Tensor
+PIECE_SECONDS = 30.0  # long tracks are decoded in pieces of this length, in parallel
 
 
 @dataclass
@@ -45,16 +53,23 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def mix_roles(stems: dict[str, np.ndarray], context: list[str], target: list[str]
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Sum ``stems`` {name: [C, N]} into (context, target) by role; raises if a role is empty."""
+def mix_roles(stems: dict[str, Audio], context: list[str], target: list[str]
+              ) -> tuple[Audio, Audio]:
+    """Sum ``stems`` {name: [C, N]} (numpy or torch) into (context, target) by role; raises
+    if a role is empty."""
     for role, names in (("context", context), ("target", target)):
         if not any(n in stems for n in names):
             raise ValueError(f"none of the {role} stems {names} is present (have {sorted(stems)})")
-    shape = next(iter(stems.values())).shape
-    pick = [sum((stems[n] for n in names if n in stems), np.zeros(shape, np.float32))
-            for names in (context, target)]
+    pick = [sum(stems[n] for n in names if n in stems) for names in (context, target)]
     return pick[0], pick[1]
+
+
+def pcm16(audio: Audio) -> np.ndarray:
+    """Host samples for ``write_audio``: a tensor is clipped and rounded to int16 where it
+    is (as libsndfile would round it), so a GPU sends a quarter of the float32 stems."""
+    if isinstance(audio, np.ndarray):
+        return audio
+    return (audio.clamp(-1, 1) * 32767).round().to(torch.int16).cpu().numpy()
 
 
 def separate_batch(ingested: str | os.PathLike, out_dir: str | os.PathLike, settings: dict,
@@ -71,57 +86,86 @@ def separate_batch(ingested: str | os.PathLike, out_dir: str | os.PathLike, sett
 
 def separate(items: list[Item], settings: dict, weights: str | os.PathLike | None,
              sample_rate: int) -> list[dict]:
-    """Separate each item with one Demucs model, loaded once, when the first item needs it.
+    """Separate ``items`` with one Demucs model, loaded once, when the first item needs it.
 
     Items ingested from a stems folder use the given stems. ``settings`` is the config's
-    ``separate`` section (roles, shifts, overlap, segment, device, keep_stems). Bad input
-    never raises: the item gets a failed status.
+    ``separate`` section (roles, shifts, overlap, segment, batch_size, precision, device,
+    keep_stems). Segments of all tracks are batched through the model while the
+    next tracks are read and the finished ones written in threads. Bad input never
+    raises: the item gets a failed status. Returns the statuses in item order.
     """
-    model = None
     weights_random = weights is not None and read_json(weights)["random"]
-    statuses = []
-    for item in tqdm(items, desc="separate", unit="track", disable=len(items) < 2):
+    label = "random" if weights_random else "pretrained"
+    statuses: dict[str, dict] = {}
+    demucs_items = []
+    for item in items:
         upstream = first_failure(item.info)
-        try:
-            if upstream:
-                raise _Skip(upstream)
-            given = read_json(item.info).get("kind") == "stems"
-            if given:
-                stems = _given_stems(item, sample_rate)
-            else:
-                if weights is None:
-                    raise ValueError("no Demucs weights given for a track that needs separation")
-                if model is None:
-                    from soloist.fetch_weights import load_demucs
+        if upstream:
+            statuses[item.track] = _finish(item, upstream)
+        elif read_json(item.info).get("kind") == "stems":
+            statuses[item.track] = _write(item, settings, sample_rate, "given stems",
+                                          _given_stems, item, sample_rate)
+        elif weights is None:
+            statuses[item.track] = _finish(item, failed(
+                "separate", "no Demucs weights given for a track that needs separation",
+                track=item.track))
+        else:
+            demucs_items.append(item)
+    if demucs_items:
+        from soloist.fetch_weights import load_demucs
 
-                    model = load_demucs(weights).to(pick_device(settings["device"]))
-                stems = _demucs(model, item, settings, sample_rate)
-            context, target = mix_roles(stems, settings["context"], settings["target"])
-            write_audio(item.context, context, sample_rate)
-            write_audio(item.target, target, sample_rate)
-            if settings["keep_stems"] and item.stems_dir is not None:
-                for name, audio in stems.items():
-                    write_audio(item.stems_dir / f"{name}.flac", audio, sample_rate)
-            status = {"ok": True, "stage": "separate", "track": item.track,
-                      "stems": sorted(stems), "weights": "given stems" if given else
-                      ("random" if weights_random else "pretrained"),
-                      "unused_stems": sorted(set(stems) - set(settings["context"])
-                                             - set(settings["target"]))}
-        except _Skip as skip:
-            status = skip.status
-        except Exception as e:  # one bad track must not stop the others
-            log.exception("separate failed for %s", item.track)
-            status = failed("separate", f"{type(e).__name__}: {e}", track=item.track)
-        if not status["ok"]:
-            touch_empty(item.context, item.target)
-        write_json(item.status, status)
-        statuses.append(status)
-    return statuses
+        device, clock = pick_device(settings["device"]), Clock()
+        with clock("model load"):
+            model = load_demucs(weights).to(device).eval()
+        with Background(io_workers(), limit=io_workers()) as writer:
+            futures = {}
+            bar = tqdm(total=len(demucs_items), desc="separate", unit="track",
+                       disable=len(demucs_items) < 2)
+            for item, stems, error in demix(model, demucs_items, settings, sample_rate, device,
+                                            clock):
+                if error is None:
+                    with clock("waiting for writes"):
+                        futures[item.track] = writer.submit(_write, item, settings, sample_rate,
+                                                            label, lambda s=stems: s)
+                else:
+                    log.error("separate failed for %s: %s", item.track, error)
+                    statuses[item.track] = _finish(item, failed(
+                        "separate", f"{type(error).__name__}: {error}", track=item.track))
+                bar.update()
+            bar.close()
+            with clock("waiting for writes"):
+                writer.close()
+        log.info("separated %d tracks in %s", len(demucs_items), clock)
+        statuses |= {track: f.result() for track, f in futures.items()}
+    return [statuses[item.track] for item in items]
 
 
-class _Skip(Exception):
-    def __init__(self, status: dict):
-        self.status = status
+def _write(item: Item, settings: dict, sample_rate: int, weights: str,
+           stems_of: Callable[..., dict[str, Audio]], *args: object) -> dict:
+    """Mix ``stems_of(*args)`` into the roles and write them; the status (never raises)."""
+    try:
+        stems = stems_of(*args)
+        context, target = mix_roles(stems, settings["context"], settings["target"])
+        files = [(item.context, context), (item.target, target)]
+        if settings["keep_stems"] and item.stems_dir is not None:
+            files += [(item.stems_dir / f"{name}.flac", a) for name, a in stems.items()]
+        # FLAC encoding is the slow part of writing: one thread per file
+        list(io_pool().map(lambda f: write_audio(f[0], pcm16(f[1]), sample_rate), files))
+        status = {"ok": True, "stage": "separate", "track": item.track, "stems": sorted(stems),
+                  "weights": weights,
+                  "unused_stems": sorted(set(stems) - set(settings["context"])
+                                         - set(settings["target"]))}
+    except Exception as e:  # one bad track must not stop the others
+        log.exception("separate failed for %s", item.track)
+        status = failed("separate", f"{type(e).__name__}: {e}", track=item.track)
+    return _finish(item, status)
+
+
+def _finish(item: Item, status: dict) -> dict:
+    if not status["ok"]:
+        touch_empty(item.context, item.target)
+    write_json(item.status, status)
+    return status
 
 
 def _given_stems(item: Item, sample_rate: int) -> dict[str, np.ndarray]:
@@ -131,22 +175,127 @@ def _given_stems(item: Item, sample_rate: int) -> dict[str, np.ndarray]:
     return {name: load_audio(path, sample_rate) for name, path in stem_files(folder).items()}
 
 
-@torch.inference_mode()
-def _demucs(model: torch.nn.Module, item: Item, settings: dict, sample_rate: int
-            ) -> dict[str, np.ndarray]:
-    from demucs.apply import apply_model
+@dataclass
+class _Pass:
+    """One pass of the model over one track: its (shifted) input and what has come back."""
 
-    audio, rate = read_audio(item.audio)
-    if rate != model.samplerate or rate != sample_rate:
-        raise ValueError(f"{item.audio} is {rate} Hz; the model wants {model.samplerate} Hz")
-    mix = torch.from_numpy(audio)
-    # Normalise like the demucs CLI does, then undo it.
-    ref = mix.mean(0)
-    mean, std = ref.mean(), ref.std() + 1e-8
-    device = next(model.parameters()).device
-    random.seed(item.track)  # demucs draws its shifts from `random`: keep runs reproducible
-    out = apply_model(model, ((mix - mean) / std)[None], shifts=settings["shifts"],
-                      overlap=settings["overlap"], segment=settings["segment"],
-                      split=True, device=device, progress=sys.stderr.isatty())[0]
-    out = out * std + mean
-    return {name: out[i].float().cpu().numpy() for i, name in enumerate(model.sources)}
+    track: _Track
+    x: torch.Tensor       # [C, L] normalised mix, left-padded by ``pad`` zeros (the shift)
+    pad: int
+    out: torch.Tensor     # [S, C, L] weighted sum of segment outputs
+    weight: torch.Tensor  # [L] sum of segment weights
+    left: int             # segments still to come back
+
+
+@dataclass
+class _Track:
+    item: Item
+    mean: torch.Tensor
+    std: torch.Tensor
+    n: int                # samples
+    passes: list[_Pass]
+    left: int             # passes still to finish
+
+
+@torch.inference_mode()
+def demix(model: torch.nn.Module, items: list[Item], settings: dict, sample_rate: int,
+          device: torch.device, clock: Clock | None = None
+          ) -> Iterator[tuple[Item, dict | None, Exception | None]]:
+    """Yield ``(item, {stem: [C, N] float32 on device}, None)`` or ``(item, None, error)``.
+
+    The same arithmetic as ``demucs.apply.apply_model`` (the CLI's normalisation, random
+    shifts drawn from ``random`` seeded by the track id, segments with ``overlap`` blended
+    by triangular weights, each padded to the model's training length with the
+    neighbouring samples), but segments of consecutive tracks share forward passes of
+    ``batch_size`` segments [B, C, W], and the next tracks are read meanwhile.
+    """
+    from demucs.apply import BagOfModels
+
+    if isinstance(model, BagOfModels):  # what demucs' loaders return, here a bag of one
+        if len(model.models) != 1:
+            raise ValueError(f"a bag of {len(model.models)} Demucs models is not supported")
+        model = model.models[0]
+    seg = int(model.samplerate * (settings["segment"] or float(model.segment)))
+    stride = int((1 - settings["overlap"]) * seg)
+    window = model.valid_length(seg) if hasattr(model, "valid_length") else seg
+    ramp = torch.cat([torch.arange(1, seg // 2 + 1), torch.arange(seg - seg // 2, 0, -1)])
+    ramp = (ramp / ramp.max()).to(device)
+    batch_size = _batch_size(settings["batch_size"], device)
+    autocast = _autocast(settings["precision"], device)
+    max_shift = int(0.5 * model.samplerate)
+    clock = clock or Clock()
+    queue: list[tuple[_Pass, int, int]] = []  # (pass, segment offset, segment length)
+
+    def run(batch: list[tuple[_Pass, int, int]]) -> Iterator[_Track]:
+        """One forward pass; yields the tracks it completes."""
+        x = torch.zeros(len(batch), batch[0][0].x.shape[0], window, device=device)
+        for j, (p, offset, length) in enumerate(batch):
+            start = offset - (window - length) // 2  # centred in the window, as demucs pads
+            lo, hi = max(start, 0), min(start + window, p.x.shape[1])
+            x[j, :, lo - start:hi - start] = p.x[:, lo:hi]
+        with clock("model"), autocast:
+            y = model(x).float()  # [B, S, C, W]
+        for j, (p, offset, length) in enumerate(batch):
+            trim = (window - length) // 2
+            p.out[..., offset:offset + length] += ramp[:length] * y[j, ..., trim:trim + length]
+            p.weight[offset:offset + length] += ramp[:length]
+            p.left -= 1
+            if p.left == 0:
+                p.track.left -= 1
+                if p.track.left == 0:
+                    yield p.track
+
+    def finished(track: _Track) -> dict[str, torch.Tensor]:
+        out = sum(p.out[..., p.pad:p.pad + track.n] / p.weight[p.pad:p.pad + track.n]
+                  for p in track.passes) / len(track.passes)
+        out = out * track.std + track.mean
+        return {name: out[i] for i, name in enumerate(model.sources)}
+
+    reads = prefetch(lambda i: read_audio(i.audio, PIECE_SECONDS), items)
+    for item, audio, error in clock.iter("waiting for audio", reads):
+        try:
+            if error is not None:
+                raise error
+            mix, rate = audio
+            if rate != model.samplerate or rate != sample_rate:
+                raise ValueError(f"{item.audio} is {rate} Hz; the model wants "
+                                 f"{model.samplerate} Hz")
+            mix = torch.from_numpy(mix).to(device)
+            ref = mix.mean(0)  # normalised like the demucs CLI, undone at the end
+            track = _Track(item, ref.mean(), ref.std() + 1e-8, mix.shape[1], [], 0)
+            mix = (mix - track.mean) / track.std
+            random.seed(item.track)  # demucs draws its shifts from `random`: reproducible
+            pads = [max_shift - random.randint(0, max_shift)
+                    for _ in range(settings["shifts"])] or [0]
+        except Exception as e:  # one bad track must not stop the others
+            yield item, None, e
+            continue
+        for pad in pads:
+            x = torch.nn.functional.pad(mix, (pad, 0))
+            offsets = range(0, x.shape[1], stride)
+            p = _Pass(track, x, pad, torch.zeros(len(model.sources), *x.shape, device=device),
+                      torch.zeros(x.shape[1], device=device), len(offsets))
+            track.passes.append(p)
+            queue += [(p, o, min(seg, x.shape[1] - o)) for o in offsets]
+        track.left = len(pads)
+        while len(queue) >= batch_size:
+            batch, queue = queue[:batch_size], queue[batch_size:]
+            for done in run(batch):
+                yield done.item, finished(done), None
+    while queue:
+        batch, queue = queue[:batch_size], queue[batch_size:]
+        for done in run(batch):
+            yield done.item, finished(done), None
+
+
+def _batch_size(setting: int | str, device: torch.device) -> int:
+    # On a CPU a batch of segments runs slower per segment than one at a time (BENCHMARKS.md)
+    if setting == "auto":
+        return 16 if device.type == "cuda" else 1
+    return int(setting)
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, torch.bfloat16)
+    return contextlib.nullcontext()

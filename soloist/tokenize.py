@@ -1,8 +1,8 @@
 """EnCodec tokens of the full context and target tracks.
 
 Whole tracks are tokenized (not clips), so changing clip settings never re-tokenizes.
-Audio is cut into ``chunk_seconds`` chunks that are encoded in batches across both
-roles; codes near chunk seams may differ from encoding the whole track at once.
+Audio is cut into ``chunk_seconds`` chunks that are encoded in batches across roles and
+tracks; codes near chunk seams may differ from encoding the whole track at once.
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,102 +22,199 @@ from tqdm import tqdm
 
 from soloist.fetch_weights import load_encodec
 from soloist.io import (
+    Clock,
     failed,
     first_failure,
-    read_audio,
+    prefetch,
     read_json,
+    read_pcm16,
     touch_empty,
     write_json,
     write_npy,
 )
-from soloist.separate import pick_device
+from soloist.separate import PIECE_SECONDS, pick_device
 
 log = logging.getLogger("soloist.tokenize")
+ROLES = ("context", "target")
 
 
 @torch.inference_mode()
-def encode(model: torch.nn.Module, tracks: list[np.ndarray], sample_rate: int,
-           chunk_seconds: float, batch_size: int) -> list[np.ndarray]:
-    """EnCodec codes of each mono track [N] at ``sample_rate``: one int16 [K, T] per track.
+def encode_stream(model: torch.nn.Module,
+                  tracks: Iterable[tuple[Any, np.ndarray | torch.Tensor, int]],
+                  chunk_seconds: float, batch_size: int, clock: Clock | None = None
+                  ) -> Iterator[tuple[Any, np.ndarray]]:
+    """EnCodec codes of mono tracks ``(key, audio [N] float, sample_rate)``: yields
+    ``(key, codes)``, int16 [K, T], as each track's last chunk comes back (chunks of
+    consecutive tracks share batches [B, 1, chunk]).
 
     T = ceil(N' / hop) where N' is the length at the model's rate and hop its frame hop.
     """
     device = next(model.parameters()).device
     hop = int(np.prod(model.encoder.ratios))
     chunk = max(hop, round(chunk_seconds * model.sample_rate) // hop * hop)
-    resampled = [AF.resample(torch.from_numpy(t), sample_rate, model.sample_rate)
-                 for t in tracks]
-    # (track, start) of every chunk, then batches of chunks.
-    pieces = [(i, s) for i, t in enumerate(resampled) for s in range(0, t.numel(), chunk)]
-    codes: dict[tuple[int, int], torch.Tensor] = {}
-    for b in range(0, len(pieces), batch_size):
-        batch = pieces[b:b + batch_size]
-        x = torch.zeros(len(batch), 1, chunk)
-        for j, (i, s) in enumerate(batch):
-            piece = resampled[i][s:s + chunk]
+    queue: list[tuple[_Codes, int]] = []  # (track, chunk index)
+    clock = clock or Clock()
+
+    def run(batch: list[tuple[_Codes, int]]) -> Iterator[_Codes]:
+        x = torch.zeros(len(batch), 1, chunk, device=device)
+        for j, (t, i) in enumerate(batch):
+            piece = t.audio[i * chunk:(i + 1) * chunk]
             x[j, 0, :piece.numel()] = piece
-        frames = model.encode(x.to(device))
-        out = torch.cat([f[0] for f in frames], dim=-1).cpu()  # [B, K, chunk / hop]
-        for j, key in enumerate(batch):
-            codes[key] = out[j]
-    result = []
-    for i, t in enumerate(resampled):
-        n_frames = math.ceil(t.numel() / hop)
-        full = torch.cat([codes[(i, s)] for s in range(0, t.numel(), chunk)], dim=-1)
-        result.append(full[:, :n_frames].numpy().astype(np.int16))
-    return result
+        with clock("encoding"):  # to host included: it waits for the GPU
+            frames = model.encode(x)
+            out = torch.cat([f[0] for f in frames], dim=-1).to(torch.int16).cpu()  # [B, K, T]
+        for j, (t, i) in enumerate(batch):
+            if t.codes is None:
+                t.codes = out.new_zeros(out.shape[1], t.left * (chunk // hop))
+            t.codes[:, i * (chunk // hop):(i + 1) * (chunk // hop)] = out[j]
+            t.left -= 1
+            if t.left == 0:
+                yield t
+
+    for key, audio, rate in tracks:
+        with clock("resampling"):
+            x = AF.resample(torch.as_tensor(audio).to(device), rate, model.sample_rate)
+        n = math.ceil(x.numel() / chunk)
+        t = _Codes(key, x, None, n, math.ceil(x.numel() / hop))
+        queue += [(t, i) for i in range(n)]
+        while len(queue) >= batch_size:
+            batch, queue = queue[:batch_size], queue[batch_size:]
+            yield from ((t.key, t.result()) for t in run(batch))
+    while queue:
+        batch, queue = queue[:batch_size], queue[batch_size:]
+        yield from ((t.key, t.result()) for t in run(batch))
+
+
+@dataclass
+class _Codes:
+    key: Any
+    audio: torch.Tensor  # [N'] at the model's rate, on its device
+    codes: torch.Tensor | None  # [K, chunks * chunk / hop] int16, from the first batch on
+    left: int            # chunks still to come back
+    frames: int
+
+    def result(self) -> np.ndarray:
+        return self.codes[:, :self.frames].numpy()
+
+
+def encode(model: torch.nn.Module, tracks: list[np.ndarray], sample_rate: int,
+           chunk_seconds: float, batch_size: int) -> list[np.ndarray]:
+    """EnCodec codes of each mono track [N] at ``sample_rate``: one int16 [K, T] per track."""
+    codes = dict(encode_stream(model, ((i, t, sample_rate) for i, t in enumerate(tracks)),
+                               chunk_seconds, batch_size))
+    return [codes[i] for i in range(len(tracks))]
+
+
+@dataclass
+class Job:
+    """One track to tokenize: separate's outputs in, codes and status out."""
+
+    track: str
+    context: Path
+    target: Path
+    upstream_status: Path
+    context_out: Path
+    target_out: Path
+    status_out: Path
 
 
 def tokenize(track: str, context: str | os.PathLike, target: str | os.PathLike,
              upstream_status: str | os.PathLike, context_out: str | os.PathLike,
              target_out: str | os.PathLike, status_out: str | os.PathLike,
-             weights: str | os.PathLike, settings: dict, model: torch.nn.Module | None = None
-             ) -> dict:
+             weights: str | os.PathLike, settings: dict) -> dict:
     """Tokenize one track's context and target; write both [K, T] int16 .npy and a status."""
-    try:
-        status = first_failure(upstream_status)
-        if status is None:
-            if model is None:
-                model = load_encodec(weights, settings["bandwidth"])
-                model.to(pick_device(settings["device"]))
-            audio = []
-            for path in (context, target):
-                a, rate = read_audio(path)
-                audio.append(a.mean(0))
-            ctx, tgt = encode(model, audio, rate, settings["chunk_seconds"],
-                              settings["batch_size"])
-            write_npy(context_out, ctx)
-            write_npy(target_out, tgt)
-            status = {
-                "ok": True, "stage": "tokenize", "track": track, "codebooks": int(ctx.shape[0]),
-                "frames": int(ctx.shape[1]), "frame_rate": float(model.frame_rate),
-                "bandwidth": settings["bandwidth"], "cardinality": int(model.quantizer.bins),
-                "weights": "random" if read_json(weights)["random"] else "pretrained",
-            }
-    except Exception as e:  # one bad track must not stop the others
-        log.exception("tokenize failed for %s", track)
-        status = failed("tokenize", f"{type(e).__name__}: {e}", track=track)
-    if not status["ok"]:
-        touch_empty(context_out, target_out)
-    write_json(status_out, status)
-    return status
+    job = Job(track, *(Path(p) for p in (context, target, upstream_status, context_out,
+                                         target_out, status_out)))
+    return tokenize_jobs([job], weights, settings)[0]
 
 
 def tokenize_batch(separated: str | os.PathLike, out_dir: str | os.PathLike,
                    weights: str | os.PathLike, settings: dict) -> list[dict]:
-    """Tokenize every track of a separate batch folder into ``out_dir/<track>/``.
-
-    EnCodec is loaded once, when the first track needs it.
-    """
+    """Tokenize every track of a separate batch folder into ``out_dir/<track>/``."""
     separated, out_dir = Path(separated), Path(out_dir)
     tracks = sorted(d.name for d in separated.iterdir() if d.is_dir())
-    model, statuses = None, []
-    for t in tqdm(tracks, desc="tokenize", unit="track", disable=len(tracks) < 2):
-        if model is None and first_failure(separated / t / "separate.json") is None:
+    jobs = [Job(t, separated / t / "context.flac", separated / t / "target.flac",
+                separated / t / "separate.json", out_dir / t / "context.npy",
+                out_dir / t / "target.npy", out_dir / t / "tokens.json") for t in tracks]
+    return tokenize_jobs(jobs, weights, settings)
+
+
+def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -> list[dict]:
+    """Tokenize ``jobs`` with one EnCodec, loaded once if any track needs it, reading the
+    next tracks in threads while the GPU encodes. Never raises for a bad track: it gets a
+    failed status. Returns the statuses in job order."""
+    statuses: dict[str, dict] = {}
+    todo = []
+    for job in jobs:
+        upstream = first_failure(job.upstream_status)
+        if upstream:
+            statuses[job.track] = _finish(job, upstream)
+        else:
+            todo.append(job)
+    if todo:
+        clock = Clock()
+        with clock("model load"):
             model = load_encodec(weights, settings["bandwidth"])
             model.to(pick_device(settings["device"]))
-        statuses.append(tokenize(t, separated / t / "context.flac", separated / t / "target.flac",
-                                 separated / t / "separate.json", out_dir / t / "context.npy",
-                                 out_dir / t / "target.npy", out_dir / t / "tokens.json",
-                                 weights, settings, model=model))
-    return statuses
+        info = {"stage": "tokenize", "frame_rate": float(model.frame_rate),
+                "bandwidth": settings["bandwidth"], "cardinality": int(model.quantizer.bins),
+                "weights": "random" if read_json(weights)["random"] else "pretrained"}
+        device = next(model.parameters()).device
+        by_track = {job.track: job for job in todo}
+        codes: dict[str, dict[str, np.ndarray]] = {}
+        bar = tqdm(total=len(todo), desc="tokenize", unit="track", disable=len(todo) < 2)
+
+        def audio() -> Iterator[tuple[tuple[str, str], np.ndarray, int]]:
+            for job, pair, error in clock.iter("waiting for audio", prefetch(read_roles, todo)):
+                if error is not None:
+                    log.error("tokenize failed for %s: %s", job.track, error)
+                    statuses[job.track] = _finish(job, failed(
+                        "tokenize", f"{type(error).__name__}: {error}", track=job.track))
+                    bar.update()
+                    continue
+                for role, (pcm, rate) in zip(ROLES, pair, strict=True):
+                    # the mono mix as read_audio(...).mean(0) gives it, computed on the GPU
+                    mono = torch.from_numpy(pcm).to(device).float().mean(1) / 32768
+                    yield (job.track, role), mono, rate
+
+        for (track, role), c in encode_stream(model, audio(), settings["chunk_seconds"],
+                                              _batch_size(settings["batch_size"], model), clock):
+            codes.setdefault(track, {})[role] = c
+            if len(codes[track]) == len(ROLES):
+                with clock("writing"):
+                    statuses[track] = _write(by_track[track], codes.pop(track), info)
+                bar.update()
+        bar.close()
+        log.info("tokenized %d tracks in %s", len(todo), clock)
+    return [statuses[job.track] for job in jobs]
+
+
+def read_roles(job: Job) -> list[tuple[np.ndarray, int]]:
+    """Each role's 16-bit samples [N, C] and sample rate."""
+    return [read_pcm16(path, PIECE_SECONDS) for path in (job.context, job.target)]
+
+
+def _write(job: Job, codes: dict[str, np.ndarray], info: dict) -> dict:
+    try:
+        ctx, tgt = codes["context"], codes["target"]
+        write_npy(job.context_out, ctx)
+        write_npy(job.target_out, tgt)
+        status = {"ok": True, **info, "track": job.track, "codebooks": int(ctx.shape[0]),
+                  "frames": int(ctx.shape[1])}
+    except Exception as e:  # one bad track must not stop the others
+        log.exception("tokenize failed for %s", job.track)
+        status = failed("tokenize", f"{type(e).__name__}: {e}", track=job.track)
+    return _finish(job, status)
+
+
+def _finish(job: Job, status: dict) -> dict:
+    if not status["ok"]:
+        touch_empty(job.context_out, job.target_out)
+    write_json(job.status_out, status)
+    return status
+
+
+def _batch_size(setting: int | str, model: torch.nn.Module) -> int:
+    if setting == "auto":
+        return 64 if next(model.parameters()).device.type == "cuda" else 16
+    return int(setting)
