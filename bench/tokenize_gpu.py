@@ -14,6 +14,7 @@ as audio. Codes are compared frame by frame with the per-track fp32 path.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import tempfile
@@ -107,6 +108,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, nargs="+", default=[240, 180, 120, 90, 60, 30],
                     help="track lengths, each with a context and a target (default: 12 min)")
     ap.add_argument("--batch", nargs="+", default=["auto"], help="our batch_size settings")
+    ap.add_argument("--warmup", type=float, nargs="+", default=None,
+                    help="our warmup_seconds settings (default: config.yaml's)")
     ap.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml")
     args = ap.parse_args()
     logging.getLogger("soloist").setLevel(logging.ERROR)  # the header says random-init once
@@ -118,7 +121,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}, weights: random-init "
           f"{settings['model']}, ours: bandwidth={settings['bandwidth']} "
-          f"chunk_seconds={settings['chunk_seconds']} batch_size={settings['batch_size']}",
+          f"chunk_seconds={settings['chunk_seconds']} warmup_seconds={settings['warmup_seconds']} "
+          f"batch_size={settings['batch_size']}",
           flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
@@ -153,18 +157,20 @@ def main() -> None:
         print(f"{len(tracks)} tracks x 2 roles, {audio_s:.0f} audio-s; ours vs the per-track "
               f"fp32 path, all codebooks: codes identical, and codes whose codebook vectors are "
               f"within {EQUIVALENT:g} of a typical latent (random codebooks hold near-copies)")
-        print(f"{'path':<36}{'audio s':>9}{'wall s':>9}{'x realtime':>12}{'identical':>11}"
+        print(f"{'path':<44}{'audio s':>9}{'wall s':>9}{'x realtime':>12}{'identical':>11}"
               f"{'equivalent':>12}")
-        print(f"{'EncodecModel.encode per track':<36}{audio_s:>9.0f}{ref_s:>9.2f}"
+        print(f"{'EncodecModel.encode per track':<44}{audio_s:>9.0f}{ref_s:>9.2f}"
               f"{audio_s / ref_s:>12.1f}{'-':>11}{'-':>12}")
-        print(f"{'  model load':<36}{audio_s:>9.0f}{load_s:>9.2f}"
+        print(f"{'  model load':<44}{audio_s:>9.0f}{load_s:>9.2f}"
               f"{audio_s / load_s:>12.1f}{'-':>11}{'-':>12}")
-        print(f"{f'  FLAC read alone ({io_workers()} threads)':<36}{audio_s:>9.0f}{read_s:>9.2f}"
+        print(f"{f'  FLAC read alone ({io_workers()} threads)':<44}{audio_s:>9.0f}{read_s:>9.2f}"
               f"{audio_s / read_s:>12.1f}{'-':>11}{'-':>12}", flush=True)
         best = 0.0
-        for batch in args.batch:
-            variant = {**settings, "batch_size": batch if batch == "auto" else int(batch)}
-            out = tmp / f"ours-{batch}"
+        for batch, warmup in itertools.product(args.batch,
+                                               args.warmup or [settings["warmup_seconds"]]):
+            variant = {**settings, "batch_size": batch if batch == "auto" else int(batch),
+                       "warmup_seconds": warmup}
+            out = tmp / f"ours-{batch}-{warmup}"
             sync(device)
             start = time.perf_counter()
             statuses = tokenize_batch(tmp / "separated", out, manifest, variant)
@@ -180,8 +186,8 @@ def main() -> None:
                 n = min(ours.shape[1], ref.shape[1])
                 same += agreement(model, ours[:, :n], ref[:, :n])
                 total += ref.shape[0] * n
-            label = f"ours batch {batch} (I/O incl.)"
-            print(f"{label:<36}{audio_s:>9.0f}{ours_s:>9.2f}{audio_s / ours_s:>12.1f}"
+            label = f"ours batch {batch} warm-up {warmup:g} s (I/O incl.)"
+            print(f"{label:<44}{audio_s:>9.0f}{ours_s:>9.2f}{audio_s / ours_s:>12.1f}"
                   f"{100 * same[0] / total:>10.2f}%{100 * same[1] / total:>11.2f}%", flush=True)
             if shapes_differ:
                 print("frame counts differ (compared over the shorter): "

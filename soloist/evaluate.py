@@ -71,8 +71,10 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     keys = [k for b in batches for k in b["keys"]]
     n = len(keys)
     ce, acc = scores(model, context, target, mask, lengths, 16)
-    # Another sample's backing: a rotation of the whole set, so no sample keeps its own.
-    other = torch.roll(torch.arange(n), 1) if n > 1 else torch.arange(n)
+    # Another sample's backing: the set rotated by half its length, so no sample keeps its
+    # own and, samples being in track order, most get another track's. A rotation by one
+    # would pair most windows with the next window of their own track: 75% the same audio.
+    other = torch.roll(torch.arange(n), n // 2) if n > 1 else torch.arange(n)
     ce_shuffled, _ = scores(model, context[other], target, mask[other], lengths, 16)
     random_weights = info["weights"] == "random"
     metrics = {

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,12 +103,15 @@ def separate(items: list[Item], settings: dict, weights: str | os.PathLike | Non
         if upstream:
             statuses[item.track] = _finish(item, upstream)
         elif read_json(item.info).get("kind") == "stems":
-            statuses[item.track] = _write(item, settings, sample_rate, "given stems",
-                                          _given_stems, item, sample_rate)
+            try:
+                stems = _given_stems(item, sample_rate)
+            except Exception as e:  # one bad track must not stop the others
+                statuses[item.track] = _fail(item, e)
+                continue
+            statuses[item.track] = _write(item, settings, sample_rate, "given stems", stems)
         elif weights is None:
-            statuses[item.track] = _finish(item, failed(
-                "separate", "no Demucs weights given for a track that needs separation",
-                track=item.track))
+            statuses[item.track] = _fail(item, ValueError(
+                "no Demucs weights given for a track that needs separation"))
         else:
             demucs_items.append(item)
     if demucs_items:
@@ -126,11 +129,9 @@ def separate(items: list[Item], settings: dict, weights: str | os.PathLike | Non
                 if error is None:
                     with clock("waiting for writes"):
                         futures[item.track] = writer.submit(_write, item, settings, sample_rate,
-                                                            label, lambda s=stems: s)
+                                                            label, stems)
                 else:
-                    log.error("separate failed for %s: %s", item.track, error)
-                    statuses[item.track] = _finish(item, failed(
-                        "separate", f"{type(error).__name__}: {error}", track=item.track))
+                    statuses[item.track] = _fail(item, error)
                 bar.update()
             bar.close()
             with clock("waiting for writes"):
@@ -141,10 +142,9 @@ def separate(items: list[Item], settings: dict, weights: str | os.PathLike | Non
 
 
 def _write(item: Item, settings: dict, sample_rate: int, weights: str,
-           stems_of: Callable[..., dict[str, Audio]], *args: object) -> dict:
-    """Mix ``stems_of(*args)`` into the roles and write them; the status (never raises)."""
+           stems: dict[str, Audio]) -> dict:
+    """Mix ``stems`` into the roles and write them; the status (never raises)."""
     try:
-        stems = stems_of(*args)
         context, target = mix_roles(stems, settings["context"], settings["target"])
         files = [(item.context, context), (item.target, target)]
         if settings["keep_stems"] and item.stems_dir is not None:
@@ -156,9 +156,14 @@ def _write(item: Item, settings: dict, sample_rate: int, weights: str,
                   "unused_stems": sorted(set(stems) - set(settings["context"])
                                          - set(settings["target"]))}
     except Exception as e:  # one bad track must not stop the others
-        log.exception("separate failed for %s", item.track)
-        status = failed("separate", f"{type(e).__name__}: {e}", track=item.track)
+        return _fail(item, e)
     return _finish(item, status)
+
+
+def _fail(item: Item, error: Exception) -> dict:
+    log.error("separate failed for %s: %s: %s", item.track, type(error).__name__, error)
+    return _finish(item, failed("separate", f"{type(error).__name__}: {error}",
+                                track=item.track))
 
 
 def _finish(item: Item, status: dict) -> dict:
@@ -257,6 +262,8 @@ def demix(model: torch.nn.Module, items: list[Item], settings: dict, sample_rate
             if error is not None:
                 raise error
             mix, rate = audio
+            if mix.shape[1] == 0:
+                raise ValueError(f"{item.audio} has no samples")
             if rate != model.samplerate or rate != sample_rate:
                 raise ValueError(f"{item.audio} is {rate} Hz; the model wants "
                                  f"{model.samplerate} Hz")
@@ -280,12 +287,9 @@ def demix(model: torch.nn.Module, items: list[Item], settings: dict, sample_rate
         track.left = len(pads)
         while len(queue) >= batch_size:
             batch, queue = queue[:batch_size], queue[batch_size:]
-            for done in run(batch):
-                yield done.item, finished(done), None
-    while queue:
-        batch, queue = queue[:batch_size], queue[batch_size:]
-        for done in run(batch):
-            yield done.item, finished(done), None
+            yield from ((done.item, finished(done), None) for done in run(batch))
+    for b in range(0, len(queue), batch_size):
+        yield from ((done.item, finished(done), None) for done in run(queue[b:b + batch_size]))
 
 
 def _batch_size(setting: int | str, device: torch.device) -> int:

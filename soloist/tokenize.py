@@ -2,7 +2,8 @@
 
 Whole tracks are tokenized (not clips), so changing clip settings never re-tokenizes.
 Audio is cut into ``chunk_seconds`` chunks that are encoded in batches across roles and
-tracks; codes near chunk seams may differ from encoding the whole track at once.
+tracks, each with ``warmup_seconds`` of the audio before it, so that codes at chunk seams
+stay close to those of encoding the whole track at once.
 """
 
 from __future__ import annotations
@@ -41,32 +42,39 @@ ROLES = ("context", "target")
 @torch.inference_mode()
 def encode_stream(model: torch.nn.Module,
                   tracks: Iterable[tuple[Any, np.ndarray | torch.Tensor, int]],
-                  chunk_seconds: float, batch_size: int, clock: Clock | None = None
-                  ) -> Iterator[tuple[Any, np.ndarray]]:
+                  chunk_seconds: float, batch_size: int, warmup_seconds: float = 0.0,
+                  clock: Clock | None = None) -> Iterator[tuple[Any, np.ndarray]]:
     """EnCodec codes of mono tracks ``(key, audio [N] float, sample_rate)``: yields
     ``(key, codes)``, int16 [K, T], as each track's last chunk comes back (chunks of
-    consecutive tracks share batches [B, 1, chunk]).
+    consecutive tracks share batches [B, 1, warmup + chunk]).
 
+    Every chunk after the first also reads the ``warmup_seconds`` before it and drops the
+    codes of those: the encoder's convolutions and LSTM then start a chunk in the state the
+    whole track would have left them in, so the codes match whole-track encoding at seams.
     T = ceil(N' / hop) where N' is the length at the model's rate and hop its frame hop.
     """
     device = next(model.parameters()).device
     hop = int(np.prod(model.encoder.ratios))
     chunk = max(hop, round(chunk_seconds * model.sample_rate) // hop * hop)
+    warm = round(warmup_seconds * model.sample_rate) // hop * hop
+    length = warm + chunk  # samples each batch row reads
     queue: list[tuple[_Codes, int]] = []  # (track, chunk index)
     clock = clock or Clock()
 
     def run(batch: list[tuple[_Codes, int]]) -> Iterator[_Codes]:
-        x = torch.zeros(len(batch), 1, chunk, device=device)
+        x = torch.zeros(len(batch), 1, length, device=device)
         for j, (t, i) in enumerate(batch):
-            piece = t.audio[i * chunk:(i + 1) * chunk]
+            piece = t.audio[i * chunk:i * chunk + length]
             x[j, 0, :piece.numel()] = piece
         with clock("encoding"):  # to host included: it waits for the GPU
             frames = model.encode(x)
             out = torch.cat([f[0] for f in frames], dim=-1).to(torch.int16).cpu()  # [B, K, T]
         for j, (t, i) in enumerate(batch):
             if t.codes is None:
-                t.codes = out.new_zeros(out.shape[1], t.left * (chunk // hop))
-            t.codes[:, i * (chunk // hop):(i + 1) * (chunk // hop)] = out[j]
+                t.codes = out.new_zeros(out.shape[1], (warm + t.chunks * chunk) // hop)
+            # chunk 0 keeps its first ``warm`` samples' codes: nothing comes before them
+            start, skip = (0, 0) if i == 0 else ((warm + i * chunk) // hop, warm // hop)
+            t.codes[:, start:start + out.shape[2] - skip] = out[j, :, skip:]
             t.left -= 1
             if t.left == 0:
                 yield t
@@ -74,34 +82,37 @@ def encode_stream(model: torch.nn.Module,
     for key, audio, rate in tracks:
         with clock("resampling"):
             x = AF.resample(torch.as_tensor(audio).to(device), rate, model.sample_rate)
-        n = math.ceil(x.numel() / chunk)
-        t = _Codes(key, x, None, n, math.ceil(x.numel() / hop))
+        if x.numel() == 0:
+            raise ValueError(f"track {key!r} has no samples")
+        n = 1 + math.ceil(max(0, x.numel() - length) / chunk)
+        t = _Codes(key, x, n, n, math.ceil(x.numel() / hop))
         queue += [(t, i) for i in range(n)]
         while len(queue) >= batch_size:
             batch, queue = queue[:batch_size], queue[batch_size:]
             yield from ((t.key, t.result()) for t in run(batch))
-    while queue:
-        batch, queue = queue[:batch_size], queue[batch_size:]
-        yield from ((t.key, t.result()) for t in run(batch))
+    for b in range(0, len(queue), batch_size):
+        yield from ((t.key, t.result()) for t in run(queue[b:b + batch_size]))
 
 
 @dataclass
 class _Codes:
     key: Any
     audio: torch.Tensor  # [N'] at the model's rate, on its device
-    codes: torch.Tensor | None  # [K, chunks * chunk / hop] int16, from the first batch on
+    chunks: int
     left: int            # chunks still to come back
     frames: int
+    codes: torch.Tensor | None = None  # [K, (warmup + chunks * chunk) / hop] int16
 
     def result(self) -> np.ndarray:
         return self.codes[:, :self.frames].numpy()
 
 
 def encode(model: torch.nn.Module, tracks: list[np.ndarray], sample_rate: int,
-           chunk_seconds: float, batch_size: int) -> list[np.ndarray]:
+           chunk_seconds: float, batch_size: int, warmup_seconds: float = 0.0
+           ) -> list[np.ndarray]:
     """EnCodec codes of each mono track [N] at ``sample_rate``: one int16 [K, T] per track."""
     codes = dict(encode_stream(model, ((i, t, sample_rate) for i, t in enumerate(tracks)),
-                               chunk_seconds, batch_size))
+                               chunk_seconds, batch_size, warmup_seconds))
     return [codes[i] for i in range(len(tracks))]
 
 
@@ -166,10 +177,10 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
 
         def audio() -> Iterator[tuple[tuple[str, str], np.ndarray, int]]:
             for job, pair, error in clock.iter("waiting for audio", prefetch(read_roles, todo)):
+                if error is None and min(pcm.shape[0] for pcm, _ in pair) == 0:
+                    error = ValueError("no samples in the separated audio")
                 if error is not None:
-                    log.error("tokenize failed for %s: %s", job.track, error)
-                    statuses[job.track] = _finish(job, failed(
-                        "tokenize", f"{type(error).__name__}: {error}", track=job.track))
+                    statuses[job.track] = _fail(job, error)
                     bar.update()
                     continue
                 for role, (pcm, rate) in zip(ROLES, pair, strict=True):
@@ -178,7 +189,8 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
                     yield (job.track, role), mono, rate
 
         for (track, role), c in encode_stream(model, audio(), settings["chunk_seconds"],
-                                              _batch_size(settings["batch_size"], model), clock):
+                                              _batch_size(settings["batch_size"], model),
+                                              settings["warmup_seconds"], clock):
             codes.setdefault(track, {})[role] = c
             if len(codes[track]) == len(ROLES):
                 with clock("writing"):
@@ -202,9 +214,13 @@ def _write(job: Job, codes: dict[str, np.ndarray], info: dict) -> dict:
         status = {"ok": True, **info, "track": job.track, "codebooks": int(ctx.shape[0]),
                   "frames": int(ctx.shape[1])}
     except Exception as e:  # one bad track must not stop the others
-        log.exception("tokenize failed for %s", job.track)
-        status = failed("tokenize", f"{type(e).__name__}: {e}", track=job.track)
+        return _fail(job, e)
     return _finish(job, status)
+
+
+def _fail(job: Job, error: Exception) -> dict:
+    log.error("tokenize failed for %s: %s: %s", job.track, type(error).__name__, error)
+    return _finish(job, failed("tokenize", f"{type(error).__name__}: {error}", track=job.track))
 
 
 def _finish(job: Job, status: dict) -> dict:

@@ -185,7 +185,9 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     state = {"step": 0, "best_val": math.inf, "evals_since_best": 0, "history": []}
     saved = None
     if (ckpt_dir / "last.pt").is_file():
-        saved = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        # on the CPU: RNG states must stay CPU tensors; weights and optimizer state are
+        # copied to the model's device as they are loaded
+        saved = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
         if saved["run_key"] != key:
             saved = None
             if main:

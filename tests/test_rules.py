@@ -126,7 +126,8 @@ def test_shard(workdir, random_weights):
     tokenize("t", d / "context.flac", d / "target.flac", d / "separate.json",
              out / "context.npy", out / "target.npy", out / "tokens.json",
              random_weights / "random/encodec/encodec_24khz.json",
-             {"bandwidth": 3.0, "chunk_seconds": 10, "batch_size": 4, "device": "cpu"})
+             {"bandwidth": 3.0, "chunk_seconds": 10, "warmup_seconds": 0.5, "batch_size": 4,
+              "device": "cpu"})
     run_rule(workdir, "shard", "results/shards/manifest.parquet")
     manifest = pq.read_table(workdir / "results/shards/manifest.parquet").to_pylist()
     assert len(manifest) == 4 and {r["frames"] for r in manifest} == {300}

@@ -4,12 +4,14 @@ import math
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from soloist import tokenize as tk
 from soloist.fetch_weights import load_encodec
 from soloist.io import read_json, read_npy, write_audio, write_json
 
-SETTINGS = {"bandwidth": 3.0, "chunk_seconds": 2.0, "batch_size": 3, "device": "cpu"}
+SETTINGS = {"bandwidth": 3.0, "chunk_seconds": 2.0, "warmup_seconds": 0.5, "batch_size": 3,
+            "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,21 @@ def test_chunked_codes_equal_whole_track_codes_away_from_seams(encodec):
     assert identical > 0.8, identical
 
 
+def test_warmup_makes_codes_after_a_seam_match_the_whole_track(encodec):
+    track = music(7.3)
+    whole = tk.encode(encodec, [track], 44100, chunk_seconds=60.0, batch_size=1)[0]
+    after_seams = {}
+    for warmup, first_seam in ((0.0, 150), (0.5, 150 + 37)):  # 0.5 s = 37 frames of 320
+        codes = tk.encode(encodec, [track], 44100, chunk_seconds=2.0, batch_size=3,
+                          warmup_seconds=warmup)[0]
+        assert codes.shape == whole.shape
+        # the 0.3 s after each seam: there a chunk without warm-up starts from nothing
+        after = [codes[:, s:s + 22] == whole[:, s:s + 22] for s in range(first_seam, 520, 150)]
+        after_seams[warmup] = np.mean(np.concatenate(after, axis=1))
+    print(f"identical after seams: {after_seams}")
+    assert after_seams[0.5] > 0.9 and after_seams[0.5] > after_seams[0.0] + 0.2
+
+
 def test_tokenize_writes_codes_and_status(tmp_path, random_weights):
     audio = np.stack([music(5.0), music(5.0, seed=2)])
     write_audio(tmp_path / "context.flac", audio, 44100)
@@ -68,3 +85,37 @@ def test_upstream_failure_passes_through(tmp_path, random_weights):
                          random_weights / "random/encodec/encodec_24khz.json", SETTINGS)
     assert status == upstream == read_json(out[2])
     assert out[0].stat().st_size == 0 and out[1].stat().st_size == 0
+
+
+def test_batch_of_tracks_shares_forward_passes_and_isolates_bad_ones(tmp_path, random_weights,
+                                                                    encodec):
+    separated = tmp_path / "separated"
+    songs = {"a": music(4.5, seed=3), "b": music(2.5, seed=4)}
+    for track, mono in songs.items():
+        write_audio(separated / track / "context.flac", np.stack([mono, mono]), 44100)
+        write_audio(separated / track / "target.flac", np.stack([mono, mono])[:, ::-1], 44100)
+    (separated / "empty").mkdir()
+    for role in ("context", "target"):  # a 0-frame FLAC does not open: a WAV inside does
+        sf.write(separated / "empty" / f"{role}.flac", np.zeros((0, 2)), 44100, format="WAV")
+    (separated / "corrupt").mkdir()
+    (separated / "corrupt" / "context.flac").write_bytes(b"not a flac")
+    (separated / "corrupt" / "target.flac").write_bytes(b"not a flac")
+    for track in ("a", "b", "empty", "corrupt"):
+        write_json(separated / track / "separate.json", {"ok": True, "stage": "separate"})
+    statuses = tk.tokenize_batch(separated, tmp_path / "out",
+                                 random_weights / "random/encodec/encodec_24khz.json", SETTINGS)
+    a, b, corrupt, empty = statuses  # sorted by track id
+    assert a["ok"] and b["ok"]
+    assert not corrupt["ok"] and "LibsndfileError" in corrupt["reason"]
+    assert not empty["ok"] and "no samples" in empty["reason"]
+    for bad in ("corrupt", "empty"):
+        assert (tmp_path / "out" / bad / "target.npy").stat().st_size == 0
+        assert read_json(tmp_path / "out" / bad / "tokens.json")["stage"] == "tokenize"
+    # each track's codes come from its own audio, though its chunks shared batches with
+    # the other track's: compare with that track encoded on its own
+    for track, status in (("a", a), ("b", b)):
+        alone = tk.encode(encodec, [songs[track]], 44100, chunk_seconds=2.0, batch_size=3,
+                          warmup_seconds=0.5)[0]
+        got = read_npy(tmp_path / "out" / track / "context.npy")
+        assert got.shape == alone.shape == (4, status["frames"])
+        assert np.mean(got == alone) > 0.8
