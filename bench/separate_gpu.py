@@ -182,7 +182,7 @@ def main() -> None:
         read_s = time.perf_counter() - start
         start = time.perf_counter()
         list(io_pool().map(lambda a: write_audio(tmp / f"w{a[0]}.flac", a[1], RATE),
-                           [(i, x) for i, x in enumerate(audio + audio)]))
+                           list(enumerate(audio + audio))))
         write_s = time.perf_counter() - start
         forward = {p: forward_alone(model, mixes, settings, p, device) for p in args.precision}
         for label, seconds in (("  model load", load_s),

@@ -199,8 +199,8 @@ def io_pool() -> ThreadPoolExecutor:
 
 def prefetch(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 2,
              ahead: int = 3) -> Iterator[tuple[Any, Any, BaseException | None]]:
-    """Yield ``(item, fn(item), None)`` or ``(item, None, error)`` in order, computing up to
-    ``ahead`` items in ``workers`` threads while the caller works on the current one.
+    """Yield ``(item, fn(item), None)`` or ``(item, None, error)`` in order, computing the
+    next ``ahead`` items in ``workers`` threads while the caller works on the current one.
 
     Audio decoding releases the GIL, so reading the next tracks overlaps with GPU work.
     """
