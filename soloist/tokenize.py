@@ -189,7 +189,7 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
                     yield (job.track, role), mono, rate
 
         for (track, role), c in encode_stream(model, audio(), settings["chunk_seconds"],
-                                              _batch_size(settings["batch_size"], model),
+                                              _batch_size(settings["batch_size"], device),
                                               settings["warmup_seconds"], clock):
             codes.setdefault(track, {})[role] = c
             if len(codes[track]) == len(ROLES):
@@ -230,7 +230,7 @@ def _finish(job: Job, status: dict) -> dict:
     return status
 
 
-def _batch_size(setting: int | str, model: torch.nn.Module) -> int:
+def _batch_size(setting: int | str, device: torch.device) -> int:
     if setting == "auto":
-        return 64 if next(model.parameters()).device.type == "cuda" else 16
+        return 64 if device.type == "cuda" else 16
     return int(setting)
