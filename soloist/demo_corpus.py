@@ -2,9 +2,13 @@
 
 ``make_song`` renders drums, walking bass, piano comping and a sax solo that follows the
 chords and the swing of the backing, in pure numpy, and writes the stems, their mixture and
-a ``truth.json`` (chords, solo sections, sax notes). The pipeline and the models get songs
-with a known answer without downloading any music, and the same (seed, name) always gives
-byte-identical files.
+a ``truth.json`` (chords, solo sections, sax notes, band stops). The pipeline and the models
+get songs with a known answer without downloading any music, and the same (seed, name)
+always gives byte-identical files.
+
+The band stops whenever the soloist breathes for a beat or more inside a solo, and comes
+back with them. So the backing says when the solo plays, frame by frame: a relation that
+even tokens of a random-init codec keep, so a test can tell whether a model listens.
 """
 
 from __future__ import annotations
@@ -99,12 +103,14 @@ def make_song(
         _render_sax(rng, [x for notes in solos for x in notes], n, sr), rng.uniform(0.1, 0.35)
     )
 
+    stops = _band_stops(solos, song.beat_s * sr)
+    gate = _gate(stops, n, round(0.005 * sr))
     # balance the backing, then make the sax about as loud as all of it where it plays
     fade = np.minimum(1.0, np.arange(n, 0, -1) / (0.01 * sr))  # no click where the song is cut
     stems = {}
     for stem, audio, level_db in (("drums", drums, -1), ("bass", bass, 0), ("piano", piano, -3)):
         level = 10 ** ((level_db + rng.uniform(-1.5, 1.5)) / 20)
-        stems[stem] = audio * fade * (level / _rms(audio))
+        stems[stem] = audio * gate * fade * (level / _rms(audio))
     backing = stems["drums"] + stems["bass"] + stems["piano"]
     solo_mask = np.zeros(n, dtype=bool)
     for notes in solos:
@@ -139,6 +145,7 @@ def make_song(
             for notes in solos
             for s0, length, p, _ in notes
         ],
+        "band_stops": [[round(a / sr, 4), round(b / sr, 4)] for a, b in stops],
         "stems": dict(STEMS),
     }
     write_json(out_dir / "truth.json", truth)
@@ -244,6 +251,26 @@ def _sax_line(rng: Rng, song: _Song, sections: list[tuple[int, int]]) -> list[li
             pos = phrase_end + rest
         solos.append(notes)
     return solos
+
+
+def _band_stops(solos: list[list[tuple[int, int, int, float]]], beat: float
+                ) -> list[tuple[int, int]]:
+    """[start, end) samples of the sax's rests of 0.9 beat or more inside a section: from
+    the end of one note to the onset of the next."""
+    return [(s0 + l0, s1) for notes in solos
+            for (s0, l0, _, _), (s1, _, _, _) in zip(notes, notes[1:], strict=False)
+            if s1 - (s0 + l0) >= 0.9 * beat]
+
+
+def _gate(stops: list[tuple[int, int]], n: int, ramp: int) -> np.ndarray:
+    """[N] gain of the band: down over ``ramp`` samples from each stop's start, 0, and back
+    up over the last ``ramp`` samples before its end, so it is full again at the next note."""
+    gate = np.ones(n)
+    for a, b in stops:  # all inside the song (solos end bars before it) and >> 2 ramps long
+        gate[a:b] = 0.0
+        gate[a:a + ramp] = np.linspace(1.0, 0.0, ramp)
+        gate[b - ramp:b] = np.linspace(0.0, 1.0, ramp)
+    return gate
 
 
 def _next_pitch(

@@ -134,6 +134,14 @@ def _random_demucs(name: str, folder: Path, seed: int) -> list[str]:
 def _random_encodec(name: str, folder: Path, seed: int) -> list[str]:
     torch.manual_seed(seed)
     model = _encodec_24khz()
+    # A random LSTM carries the past into every frame: silence got dozens of codes. Zeroed,
+    # each LSTM adds nothing to its skip connection, so like a trained codec's the codes
+    # describe the sound around their frame and the same sound gives the same codes.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LSTM):
+                for p in module.parameters():
+                    p.zero_()
     _init_codebooks(model, seed)
     write_torch(folder / ENCODEC_FILES[name], model.state_dict())
     return [ENCODEC_FILES[name]]

@@ -150,6 +150,29 @@ def test_notes_are_monophonic_phrases_inside_sections(songs):
                 assert s1 - e0 < 2.0  # rests inside a solo stay short
 
 
+def test_the_band_stops_exactly_when_the_sax_breathes(songs):
+    """Each rest of 0.9 beat or more inside a solo is a stop: the band and the sax are both
+    silent in it; everywhere else in the solos the band plays."""
+    for _, truth, stems, _ in songs:
+        beat = 60 / truth["tempo_bpm"]
+        notes = truth["notes"]
+        rests = [[e0, s1] for (_, e0, _), (s1, _, _) in zip(notes, notes[1:], strict=False)
+                 if s1 - e0 >= 0.9 * beat - 1e-3
+                 and any(s <= e0 and s1 <= e for s, e in truth["solo_intervals"])]
+        assert rests and np.allclose(truth["band_stops"], rests, atol=1e-3), truth["name"]
+        backing = stems["drums"] + stems["bass"] + stems["piano"]
+        playing = np.zeros(backing.shape[1], dtype=bool)
+        for start, end in truth["solo_intervals"]:
+            playing[round(start * SR):round(end * SR)] = True
+        for start, end in truth["band_stops"]:
+            a, b = round(start * SR), round(end * SR)
+            inner = slice(a + 250, b - 250)  # the ramps, and times rounded to 0.1 ms
+            assert not backing[:, inner].any() and not stems["other"][:, inner].any()
+            playing[a - 10:b + 10] = False
+        frames = np.abs(backing[:, :backing.shape[1] // 441 * 441]).max(0).reshape(-1, 441)
+        assert frames.max(1)[playing[::441][:len(frames)]].min() > 0  # no silent 10 ms
+
+
 def test_sax_level_matches_backing(songs):
     for _, truth, stems, _ in songs:
         backing = stems["drums"] + stems["bass"] + stems["piano"]

@@ -30,6 +30,20 @@ def test_random_encodec_codes_are_not_degenerate(random_weights):
     assert all(d >= 4 for d in distinct), distinct  # all-zero codebooks would give 1
 
 
+def test_random_encodec_codes_describe_the_sound_not_its_past(random_weights):
+    """Like a trained codec's: silence has one code, and a sound gets the same codes after a
+    second of silence whatever was played before it (a random LSTM would remember)."""
+    model = fw.load_encodec(random_weights / "random/encodec/encodec_24khz.json", 3.0)
+    t = torch.arange(24000) / 24000
+    sound = 0.3 * torch.sin(2 * torch.pi * 330 * t) * torch.exp(-3 * t)
+    pasts = [0.3 * torch.randn(24000, generator=torch.Generator().manual_seed(0)),
+             0.5 * torch.sin(2 * torch.pi * 110 * t)]
+    codes = [model.encode(torch.cat([p, torch.zeros(24000), sound])[None, None])[0][0][0]
+             for p in pasts]  # [K, 225] each: 75 frames a second
+    assert torch.equal(codes[0][:, 95:], codes[1][:, 95:])  # from 0.27 s into the silence
+    assert all(len(torch.unique(c)) == 1 for c in codes[0][:, 95:150])
+
+
 def test_random_weights_are_deterministic(tmp_path, random_weights):
     info = fw.fetch_weights("encodec", "encodec_24khz", "random",
                             tmp_path / "random/encodec/encodec_24khz.json")
