@@ -6,6 +6,9 @@
 # The whole run stays under BUDGET seconds (default 470: 8 minutes with start-up): each script
 # gets at most its own cap and never more than what is left of the budget.
 #
+# torch.compile starts from an empty cache (TORCHINDUCTOR_CACHE_DIR): separation's compiled
+# variant compiles cold, demucs_compile after it warm. ONLY="separate tokenize" runs those.
+#
 #     bash bench/gpu_all.sh      (from anywhere; PYTHON=python3, BUDGET=470, SMOKE=0 by default)
 set -u
 cd "$(dirname "$0")/.."
@@ -14,6 +17,8 @@ PY=${PYTHON:-python3}
 BUDGET=${BUDGET:-470}
 LOGS=${OUT:-$(mktemp -d)}/bench-logs  # under $OUT on the device machine, so logs come back
 mkdir -p "$LOGS"
+TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
+export TORCHINDUCTOR_CACHE_DIR
 deadline=$((SECONDS + BUDGET))
 
 "$PY" - <<'PYEOF'
@@ -39,6 +44,9 @@ failures=()
 run() {  # run CAP_SECONDS NAME SCRIPT ARGS...
     local cap=$1 name=$2
     shift 2
+    if [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]]; then
+        return
+    fi
     local left=$((deadline - SECONDS))
     local limit=$((cap < left ? cap : left))
     echo
@@ -65,7 +73,7 @@ run() {  # run CAP_SECONDS NAME SCRIPT ARGS...
 # issue asks for >= 10), loader vs model at the README's GPU batch (32 x 10 s windows).
 # SMOKE=1: tiny sizes and the tiny preset, to check the whole chain on a CPU in minutes.
 if [[ ${SMOKE:-0} == 1 ]]; then
-    run 150 separate bench/separate_gpu.py --seconds 2 1
+    run 300 separate bench/separate_gpu.py --seconds 2 1 --variants fp32 fp32-compiled
     run 120 tokenize bench/tokenize_gpu.py --seconds 6 3
     run 150 loader bench/loader_gpu.py --workers 0 2 --batch 8 --frames 150 --batches 20 \
         --shards 2 --samples 100 --preset tiny --steps 3 --compile no
@@ -73,7 +81,9 @@ if [[ ${SMOKE:-0} == 1 ]]; then
     run 120 train bench/train_throughput.py --preset tiny --batch 4 --frames 150 --steps 2 \
         --compile no
 else
-    run 150 separate bench/separate_gpu.py --seconds 240 180 120 90 60 30 --precision bf16 fp32
+    run 270 separate bench/separate_gpu.py --seconds 240 180 120 90 60 30 \
+        --variants bf16 fp32 bf16-compiled
+    run 150 compile bench/demucs_compile.py --batch 16 --modes default
     run 120 tokenize bench/tokenize_gpu.py --seconds 240 180 120 90 60 30
     run 150 loader bench/loader_gpu.py --batch 32 --frames 750 --compile both
     run 150 generate bench/generate_gpu.py --preset base --batch 1 16 --frames 150

@@ -197,8 +197,10 @@ def _verified(manifest: str | os.PathLike) -> tuple[dict, Path]:
     return info, manifest.parent
 
 
-def load_demucs(manifest: str | os.PathLike) -> torch.nn.Module:
-    """The Demucs bag of models described by ``manifest`` (eval mode, CPU)."""
+def load_demucs(manifest: str | os.PathLike, device: str | torch.device = "cpu"
+                ) -> torch.nn.Module:
+    """The Demucs bag of models described by ``manifest``, in eval mode on ``device`` (built
+    there, rather than initialised on a CPU and copied)."""
     from demucs.apply import BagOfModels
     from demucs.hf import load_safetensors_model
     from safetensors import safe_open
@@ -212,9 +214,10 @@ def load_demucs(manifest: str | os.PathLike) -> torch.nn.Module:
             klass = f.metadata().get("klass")
         if klass not in DEMUCS_ALLOWED:  # the loader imports whatever class the file names
             raise WeightsError(f"{path} names model class {klass!r}, not one of {DEMUCS_ALLOWED}")
-        models.append(load_safetensors_model(path))
+        with torch.device(device):
+            models.append(load_safetensors_model(path))
     model = BagOfModels(models, bag.get("weights"), bag.get("segment"))
-    return model.eval()
+    return model.to(device).eval()
 
 
 def _encodec_24khz() -> torch.nn.Module:
@@ -225,11 +228,15 @@ def _encodec_24khz() -> torch.nn.Module:
         return EncodecModel.encodec_model_24khz(pretrained=False)
 
 
-def load_encodec(manifest: str | os.PathLike, bandwidth: float) -> torch.nn.Module:
-    """The EnCodec model described by ``manifest`` at ``bandwidth`` kbps (eval mode, CPU)."""
+def load_encodec(manifest: str | os.PathLike, bandwidth: float,
+                 device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The EnCodec model described by ``manifest`` at ``bandwidth`` kbps, in eval mode on
+    ``device`` (built there)."""
     info, folder = _verified(manifest)
-    model = _encodec_24khz()
-    state = torch.load(folder / ENCODEC_FILES[info["name"]], map_location="cpu", weights_only=True)
+    with torch.device(device):
+        model = _encodec_24khz()
+    state = torch.load(folder / ENCODEC_FILES[info["name"]], map_location=device,
+                       weights_only=True)
     model.load_state_dict(state)
     model.set_target_bandwidth(bandwidth)
     return model.eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -202,15 +203,19 @@ def prefetch(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 2,
     """Yield ``(item, fn(item), None)`` or ``(item, None, error)`` in order, computing the
     next ``ahead`` items in ``workers`` threads while the caller works on the current one.
 
-    Audio decoding releases the GIL, so reading the next tracks overlaps with GPU work.
+    The first items start at once, not at the first ``next``: a stage reads its first
+    tracks while it loads its model. Audio decoding releases the GIL, so reading the next
+    tracks overlaps with GPU work.
     """
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="prefetch") as pool:
-        queue: deque = deque()
-        it = iter(items)
-        for item in it:
-            queue.append((item, pool.submit(fn, item)))
-            if len(queue) > ahead:
-                break
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="prefetch")
+    it = iter(items)
+    queue = deque((item, pool.submit(fn, item)) for item in itertools.islice(it, ahead + 1))
+    return _in_order(pool, fn, it, queue)
+
+
+def _in_order(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], it: Iterator[Any],
+              queue: deque) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    with pool:
         while queue:
             item, future = queue.popleft()
             nxt = next(it, _END)

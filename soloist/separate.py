@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,10 @@ from soloist.io import (
 log = logging.getLogger("soloist.separate")
 Audio = np.ndarray | torch.Tensor
 PIECE_SECONDS = 30.0  # long tracks are decoded in pieces of this length, in parallel
+# compile: auto compiles a job of at least this much audio (s), where a cold compile pays
+# for itself (BENCHMARKS.md): on an H200 ~2 min for 1.6 ms saved per audio-second, on 2 CPU
+# cores ~2 min for 0.08-0.15 s
+COMPILE_MIN_AUDIO = {"cuda": 20 * 3600, "cpu": 30 * 60}
 
 
 @dataclass
@@ -89,8 +94,8 @@ def separate(items: list[Item], settings: dict, weights: str | os.PathLike | Non
     """Separate ``items`` with one Demucs model, loaded once, when the first item needs it.
 
     Items ingested from a stems folder use the given stems. ``settings`` is the config's
-    ``separate`` section (roles, shifts, overlap, segment, batch_size, precision, device,
-    keep_stems). Segments of all tracks are batched through the model while the
+    ``separate`` section (roles, shifts, overlap, segment, batch_size, precision, compile,
+    device, keep_stems). Segments of all tracks are batched through the model while the
     next tracks are read and the finished ones written in threads. Bad input never
     raises: the item gets a failed status. Returns the statuses in item order.
     """
@@ -118,14 +123,16 @@ def separate(items: list[Item], settings: dict, weights: str | os.PathLike | Non
         from soloist.fetch_weights import load_demucs
 
         device, clock = pick_device(settings["device"]), Clock()
-        with clock("model load"):
-            model = load_demucs(weights).to(device).eval()
+        reads = prefetch(lambda i: read_audio(i.audio, PIECE_SECONDS), demucs_items)
+        with clock("model load"):  # while the first tracks are read
+            model = load_demucs(weights, device)
+        compiled = _compile(settings["compile"], device, demucs_items)
         with Background(io_workers(), limit=io_workers()) as writer:
             futures = {}
             bar = tqdm(total=len(demucs_items), desc="separate", unit="track",
                        disable=len(demucs_items) < 2)
-            for item, stems, error in demix(model, demucs_items, settings, sample_rate, device,
-                                            clock):
+            for item, stems, error in demix(model, reads, settings, sample_rate, device,
+                                            clock, compiled):
                 if error is None:
                     with clock("waiting for writes"):
                         futures[item.track] = writer.submit(_write, item, settings, sample_rate,
@@ -203,16 +210,20 @@ class _Track:
 
 
 @torch.inference_mode()
-def demix(model: torch.nn.Module, items: list[Item], settings: dict, sample_rate: int,
-          device: torch.device, clock: Clock | None = None
-          ) -> Iterator[tuple[Item, dict | None, Exception | None]]:
-    """Yield ``(item, {stem: [C, N] float32 on device}, None)`` or ``(item, None, error)``.
+def demix(model: torch.nn.Module,
+          reads: Iterable[tuple[Item, tuple[np.ndarray, int] | None, Exception | None]],
+          settings: dict, sample_rate: int, device: torch.device, clock: Clock | None = None,
+          compiled: bool = False) -> Iterator[tuple[Item, dict | None, Exception | None]]:
+    """Yield ``(item, {stem: [C, N] float32 on device}, None)`` or ``(item, None, error)``
+    for each ``(item, (mix [C, N], sample rate), None)`` or ``(item, None, error)`` read.
 
     The same arithmetic as ``demucs.apply.apply_model`` (the CLI's normalisation, random
     shifts drawn from ``random`` seeded by the track id, segments with ``overlap`` blended
     by triangular weights, each padded to the model's training length with the
     neighbouring samples), but segments of consecutive tracks share forward passes of
-    ``batch_size`` segments [B, C, W], and the next tracks are read meanwhile.
+    ``batch_size`` segments [B, C, W]. With ``compiled`` the forward is ``torch.compile``d
+    for that one shape (every batch, the last one too, is padded to ``batch_size``); if
+    compiling fails, a warning says why and the eager model takes over.
     """
     from demucs.apply import BagOfModels
 
@@ -230,16 +241,29 @@ def demix(model: torch.nn.Module, items: list[Item], settings: dict, sample_rate
     max_shift = int(0.5 * model.samplerate)
     clock = clock or Clock()
     queue: list[tuple[_Pass, int, int]] = []  # (pass, segment offset, segment length)
+    forward = torch.compile(model, dynamic=False) if compiled else model
+    span = "compiling" if compiled else "model"  # the first compiled call compiles
 
     def run(batch: list[tuple[_Pass, int, int]]) -> Iterator[_Track]:
         """One forward pass; yields the tracks it completes."""
-        x = torch.zeros(len(batch), batch[0][0].x.shape[0], window, device=device)
+        nonlocal forward, span
+        rows = batch_size if forward is not model else len(batch)
+        x = torch.zeros(rows, batch[0][0].x.shape[0], window, device=device)
         for j, (p, offset, length) in enumerate(batch):
             start = offset - (window - length) // 2  # centred in the window, as demucs pads
             lo, hi = max(start, 0), min(start + window, p.x.shape[1])
             x[j, :, lo - start:hi - start] = p.x[:, lo:hi]
-        with clock("model"), autocast:
-            y = model(x).float()  # [B, S, C, W]
+        with clock(span), autocast:
+            try:
+                y = forward(x).float()  # [B, S, C, W]
+            except Exception as e:
+                if forward is model:
+                    raise
+                log.warning("torch.compile of Demucs failed, separating without it: %s: %s",
+                            type(e).__name__, e)
+                forward = model
+                y = model(x).float()
+        span = "model"
         for j, (p, offset, length) in enumerate(batch):
             trim = (window - length) // 2
             p.out[..., offset:offset + length] += ramp[:length] * y[j, ..., trim:trim + length]
@@ -256,7 +280,6 @@ def demix(model: torch.nn.Module, items: list[Item], settings: dict, sample_rate
         out = out * track.std + track.mean
         return {name: out[i] for i, name in enumerate(model.sources)}
 
-    reads = prefetch(lambda i: read_audio(i.audio, PIECE_SECONDS), items)
     for item, audio, error in clock.iter("waiting for audio", reads):
         try:
             if error is not None:
@@ -297,6 +320,15 @@ def _batch_size(setting: int | str, device: torch.device) -> int:
     if setting == "auto":
         return 16 if device.type == "cuda" else 1
     return int(setting)
+
+
+def _compile(setting: bool | str, device: torch.device, items: list[Item]) -> bool:
+    """Whether to compile the forward: only when the job holds enough audio (ingest's
+    durations) to pay for the compile (BENCHMARKS.md)."""
+    if setting == "auto":
+        seconds = sum(read_json(i.info).get("duration", 0) for i in items)
+        return seconds >= COMPILE_MIN_AUDIO.get(device.type, math.inf)
+    return bool(setting)
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

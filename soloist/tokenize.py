@@ -164,9 +164,9 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
             todo.append(job)
     if todo:
         clock = Clock()
-        with clock("model load"):
-            model = load_encodec(weights, settings["bandwidth"])
-            model.to(pick_device(settings["device"]))
+        reads = prefetch(read_roles, todo)
+        with clock("model load"):  # while the first tracks are read
+            model = load_encodec(weights, settings["bandwidth"], pick_device(settings["device"]))
         info = {"stage": "tokenize", "frame_rate": float(model.frame_rate),
                 "bandwidth": settings["bandwidth"], "cardinality": int(model.quantizer.bins),
                 "weights": "random" if read_json(weights)["random"] else "pretrained"}
@@ -176,7 +176,7 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
         bar = tqdm(total=len(todo), desc="tokenize", unit="track", disable=len(todo) < 2)
 
         def audio() -> Iterator[tuple[tuple[str, str], np.ndarray, int]]:
-            for job, pair, error in clock.iter("waiting for audio", prefetch(read_roles, todo)):
+            for job, pair, error in clock.iter("waiting for audio", reads):
                 if error is None and min(pcm.shape[0] for pcm, _ in pair) == 0:
                     error = ValueError("no samples in the separated audio")
                 if error is not None:

@@ -1,5 +1,7 @@
 """io: audio read in parallel pieces equals a plain read; prefetch keeps order and errors."""
 
+import threading
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -38,3 +40,10 @@ def test_prefetch_keeps_order_and_hands_back_errors():
     assert [r for _, r, e in got if e is None] == [0, 1, 4, 16, 25]
     (error,) = [e for _, _, e in got if e is not None]
     assert isinstance(error, ValueError) and str(error) == "three"
+
+
+def test_prefetch_starts_before_the_first_next():
+    started = threading.Event()
+    got = prefetch(lambda x: started.set() or x, [7])
+    assert started.wait(timeout=30), "nothing was computed before the caller asked"
+    assert list(got) == [(7, 7, None)]

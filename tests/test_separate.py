@@ -1,5 +1,6 @@
 """separate: segments of several tracks batched through Demucs, same output as apply_model."""
 
+import logging
 import random
 
 import numpy as np
@@ -14,7 +15,7 @@ from soloist.io import read_audio, read_json, write_audio, write_json
 RATE = 44100
 SETTINGS = {"context": ["drums", "bass", "piano", "guitar"], "target": ["other", "vocals"],
             "keep_stems": True, "shifts": 0, "overlap": 0.25, "segment": None,
-            "batch_size": 3, "precision": "fp32", "device": "cpu"}
+            "batch_size": 3, "precision": "fp32", "compile": "auto", "device": "cpu"}
 
 
 def ingested(folder, seconds: dict[str, float]) -> list[str]:
@@ -35,13 +36,20 @@ def demucs_manifest(random_weights):
     return random_weights / "random/demucs/htdemucs_6s.json"
 
 
-@pytest.mark.parametrize("shifts", [0, 1])
-def test_batched_across_tracks_equals_apply_model(tmp_path, demucs_manifest, shifts):
-    # 9 s spans two 7.8 s segments, 3 s is shorter than one: batches mix tracks and lengths
+@pytest.mark.parametrize("shifts, compiled", [(0, False), (1, False), (0, True)])
+def test_batched_across_tracks_equals_apply_model(tmp_path, caplog, demucs_manifest, shifts,
+                                                  compiled):
+    # 9 s spans two 7.8 s segments, 3 s is shorter than one: batches of 2 mix tracks and
+    # lengths, and the last one is short (padded to the compiled shape)
     tracks = ingested(tmp_path / "in", {"long": 9.0, "short": 3.0})
-    statuses = sp.separate_batch(tmp_path / "in", tmp_path / "out",
-                                 SETTINGS | {"shifts": shifts}, demucs_manifest, RATE)
+    caplog.set_level(logging.INFO, "soloist.separate")
+    settings = SETTINGS | {"shifts": shifts, "compile": compiled, "batch_size": 2}
+    statuses = sp.separate_batch(tmp_path / "in", tmp_path / "out", settings,
+                                 demucs_manifest, RATE)
     assert [s["ok"] for s in statuses] == [True, True]
+    (timing,) = [r.getMessage() for r in caplog.records if "separated" in r.getMessage()]
+    assert ("compiling" in timing) == compiled, timing
+    assert "torch.compile of Demucs failed" not in caplog.text
     model = load_demucs(demucs_manifest).eval()
     for track in tracks:
         mix = torch.from_numpy(read_audio(tmp_path / "in" / "audio" / f"{track}.flac")[0])
@@ -69,3 +77,15 @@ def test_bad_track_fails_alone(tmp_path, demucs_manifest):
     assert not bad["ok"] and bad["stage"] == "separate" and "LibsndfileError" in bad["reason"]
     assert read_json(tmp_path / "out/bad/separate.json") == bad
     assert (tmp_path / "out/bad/context.flac").stat().st_size == 0
+
+
+def test_compile_auto_waits_for_a_job_long_enough_to_repay_it(tmp_path):
+    items = []
+    for track, seconds in {"a": 1000.0, "b": 900.0}.items():
+        write_json(tmp_path / f"{track}.json", {"ok": True, "duration": seconds})
+        items.append(sp.Item(track, *[tmp_path / f"{track}.json"] * 5))
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert sp._compile("auto", cpu, items)  # 1900 s of audio on a CPU
+    assert not sp._compile("auto", cpu, items[:1])
+    assert not sp._compile("auto", gpu, items)  # a GPU needs hours to repay the compile
+    assert sp._compile(True, cpu, items[:1]) and not sp._compile(False, cpu, items)
