@@ -8,6 +8,8 @@
 #
 # torch.compile starts from an empty cache (TORCHINDUCTOR_CACHE_DIR): separation's compiled
 # variant compiles cold, demucs_compile after it warm. ONLY="separate tokenize" runs those.
+# All six scripts no longer fit one device call: run ONLY="separate compile tokenize" and
+# ONLY="loader generate train" in two, each with BUDGET=560.
 #
 #     bash bench/gpu_all.sh      (from anywhere; PYTHON=python3, BUDGET=470, SMOKE=0 by default)
 set -u
