@@ -19,6 +19,9 @@ import logging
 import os
 import urllib.request
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -184,17 +187,29 @@ def _init_codebooks(model: torch.nn.Module, seed: int) -> None:
         residual = residual - layer.decode(layer.encode(residual))
 
 
-def _verified(manifest: str | os.PathLike) -> tuple[dict, Path]:
+@contextmanager
+def _verified(manifest: str | os.PathLike) -> Iterator[tuple[dict, Path]]:
+    """The manifest's info and folder, for the body to load the model from. The files'
+    sha256 are checked in threads meanwhile (loading first is safe: safetensors and
+    ``weights_only`` run no code from a file); a mismatch raises on exit, so a model from
+    changed files is never returned."""
     manifest = Path(manifest)
     info = read_json(manifest)
-    for file, digest in info["files"].items():
-        path = manifest.parent / file
-        if not path.is_file() or sha256_file(path) != digest:
-            raise WeightsError(f"{path} is missing or changed since it was fetched; "
-                               f"rerun: snakemake --forcerun fetch_weights")
+    paths = {manifest.parent / file: digest for file, digest in info["files"].items()}
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise WeightsError(f"{missing[0]} is missing; rerun: snakemake --forcerun fetch_weights")
+    with ThreadPoolExecutor(len(paths)) as pool:
+        hashes = {path: pool.submit(sha256_file, path) for path in paths}
+        try:
+            yield info, manifest.parent
+        finally:  # also when loading failed: a changed file is the likelier reason
+            for path, digest in paths.items():
+                if hashes[path].result() != digest:
+                    raise WeightsError(f"{path} changed since it was fetched; "
+                                       f"rerun: snakemake --forcerun fetch_weights")
     if info["random"]:
         log.warning(RANDOM_WARNING)
-    return info, manifest.parent
 
 
 def load_demucs(manifest: str | os.PathLike, device: str | torch.device = "cpu"
@@ -205,17 +220,18 @@ def load_demucs(manifest: str | os.PathLike, device: str | torch.device = "cpu"
     from demucs.hf import load_safetensors_model
     from safetensors import safe_open
 
-    info, folder = _verified(manifest)
-    bag = yaml.safe_load((folder / f"{info['name']}.yaml").read_text())
-    models = []
-    for sig in bag["models"]:
-        path = folder / f"{sig}.safetensors"
-        with safe_open(str(path), framework="pt") as f:
-            klass = f.metadata().get("klass")
-        if klass not in DEMUCS_ALLOWED:  # the loader imports whatever class the file names
-            raise WeightsError(f"{path} names model class {klass!r}, not one of {DEMUCS_ALLOWED}")
-        with torch.device(device):
-            models.append(load_safetensors_model(path))
+    with _verified(manifest) as (info, folder):
+        bag = yaml.safe_load((folder / f"{info['name']}.yaml").read_text())
+        models = []
+        for sig in bag["models"]:
+            path = folder / f"{sig}.safetensors"
+            with safe_open(str(path), framework="pt") as f:
+                klass = f.metadata().get("klass")
+            if klass not in DEMUCS_ALLOWED:  # the loader imports whatever class the file names
+                raise WeightsError(f"{path} names model class {klass!r}, "
+                                   f"not one of {DEMUCS_ALLOWED}")
+            with torch.device(device):
+                models.append(load_safetensors_model(path))
     model = BagOfModels(models, bag.get("weights"), bag.get("segment"))
     return model.to(device).eval()
 
@@ -232,11 +248,11 @@ def load_encodec(manifest: str | os.PathLike, bandwidth: float,
                  device: str | torch.device = "cpu") -> torch.nn.Module:
     """The EnCodec model described by ``manifest`` at ``bandwidth`` kbps, in eval mode on
     ``device`` (built there)."""
-    info, folder = _verified(manifest)
-    with torch.device(device):
-        model = _encodec_24khz()
-    state = torch.load(folder / ENCODEC_FILES[info["name"]], map_location=device,
-                       weights_only=True)
-    model.load_state_dict(state)
+    with _verified(manifest) as (info, folder):
+        with torch.device(device):
+            model = _encodec_24khz()
+        state = torch.load(folder / ENCODEC_FILES[info["name"]], map_location=device,
+                           weights_only=True)
+        model.load_state_dict(state)
     model.set_target_bandwidth(bandwidth)
     return model.eval()

@@ -107,36 +107,40 @@ def read_audio(path: str | os.PathLike, piece_seconds: float | None = None
     seeks to the sample, and decoding releases the GIL): one long track no longer holds
     up a GPU that is waiting for it.
     """
-    data, sample_rate = _read(path, "float32", piece_seconds)
+    [(data, sample_rate)] = _read([path], "float32", piece_seconds)
     return np.ascontiguousarray(data.T), sample_rate
 
 
-def read_pcm16(path: str | os.PathLike, piece_seconds: float | None = None
-               ) -> tuple[np.ndarray, int]:
-    """The samples of a 16-bit file as stored: ([N, C] int16, sample rate); half the bytes
-    of float32 and no transpose, for a GPU to convert (x / 32768 is ``read_audio``'s)."""
-    return _read(path, "int16", piece_seconds)
+def read_pcm16(paths: list[str | os.PathLike], piece_seconds: float | None = None
+               ) -> list[tuple[np.ndarray, int]]:
+    """The samples of 16-bit files as stored: ([N, C] int16, sample rate) each; half the
+    bytes of float32 and no transpose, for a GPU to convert (x / 32768 is ``read_audio``'s).
+    The pieces of all the files are decoded at once, so short files keep every thread busy."""
+    return _read(paths, "int16", piece_seconds)
 
 
-def _read(path: str | os.PathLike, dtype: str, piece_seconds: float | None
-          ) -> tuple[np.ndarray, int]:
+def _read(paths: list[str | os.PathLike], dtype: str, piece_seconds: float | None
+          ) -> list[tuple[np.ndarray, int]]:
     if piece_seconds is None:
-        return sf.read(path, dtype=dtype, always_2d=True)
-    with sf.SoundFile(path) as f:
-        frames, channels, sample_rate = f.frames, f.channels, f.samplerate
-    data = np.empty((frames, channels), dtype)
-    step = max(1, round(piece_seconds * sample_rate))
+        return [sf.read(path, dtype=dtype, always_2d=True) for path in paths]
+    out, pieces = [], []
+    for path in paths:
+        with sf.SoundFile(path) as f:
+            frames, channels, sample_rate = f.frames, f.channels, f.samplerate
+        data = np.empty((frames, channels), dtype)
+        out.append((data, sample_rate))
+        step = max(1, round(piece_seconds * sample_rate))
+        pieces += [(path, data[start:start + step], start) for start in range(0, frames, step)]
 
-    def piece(start: int) -> None:
-        stop = min(frames, start + step)
+    def piece(path: str | os.PathLike, samples: np.ndarray, start: int) -> None:
         with sf.SoundFile(path) as f:
             f.seek(start)
-            if f.read(stop - start, dtype=dtype, always_2d=True, out=data[start:stop]
-                      ).shape[0] != stop - start:
+            if f.read(len(samples), dtype=dtype, always_2d=True, out=samples
+                      ).shape[0] != len(samples):
                 raise sf.LibsndfileError(0, f"{path}: short read at frame {start}")
 
-    list(io_pool().map(piece, range(0, frames, step)))
-    return data, sample_rate
+    list(io_pool().map(lambda p: piece(*p), pieces))
+    return out
 
 
 def sha256_file(path: str | os.PathLike) -> str:

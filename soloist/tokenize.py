@@ -8,21 +8,24 @@ stay close to those of encoding the whole track at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
+from torchaudio.transforms import Resample
 from tqdm import tqdm
 
 from soloist.fetch_weights import load_encodec
 from soloist.io import (
+    Background,
     Clock,
     failed,
     first_failure,
@@ -33,10 +36,13 @@ from soloist.io import (
     write_json,
     write_npy,
 )
-from soloist.separate import PIECE_SECONDS, pick_device
+from soloist.separate import pick_device
 
 log = logging.getLogger("soloist.tokenize")
 ROLES = ("context", "target")
+# Both roles' pieces are decoded at once, so 30 s pieces keep 16 threads busy; shorter ones
+# slowed the model load beside them (0.19-0.21 -> 0.28-0.30 s on an H200 host, BENCHMARKS.md).
+PIECE_SECONDS = 30.0
 
 
 @torch.inference_mode()
@@ -79,9 +85,12 @@ def encode_stream(model: torch.nn.Module,
             if t.left == 0:
                 yield t
 
+    resamplers: dict[int, torch.nn.Module] = {}  # their filters made once, not per track
     for key, audio, rate in tracks:
         with clock("resampling"):
-            x = AF.resample(torch.as_tensor(audio).to(device), rate, model.sample_rate)
+            if rate not in resamplers:
+                resamplers[rate] = Resample(rate, model.sample_rate).to(device)
+            x = resamplers[rate](torch.as_tensor(audio).to(device))
         if x.numel() == 0:
             raise ValueError(f"track {key!r} has no samples")
         n = 1 + math.ceil(max(0, x.numel() - length) / chunk)
@@ -163,47 +172,61 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
         else:
             todo.append(job)
     if todo:
-        clock = Clock()
-        reads = prefetch(read_roles, todo)
+        clock, device = Clock(), pick_device(settings["device"])
+        reads = prefetch(lambda job: read_roles(job, device), todo)
         with clock("model load"):  # while the first tracks are read
-            model = load_encodec(weights, settings["bandwidth"], pick_device(settings["device"]))
+            model = load_encodec(weights, settings["bandwidth"], device)
         info = {"stage": "tokenize", "frame_rate": float(model.frame_rate),
                 "bandwidth": settings["bandwidth"], "cardinality": int(model.quantizer.bins),
                 "weights": "random" if read_json(weights)["random"] else "pretrained"}
-        device = next(model.parameters()).device
         by_track = {job.track: job for job in todo}
         codes: dict[str, dict[str, np.ndarray]] = {}
+        written: dict[str, Future] = {}  # track: its status
         bar = tqdm(total=len(todo), desc="tokenize", unit="track", disable=len(todo) < 2)
 
-        def audio() -> Iterator[tuple[tuple[str, str], np.ndarray, int]]:
+        def audio() -> Iterator[tuple[tuple[str, str], torch.Tensor, int]]:
             for job, pair, error in clock.iter("waiting for audio", reads):
-                if error is None and min(pcm.shape[0] for pcm, _ in pair) == 0:
+                if error is None and min(mono.numel() for mono, _ in pair) == 0:
                     error = ValueError("no samples in the separated audio")
                 if error is not None:
                     statuses[job.track] = _fail(job, error)
                     bar.update()
                     continue
-                for role, (pcm, rate) in zip(ROLES, pair, strict=True):
-                    # the mono mix as read_audio(...).mean(0) gives it, computed on the GPU
-                    mono = torch.from_numpy(pcm).to(device).float().mean(1) / 32768
+                for role, (mono, rate) in zip(ROLES, pair, strict=True):
+                    if mono.is_cuda:  # made on the reader's stream, used on this one
+                        mono.record_stream(torch.cuda.current_stream(mono.device))
                     yield (job.track, role), mono, rate
 
-        for (track, role), c in encode_stream(model, audio(), settings["chunk_seconds"],
-                                              _batch_size(settings["batch_size"], device),
-                                              settings["warmup_seconds"], clock):
-            codes.setdefault(track, {})[role] = c
-            if len(codes[track]) == len(ROLES):
-                with clock("writing"):
-                    statuses[track] = _write(by_track[track], codes.pop(track), info)
-                bar.update()
-        bar.close()
+        with Background() as writer:
+            for (track, role), c in encode_stream(model, audio(), settings["chunk_seconds"],
+                                                  _batch_size(settings["batch_size"], device),
+                                                  settings["warmup_seconds"], clock):
+                codes.setdefault(track, {})[role] = c
+                if len(codes[track]) == len(ROLES):
+                    with clock("waiting for writes"):
+                        written[track] = writer.submit(_write, by_track[track],
+                                                       codes.pop(track), info)
+                    bar.update()
+            bar.close()
+            with clock("waiting for writes"):
+                writer.close()
+        statuses |= {track: f.result() for track, f in written.items()}
         log.info("tokenized %d tracks in %s", len(todo), clock)
     return [statuses[job.track] for job in jobs]
 
 
-def read_roles(job: Job) -> list[tuple[np.ndarray, int]]:
-    """Each role's 16-bit samples [N, C] and sample rate."""
-    return [read_pcm16(path, PIECE_SECONDS) for path in (job.context, job.target)]
+def read_roles(job: Job, device: torch.device) -> list[tuple[torch.Tensor, int]]:
+    """Each role's mono mix [N] on ``device`` (as ``read_audio(...).mean(0)`` gives it) and
+    its sample rate. On a GPU the copy and the mix run here, in the reader thread, on a
+    stream of its own: they overlap the encoding instead of waiting for it."""
+    pairs = read_pcm16([job.context, job.target], PIECE_SECONDS)
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+        monos = [(torch.from_numpy(pcm).to(device).float().mean(1) / 32768, rate)
+                 for pcm, rate in pairs]
+    if stream:
+        stream.synchronize()
+    return monos
 
 
 def _write(job: Job, codes: dict[str, np.ndarray], info: dict) -> dict:

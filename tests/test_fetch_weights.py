@@ -60,6 +60,9 @@ def test_tampered_weights_are_refused(tmp_path, random_weights):
         f.write(b"x")
     with pytest.raises(fw.WeightsError, match="changed since it was fetched.*--forcerun"):
         fw.load_encodec(folder / "encodec_24khz.json", 3.0)
+    (folder / "encodec_24khz-d7cc33bc.th").unlink()
+    with pytest.raises(fw.WeightsError, match="is missing.*--forcerun"):
+        fw.load_encodec(folder / "encodec_24khz.json", 3.0)
 
 
 def test_demucs_file_naming_a_foreign_class_is_refused(tmp_path):

@@ -16,9 +16,13 @@ def test_pieces_read_what_a_plain_read_reads(tmp_path):
     pieces, _ = read_audio(tmp_path / "a.flac", piece_seconds=0.37)  # ragged last piece
     assert rate == 44100 and whole.shape == (2, 44100 * 3 + 17)
     np.testing.assert_array_equal(pieces, whole)
-    pcm, _ = read_pcm16(tmp_path / "a.flac", piece_seconds=0.37)
+    write_audio(tmp_path / "b.flac", 0.3 * rng.standard_normal((1, 9000)), 22050)
+    (pcm, _), (short, short_rate) = read_pcm16([tmp_path / "a.flac", tmp_path / "b.flac"],
+                                               piece_seconds=0.37)
     assert pcm.dtype == np.int16 and pcm.shape == whole.T.shape
     np.testing.assert_array_equal(pcm.T / np.float32(32768), whole)
+    assert short_rate == 22050
+    np.testing.assert_array_equal(short.T / np.float32(32768), read_audio(tmp_path / "b.flac")[0])
 
 
 def test_pieces_of_a_truncated_file_fail(tmp_path):
