@@ -1,7 +1,7 @@
 """Tokenization throughput: our tokenize stage vs EncodecModel.encode once per whole track.
 
-Both run the same random-init EnCodec 24 kHz weights (codebooks initialised as in
-fetch_weights; the per-track path in encodec's own model, weight_norm and all) on the same
+Both run the same random-init EnCodec 24 kHz (codebooks initialised as in fetch_weights;
+``load_encodec`` builds encodec's own model unchanged, weight_norm and all) on the same
 synthetic context/target tracks of different lengths, on the GPU when there is one. Ours
 is timed end to end on a separate batch folder (model load, FLAC read, resampling, chunked
 batched encoding, .npy write) with config.yaml's ``tokenize`` settings; the per-track
@@ -23,7 +23,6 @@ import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ import torchaudio.functional as AF
 import yaml
 
 from soloist.demo_corpus import make_song
-from soloist.fetch_weights import ENCODEC_FILES, fetch_weights, load_encodec
+from soloist.fetch_weights import fetch_weights, load_encodec
 from soloist.io import (
     Clock,
     io_workers,
@@ -84,20 +83,6 @@ def link_copies(folder: Path, tracks: list[str], times: int) -> Path:
         for f in (folder / t).iterdir():
             (out / f"{t}_{k}" / f.name).hardlink_to(f)
     return out
-
-
-def encodecs_own(manifest: Path, bandwidth: float, device: torch.device) -> torch.nn.Module:
-    """EnCodec 24 kHz as encodec builds it (weight_norm recomputed at every call), with the
-    weights of ``manifest``: the per-track path's model."""
-    from encodec import EncodecModel
-
-    with warnings.catch_warnings():  # encodec uses the deprecated weight_norm
-        warnings.simplefilter("ignore", FutureWarning)
-        model = EncodecModel.encodec_model_24khz(pretrained=False)
-    model.load_state_dict(torch.load(manifest.parent / ENCODEC_FILES[manifest.stem],
-                                     weights_only=True))
-    model.set_target_bandwidth(bandwidth)
-    return model.to(device).eval()
 
 
 class LastClock(logging.Handler):
@@ -182,7 +167,7 @@ def main() -> None:
         manifest = tmp / "weights" / "encodec" / f"{settings['model']}.json"
         fetch_weights("encodec", settings["model"], "random", manifest)
         tracks = make_separate_batch(tmp / "separated", tmp / "songs", args.seconds)
-        model = encodecs_own(manifest, settings["bandwidth"], device)
+        model = load_encodec(manifest, settings["bandwidth"]).to(device)
         # the per-track path's input: read and resampled exactly like our stage does
         audio = {}
         for t in tracks:
