@@ -49,6 +49,7 @@ DEMUCS_ARCH = {
     }),
 }
 ENCODEC_FILES = {"encodec_24khz": "encodec_24khz-d7cc33bc.th"}
+ENCODEC_RATES = {"encodec_24khz": 24_000}  # Hz, known before the model loads
 ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/{file}"
 
 

@@ -9,12 +9,14 @@ stay close to those of encoding the whole track at once.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch
 from torchaudio.transforms import Resample
 from tqdm import tqdm
 
-from soloist.fetch_weights import load_encodec
+from soloist.fetch_weights import ENCODEC_RATES, load_encodec
 from soloist.io import (
     Background,
     Clock,
@@ -40,8 +42,8 @@ from soloist.separate import pick_device
 
 log = logging.getLogger("soloist.tokenize")
 ROLES = ("context", "target")
-# Both roles' pieces are decoded at once, so 30 s pieces keep 16 threads busy; shorter ones
-# slowed the model load beside them (0.19-0.21 -> 0.28-0.30 s on an H200 host, BENCHMARKS.md).
+# Both roles' pieces are decoded at once, so 30 s pieces keep 16 threads busy (10 s ones
+# slowed the model load when it still ran beside the reads, BENCHMARKS.md)
 PIECE_SECONDS = 30.0
 
 
@@ -67,53 +69,88 @@ def encode_stream(model: torch.nn.Module,
     queue: list[tuple[_Codes, int]] = []  # (track, chunk index)
     clock = clock or Clock()
 
-    def run(batch: list[tuple[_Codes, int]]) -> Iterator[_Codes]:
-        x = torch.zeros(len(batch), 1, length, device=device)
-        for j, (t, i) in enumerate(batch):
-            piece = t.audio[i * chunk:i * chunk + length]
-            x[j, 0, :piece.numel()] = piece
-        with clock("encoding"):  # to host included: it waits for the GPU
+    # Few torch calls per batch, whatever its rows: beside busy reader threads each call of
+    # this thread costs more, and per-row copies in and out left the GPU idle (BENCHMARKS.md)
+    def launch(batch: list[tuple[_Codes, int]]) -> tuple[list, torch.Tensor, Any]:
+        """Start encoding ``batch``; its codes [B, K, T] head for the host unwaited for.
+        Returns ``(runs, codes, done)``: runs of (track, first chunk, chunks) in row order."""
+        runs = []
+        for t, group in itertools.groupby(batch, key=lambda item: item[0]):
+            chunks = [i for _, i in group]
+            runs.append((t, chunks[0], len(chunks)))
+        x = torch.cat([t.windows[first:first + n] for t, first, n in runs])[:, None]
+        with clock("encoding"):
             frames = model.encode(x)
-            out = torch.cat([f[0] for f in frames], dim=-1).to(torch.int16).cpu()  # [B, K, T]
-        for j, (t, i) in enumerate(batch):
-            if t.codes is None:
-                t.codes = out.new_zeros(out.shape[1], (warm + t.chunks * chunk) // hop)
-            # chunk 0 keeps its first ``warm`` samples' codes: nothing comes before them
-            start, skip = (0, 0) if i == 0 else ((warm + i * chunk) // hop, warm // hop)
-            t.codes[:, start:start + out.shape[2] - skip] = out[j, :, skip:]
-            t.left -= 1
+        out = torch.cat([f[0] for f in frames], dim=-1).to(torch.int16)
+        if device.type != "cuda":
+            return runs, out, None
+        # copied now, before the next batch's kernels join the stream: then waiting for
+        # these codes does not wait for the next batch too
+        out = out.to("cpu", non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return runs, out, done
+
+    def land(runs: list, out: torch.Tensor, done: Any) -> Iterator[_Codes]:
+        """Append a launched batch's codes to their tracks; yield the tracks it completes."""
+        with clock("encoding"):  # waits for the GPU
+            if done is not None:
+                done.synchronize()
+        out, skip, row = out.numpy(), warm // hop, 0
+        for t, first, n in runs:
+            rows, row = out[row:row + n], row + n  # [n, K, T]
+            if first == 0:  # nothing comes before chunk 0: it keeps its warm-up's codes
+                t.parts.append(rows[0, :, :skip].copy())
+            t.parts.append(rows[:, :, skip:].transpose(1, 0, 2).reshape(out.shape[1], -1))
+            t.left -= n
             if t.left == 0:
                 yield t
 
-    resamplers: dict[int, torch.nn.Module] = {}  # their filters made once, not per track
+    # One batch stays in flight: the GPU encodes it while this thread appends the previous
+    # one's codes and gathers the next one's chunks
+    pending = None
+
+    def run(batch: list[tuple[_Codes, int]]) -> Iterator[tuple[Any, np.ndarray]]:
+        nonlocal pending
+        launched, pending = pending, launch(batch)
+        if launched:
+            yield from ((t.key, t.result()) for t in land(*launched))
+
     for key, audio, rate in tracks:
         with clock("resampling"):
-            if rate not in resamplers:
-                resamplers[rate] = Resample(rate, model.sample_rate).to(device)
-            x = resamplers[rate](torch.as_tensor(audio).to(device))
+            x = resampler(rate, model.sample_rate, device)(torch.as_tensor(audio).to(device))
         if x.numel() == 0:
             raise ValueError(f"track {key!r} has no samples")
         n = 1 + math.ceil(max(0, x.numel() - length) / chunk)
-        t = _Codes(key, x, n, n, math.ceil(x.numel() / hop))
+        # chunk i reads samples [i * chunk, i * chunk + length), zeros past the end
+        windows = torch.nn.functional.pad(x, (0, (n - 1) * chunk + length - x.numel()))
+        t = _Codes(key, windows.unfold(0, length, chunk), n, math.ceil(x.numel() / hop))
         queue += [(t, i) for i in range(n)]
         while len(queue) >= batch_size:
             batch, queue = queue[:batch_size], queue[batch_size:]
-            yield from ((t.key, t.result()) for t in run(batch))
+            yield from run(batch)
     for b in range(0, len(queue), batch_size):
-        yield from ((t.key, t.result()) for t in run(queue[b:b + batch_size]))
+        yield from run(queue[b:b + batch_size])
+    if pending:
+        yield from ((t.key, t.result()) for t in land(*pending))
 
 
-@dataclass
+@functools.cache
+def resampler(orig: int, new: int, device: torch.device) -> torch.nn.Module:
+    """A resampler from ``orig`` to ``new`` Hz on ``device``, its filter made once."""
+    return Resample(orig, new).to(device)
+
+
+@dataclass(eq=False)  # told apart by identity
 class _Codes:
     key: Any
-    audio: torch.Tensor  # [N'] at the model's rate, on its device
-    chunks: int
-    left: int            # chunks still to come back
+    windows: torch.Tensor  # [chunks, warmup + chunk]: each chunk's samples at the model's rate
+    left: int              # chunks still to come back
     frames: int
-    codes: torch.Tensor | None = None  # [K, (warmup + chunks * chunk) / hop] int16
+    parts: list[np.ndarray] = field(default_factory=list)  # [K, T_i] int16, in time order
 
     def result(self) -> np.ndarray:
-        return self.codes[:, :self.frames].numpy()
+        return np.concatenate(self.parts, axis=1)[:, :self.frames]
 
 
 def encode(model: torch.nn.Module, tracks: list[np.ndarray], sample_rate: int,
@@ -173,26 +210,30 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
             todo.append(job)
     if todo:
         clock, device = Clock(), pick_device(settings["device"])
-        reads = prefetch(lambda job: read_roles(job, device), todo)
-        with clock("model load"):  # while the first tracks are read
+        # Loaded before the reads start: beside 16 reader threads it took 4x as long (0.45
+        # vs 0.11 s on an H200 host), more than the reading it hid (BENCHMARKS.md)
+        with clock("model load"):
             model = load_encodec(weights, settings["bandwidth"], device)
+        manifest = read_json(weights)
+        rate = ENCODEC_RATES[manifest["name"]]
+        # 4 tracks read at once and 8 ahead (their mono audio waits on the GPU): with fewer,
+        # short tracks left the I/O threads idle
+        reads = prefetch(lambda job: read_roles(job, device, rate), todo, workers=4, ahead=8)
         info = {"stage": "tokenize", "frame_rate": float(model.frame_rate),
                 "bandwidth": settings["bandwidth"], "cardinality": int(model.quantizer.bins),
-                "weights": "random" if read_json(weights)["random"] else "pretrained"}
+                "weights": "random" if manifest["random"] else "pretrained"}
         by_track = {job.track: job for job in todo}
         codes: dict[str, dict[str, np.ndarray]] = {}
         written: dict[str, Future] = {}  # track: its status
         bar = tqdm(total=len(todo), desc="tokenize", unit="track", disable=len(todo) < 2)
 
         def audio() -> Iterator[tuple[tuple[str, str], torch.Tensor, int]]:
-            for job, pair, error in clock.iter("waiting for audio", reads):
-                if error is None and min(mono.numel() for mono, _ in pair) == 0:
-                    error = ValueError("no samples in the separated audio")
+            for job, monos, error in clock.iter("waiting for audio", reads):
                 if error is not None:
                     statuses[job.track] = _fail(job, error)
                     bar.update()
                     continue
-                for role, (mono, rate) in zip(ROLES, pair, strict=True):
+                for role, mono in zip(ROLES, monos, strict=True):
                     if mono.is_cuda:  # made on the reader's stream, used on this one
                         mono.record_stream(torch.cuda.current_stream(mono.device))
                     yield (job.track, role), mono, rate
@@ -215,14 +256,17 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
     return [statuses[job.track] for job in jobs]
 
 
-def read_roles(job: Job, device: torch.device) -> list[tuple[torch.Tensor, int]]:
-    """Each role's mono mix [N] on ``device`` (as ``read_audio(...).mean(0)`` gives it) and
-    its sample rate. On a GPU the copy and the mix run here, in the reader thread, on a
-    stream of its own: they overlap the encoding instead of waiting for it."""
+def read_roles(job: Job, device: torch.device, sample_rate: int) -> list[torch.Tensor]:
+    """Each role's mono mix [N'] at ``sample_rate`` on ``device`` (``read_audio(...).mean(0)``
+    resampled). On a GPU the copy, the mix and the resampling run here, in the reader
+    thread, on a stream of its own: they overlap the encoding instead of waiting for it."""
     pairs = read_pcm16([job.context, job.target], PIECE_SECONDS)
+    if min(len(pcm) for pcm, _ in pairs) == 0:
+        raise ValueError("no samples in the separated audio")
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-        monos = [(torch.from_numpy(pcm).to(device).float().mean(1) / 32768, rate)
+        monos = [resampler(rate, sample_rate, device)(
+                     torch.from_numpy(pcm).to(device).float().mean(1) / 32768)
                  for pcm, rate in pairs]
     if stream:
         stream.synchronize()
