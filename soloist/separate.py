@@ -37,6 +37,9 @@ PIECE_SECONDS = 10.0  # tracks are decoded in pieces of this length in parallel,
 # for itself (BENCHMARKS.md): on an H200 ~2 min for 1.6 ms saved per audio-second, on 2 CPU
 # cores ~2 min for 0.08-0.15 s
 COMPILE_MIN_AUDIO = {"cuda": 20 * 3600, "cpu": 30 * 60}
+# batch_size: auto fits the GPU it gets: HTDemucs' peak memory per batch row, per sample of
+# its window, bf16 or fp32 alike (an H200, torch 2.11; BENCHMARKS.md)
+DEMUCS_PEAK_BYTES = 1380
 
 
 @dataclass
@@ -56,6 +59,18 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def fit_batch(most: int, item_bytes: float, free_bytes: float) -> int:
+    """``most``, or as many items as fit in 70% of ``free_bytes`` when each one needs
+    ``item_bytes`` at the forward pass's peak; at least 1."""
+    return max(1, min(most, int(0.7 * free_bytes / item_bytes)))
+
+
+def out_of_memory(stage: str, batch_size: int) -> RuntimeError:
+    """The error for a batch the GPU had no room for, naming the setting to lower."""
+    return RuntimeError(f"the GPU ran out of memory for a batch of {batch_size}: set "
+                        f"{stage}.batch_size lower than {batch_size} (auto fits an idle GPU)")
 
 
 def mix_roles(stems: dict[str, Audio], context: list[str], target: list[str]
@@ -236,7 +251,7 @@ def demix(model: torch.nn.Module,
     window = model.valid_length(seg) if hasattr(model, "valid_length") else seg
     ramp = torch.cat([torch.arange(1, seg // 2 + 1), torch.arange(seg - seg // 2, 0, -1)])
     ramp = (ramp / ramp.max()).to(device)
-    batch_size = _batch_size(settings["batch_size"], device)
+    batch_size = _batch_size(settings["batch_size"], device, window)
     autocast = _autocast(settings["precision"], device)
     max_shift = int(0.5 * model.samplerate)
     clock = clock or Clock()
@@ -256,6 +271,8 @@ def demix(model: torch.nn.Module,
         with clock(span), autocast:
             try:
                 y = forward(x).float()  # [B, S, C, W]
+            except torch.cuda.OutOfMemoryError as e:
+                raise out_of_memory("separate", rows) from e
             except Exception as e:
                 if forward is model:
                     raise
@@ -315,11 +332,15 @@ def demix(model: torch.nn.Module,
         yield from ((done.item, finished(done), None) for done in run(queue[b:b + batch_size]))
 
 
-def _batch_size(setting: int | str, device: torch.device) -> int:
+def _batch_size(setting: int | str, device: torch.device, window: int) -> int:
     # On a CPU a batch of segments runs slower per segment than one at a time (BENCHMARKS.md)
-    if setting == "auto":
-        return 16 if device.type == "cuda" else 1
-    return int(setting)
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 1
+    size = fit_batch(16, window * DEMUCS_PEAK_BYTES, torch.cuda.mem_get_info(device)[0])
+    log.info("batches of %d segments (separate.batch_size: auto)", size)
+    return size
 
 
 def _compile(setting: bool | str, device: torch.device, items: list[Item]) -> bool:

@@ -38,13 +38,16 @@ from soloist.io import (
     write_json,
     write_npy,
 )
-from soloist.separate import pick_device
+from soloist.separate import fit_batch, out_of_memory, pick_device
 
 log = logging.getLogger("soloist.tokenize")
 ROLES = ("context", "target")
 # Both roles' pieces are decoded at once, so 30 s pieces keep 16 threads busy (10 s ones
 # slowed the model load when it still ran beside the reads, BENCHMARKS.md)
 PIECE_SECONDS = 30.0
+# batch_size: auto fits the GPU it gets: EnCodec's peak memory per batch row, per sample it
+# reads (an H200, torch 2.11; BENCHMARKS.md): 11.6 GiB for 64 chunks of 10.5 s
+ENCODE_PEAK_BYTES = 780
 
 
 @torch.inference_mode()
@@ -80,7 +83,10 @@ def encode_stream(model: torch.nn.Module,
             runs.append((t, chunks[0], len(chunks)))
         x = torch.cat([t.windows[first:first + n] for t, first, n in runs])[:, None]
         with clock("encoding"):
-            frames = model.encode(x)
+            try:
+                frames = model.encode(x)
+            except torch.cuda.OutOfMemoryError as e:
+                raise out_of_memory("tokenize", batch_size) from e
         out = torch.cat([f[0] for f in frames], dim=-1).to(torch.int16)
         if device.type != "cuda":
             return runs, out, None
@@ -216,6 +222,9 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
             model = load_encodec(weights, settings["bandwidth"], device)
         manifest = read_json(weights)
         rate = ENCODEC_RATES[manifest["name"]]
+        seconds = settings["chunk_seconds"] + settings["warmup_seconds"]
+        batch = _batch_size(settings["batch_size"], device, round(seconds * model.sample_rate),
+                            model.encoder.n_filters)
         # 4 tracks read at once and 8 ahead (their mono audio waits on the GPU): with fewer,
         # short tracks left the I/O threads idle
         reads = prefetch(lambda job: read_roles(job, device, rate), todo, workers=4, ahead=8)
@@ -240,8 +249,7 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
 
         with Background() as writer:
             for (track, role), c in encode_stream(model, audio(), settings["chunk_seconds"],
-                                                  _batch_size(settings["batch_size"], device),
-                                                  settings["warmup_seconds"], clock):
+                                                  batch, settings["warmup_seconds"], clock):
                 codes.setdefault(track, {})[role] = c
                 if len(codes[track]) == len(ROLES):
                     with clock("waiting for writes"):
@@ -297,7 +305,21 @@ def _finish(job: Job, status: dict) -> dict:
     return status
 
 
-def _batch_size(setting: int | str, device: torch.device) -> int:
-    if setting == "auto":
-        return 64 if device.type == "cuda" else 16
-    return int(setting)
+def _batch_size(setting: int | str, device: torch.device, samples: int, channels: int) -> int:
+    """Chunks per batch of ``samples`` each, for an encoder whose widest activation is
+    [B, channels, samples]: torch's CUDA kernels index it with 32-bit ints."""
+    most = (2**31 - 1) // (channels * (samples + 64)) if device.type == "cuda" else math.inf
+    if setting != "auto":
+        if int(setting) > most:
+            raise ValueError(f"tokenize.batch_size: {setting} chunks of {samples} samples are "
+                             f"more than EnCodec takes in one pass on a GPU; at most {most}")
+        return int(setting)
+    if device.type != "cuda":
+        return 16
+    if most < 1:
+        raise ValueError(f"tokenize.chunk_seconds: a chunk of {samples} samples is more than "
+                         "EnCodec takes in one pass on a GPU")
+    size = fit_batch(min(64, most), samples * ENCODE_PEAK_BYTES,
+                     torch.cuda.mem_get_info(device)[0])
+    log.info("batches of %d chunks (tokenize.batch_size: auto)", size)
+    return size

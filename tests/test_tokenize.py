@@ -5,10 +5,12 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from soloist import tokenize as tk
 from soloist.fetch_weights import load_encodec
 from soloist.io import read_json, read_npy, write_audio, write_json
+from soloist.separate import fit_batch
 
 SETTINGS = {"bandwidth": 3.0, "chunk_seconds": 2.0, "warmup_seconds": 0.5, "batch_size": 3,
             "device": "cpu"}
@@ -119,3 +121,19 @@ def test_batch_of_tracks_shares_forward_passes_and_isolates_bad_ones(tmp_path, r
         got = read_npy(tmp_path / "out" / track / "context.npy")
         assert got.shape == alone.shape == (4, status["frames"])
         assert np.mean(got == alone) > 0.8
+
+
+def test_gpu_batches_fit_the_free_memory_and_the_kernels_index_range():
+    # the GPU paths that never ask a GPU for its free memory, so they run here too
+    cuda, chunk = torch.device("cuda"), round(10.5 * 24000)  # config.yaml's chunk + warm-up
+    row = chunk * tk.ENCODE_PEAK_BYTES
+    assert fit_batch(64, row, 139 * 2**30) == 64  # an idle H200
+    assert fit_batch(64, row, 11 * 2**30) == 42   # a 12 GB card with the model on it
+    assert fit_batch(64, row, 2**20) == 1
+    # EnCodec's widest activation [B, 32, samples] must stay under 2**31 elements
+    assert tk._batch_size(266, cuda, chunk, 32) == 266
+    with pytest.raises(ValueError, match="tokenize.batch_size: 267 .* at most 266"):
+        tk._batch_size(267, cuda, chunk, 32)
+    assert tk._batch_size(267, torch.device("cpu"), chunk, 32) == 267
+    with pytest.raises(ValueError, match="tokenize.chunk_seconds"):
+        tk._batch_size("auto", cuda, 3000 * 24000, 32)
