@@ -272,7 +272,7 @@ def demix(model: torch.nn.Module,
             try:
                 y = forward(x).float()  # [B, S, C, W]
             except torch.cuda.OutOfMemoryError as e:
-                raise out_of_memory("separate", rows) from e
+                raise out_of_memory("separate", batch_size) from e
             except Exception as e:
                 if forward is model:
                     raise
