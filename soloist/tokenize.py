@@ -308,6 +308,7 @@ def _finish(job: Job, status: dict) -> dict:
 def _batch_size(setting: int | str, device: torch.device, samples: int, channels: int) -> int:
     """Chunks per batch of ``samples`` each, for an encoder whose widest activation is
     [B, channels, samples]: torch's CUDA kernels index it with 32-bit ints."""
+    # + 64: the convolutions pad their input by a few samples
     most = (2**31 - 1) // (channels * (samples + 64)) if device.type == "cuda" else math.inf
     if setting != "auto":
         if int(setting) > most:
