@@ -1,6 +1,7 @@
 # soloist: music recordings -> (backing, solo) EnCodec tokens -> a model that plays along.
 # Run: snakemake --cores all     (offline: add --config weights=random)
 # Dataset only: snakemake --cores all shard
+# Play along with config/accompany.tsv: snakemake --cores all accompany
 
 from pathlib import Path
 
@@ -23,6 +24,8 @@ include: "rules/tokenize.smk"
 include: "rules/shard.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/accompany.smk"
+include: "rules/publish.smk"
 
 
 rule all:

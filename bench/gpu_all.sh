@@ -88,7 +88,7 @@ else
     run 150 compile bench/demucs_compile.py --batch 16 --modes default
     run 120 tokenize bench/tokenize_gpu.py --seconds 240 180 120 90 60 30
     run 150 loader bench/loader_gpu.py --batch 32 --frames 750 --compile both
-    run 150 generate bench/generate_gpu.py --preset base --batch 1 16 --frames 150
+    run 220 generate bench/generate_gpu.py --preset base --batch 1 64 --frames 750
     run 120 train bench/train_throughput.py --preset base --batch 32 --frames 750 --compile yes
 fi
 echo

@@ -8,6 +8,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (workflow.basedir, os.
 
 validate_config(config)
 ROWS = read_tracks(config["tracks"])
+ACCOMPANY_ROWS = read_tracks(config["accompany"]["tracks"])
 WEIGHTS = config["weights"]
 
 
@@ -93,6 +94,24 @@ def source_of(row):
     if row.kind == "demo":
         return f"results/demo_corpus/{row.demo_name}/mixture.flac"
     return row.source
+
+
+def accompany_backings():
+    """What accompany needs to know of each row of its sheet (the script's input)."""
+    return [{"name": r.track, "kind": r.kind, "source": source_of(r)}
+            for r in ACCOMPANY_ROWS.values()]
+
+
+def accompany_input(wildcards):
+    """The trained model, the weights of its codec (and separator), and the files the sheet
+    names that exist (a missing one becomes an error line, not a DAG error)."""
+    inputs = {"model": "results/train/model.safetensors", "info": "results/train/config.json",
+              "summary": "results/train/train.json", "codec": weights_manifest("encodec")}
+    if config["accompany"]["separate"]:
+        inputs["separator"] = weights_manifest("demucs")
+    inputs["sources"] = [b["source"] for b in accompany_backings()
+                         if b["kind"] == "demo" or (b["kind"] != "url" and os.path.exists(b["source"]))]
+    return inputs
 
 
 def per_batch(pattern):

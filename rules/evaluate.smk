@@ -2,8 +2,8 @@ rule evaluate:
     message:
         "Evaluating the model and generating solos"
     input:
-        model="results/train/model.pt",
-        info="results/train/model.json",
+        model="results/train/model.safetensors",
+        info="results/train/config.json",
         summary="results/train/train.json",
         manifest="results/shards/manifest.parquet",
         weights=weights_manifest("encodec"),

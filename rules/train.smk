@@ -5,16 +5,18 @@ rule train:
         manifest="results/shards/manifest.parquet",
         stats="results/shards/stats.json",
     output:
-        model="results/train/model.pt",
-        info="results/train/model.json",
+        model="results/train/model.safetensors",  # the model folder: weights and config.json
+        info="results/train/config.json",
         summary="results/train/train.json",
         curve="results/train/loss.png",
     params:
         preset=config["train"]["preset"],
         gpus=config["train"]["gpus"],
         nodes=config["train"]["nodes"],
-        # logged as the run's parameters; evaluation and cluster settings do not retrain
-        config={k: v for k, v in config.items() if k not in ("evaluate", "slurm")},
+        # logged as the run's parameters; what comes after training and cluster settings
+        # do not retrain
+        config={k: v for k, v in config.items()
+                if k not in ("evaluate", "accompany", "publish", "slurm")},
     threads: 2
     resources:
         **train_resources(config["train"]),

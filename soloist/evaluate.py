@@ -13,14 +13,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from soloist.data import eval_loader
 from soloist.fetch_weights import RANDOM_WARNING, load_encodec
-from soloist.io import atomic_path, write_json, write_png
+from soloist.generate import Sampling, generate
+from soloist.io import atomic_path, read_json, write_audio, write_json, write_spectrograms
 from soloist.model import Soloist
-from soloist.train import load_model
+from soloist.tokenize import decode
 
 log = logging.getLogger("soloist.evaluate")
 
@@ -58,8 +58,8 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     cfg, model_dir, shards, out_dir = config["evaluate"], Path(model_dir), Path(shards), \
         Path(out_dir)
     torch.manual_seed(cfg["seed"])
-    model, info = load_model(model_dir)
-    frames = min(model.cfg.max_frames, round(cfg["seconds"] * info["frame_rate"]))
+    model = Soloist.from_pretrained(model_dir)
+    frames = min(model.cfg.max_frames, round(cfg["seconds"] * model.info["codec"]["frame_rate"]))
     urls = [str(p) for p in sorted((shards / "test").glob("*.tar"))]
     if not urls:
         raise RuntimeError(f"no test shards in {shards / 'test'}: give some tracks split=test")
@@ -76,27 +76,26 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     # would pair most windows with the next window of their own track: 75% the same audio.
     other = torch.roll(torch.arange(n), n // 2) if n > 1 else torch.arange(n)
     ce_shuffled, _ = scores(model, context[other], target, mask[other], lengths, 16)
-    random_weights = info["weights"] == "random"
+    random_weights = model.info["weights"] == "random"
     metrics = {
         "samples": n, "ce": float(ce.mean()), "accuracy": float(acc.mean()),
         "ce_shuffled_backing": float(ce_shuffled.mean()),
         "listen_ratio": float(ce_shuffled.mean() / ce.mean()),
         **{f"ce_cb{k}": float(v) for k, v in enumerate(ce)},
         **{f"accuracy_cb{k}": float(v) for k, v in enumerate(acc)},
-        "weights": info["weights"],
+        "weights": model.info["weights"],
     }
     if random_weights:
         metrics["warning"] = RANDOM_WARNING
     log.info("test CE %.4f (shuffled backing %.4f, ratio %.3f), accuracy %.3f", metrics["ce"],
              metrics["ce_shuffled_backing"], metrics["listen_ratio"], metrics["accuracy"])
 
-    codec = load_encodec(codec_weights, config["tokenize"]["bandwidth"])
+    codec = load_encodec(codec_weights, model.info["codec"]["bandwidth"])
+    sampling = Sampling(cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg["cfg_scale"])
     examples = []
     for i in range(min(cfg["examples"], n)):
-        generated = model.generate(context[i:i + 1, :, :frames], frames, mask[i:i + 1, :frames],
-                                   temperature=cfg["temperature"], top_k=cfg["top_k"],
-                                   top_p=cfg["top_p"], seed=cfg["seed"] + i,
-                                   cfg_scale=cfg["cfg_scale"])
+        generated = generate(model, context[i:i + 1, :, :frames], frames, mask[i:i + 1, :frames],
+                             sampling, seed=cfg["seed"] + i)
         examples.append(_write_example(out_dir / "examples", i, keys[i], codec,
                                        context[i, :, :lengths[i]], target[i, :, :lengths[i]],
                                        generated[0]))
@@ -106,44 +105,23 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     return metrics
 
 
-@torch.no_grad()
-def _decode(codec: torch.nn.Module, codes: torch.Tensor) -> np.ndarray:
-    """EnCodec codes [K, T] -> mono audio [N] float32 at the codec's rate."""
-    return codec.decode([(codes[None].long(), None)])[0, 0].numpy()
-
-
 def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,
                    context: torch.Tensor, target: torch.Tensor, generated: torch.Tensor) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     rate = codec.sample_rate
-    audio = {"backing": _decode(codec, context), "real": _decode(codec, target),
-             "generated": _decode(codec, generated)}
+    audio = {"backing": decode(codec, context), "real": decode(codec, target),
+             "generated": decode(codec, generated)}
     n = min(len(audio["backing"]), len(audio["generated"]))
     audio["mix"] = audio["backing"][:n] + audio["generated"][:n]
     files = {}
     for name, wave in audio.items():
         files[name] = f"{i:02d}_{name}.wav"
-        peak = max(1.0, float(np.abs(wave).max()))
-        with atomic_path(folder / files[name]) as tmp:
-            sf.write(tmp, wave / peak, rate, format="WAV", subtype="PCM_16")
+        write_audio(folder / files[name], wave[None] / max(1.0, float(np.abs(wave).max())), rate,
+                    format="WAV")
     files["spectrogram"] = f"{i:02d}_spectrogram.png"
-    _spectrogram(audio["real"], audio["generated"], rate, folder / files["spectrogram"])
+    write_spectrograms(folder / files["spectrogram"],
+                       {"real solo": audio["real"], "generated solo": audio["generated"]}, rate)
     return {"key": key, "files": {k: f"examples/{v}" for k, v in files.items()}}
-
-
-def _spectrogram(real: np.ndarray, generated: np.ndarray, rate: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-    for ax, wave, title in zip(axes, (real, generated), ("real solo", "generated solo"),
-                               strict=True):
-        ax.specgram(wave + 1e-7, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
-        ax.set(title=title, ylabel="Hz")
-    axes[-1].set_xlabel("seconds")
-    write_png(path, fig, dpi=80)
 
 
 def _write_page(path: Path, examples: list[dict], metrics: dict) -> None:
@@ -178,12 +156,13 @@ with another sample's backing (ratio {metrics['listen_ratio']:.3f}); accuracy
 def _log_to_mlflow(model_dir: Path, out_dir: Path, metrics: dict, mlflow_cfg: dict) -> None:
     import mlflow
 
-    id_file = model_dir / "mlflow_run_id"
-    if not id_file.is_file():
-        log.warning("no MLflow run id in %s: metrics not logged to MLflow", model_dir)
+    summary = model_dir / "train.json"
+    run_id = read_json(summary).get("mlflow_run_id")
+    if not run_id:
+        log.warning("no MLflow run id in %s: metrics not logged to MLflow", summary)
         return
     mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
-    with mlflow.start_run(run_id=id_file.read_text().strip()):
+    with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test/{k}": v for k, v in metrics.items()
                             if isinstance(v, float)})
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluate")

@@ -91,12 +91,43 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
-    """Write ``audio`` [C, N] as 16-bit FLAC: float (clipped to [-1, 1]) or int16 samples."""
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int,
+                format: str = "FLAC") -> None:
+    """Write ``audio`` [C, N] as 16-bit FLAC (or WAV): float (clipped to [-1, 1]) or int16
+    samples."""
     data = audio.T if audio.dtype == np.int16 else np.clip(
         np.asarray(audio, dtype=np.float32), -1.0, 1.0).T
     with atomic_path(path) as tmp:
-        sf.write(tmp, data, sample_rate, format="FLAC", subtype="PCM_16")
+        sf.write(tmp, data, sample_rate, format=format, subtype="PCM_16")
+
+
+def write_spectrograms(path: str | os.PathLike, waves: dict[str, np.ndarray], rate: int,
+                       columns: int = 1000) -> None:
+    """One spectrogram per mono wave [N] {title: wave}, stacked on a shared time axis (PNG).
+
+    At most ``columns`` STFT frames per wave, as many as the image shows: a 4-minute track
+    then takes a fraction of a second, not the 20 s of matplotlib's own specgram.
+    """
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(waves), 1, figsize=(8, 2.5 * len(waves)), sharex=True,
+                             squeeze=False)
+    for ax, (title, wave) in zip(axes[:, 0], waves.items(), strict=True):
+        hop = max(256, -(-len(wave) // columns))
+        spec = torch.stft(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+                          n_fft=1024, hop_length=hop, window=torch.hann_window(1024),
+                          return_complex=True).abs()
+        db = 20 * torch.log10(spec + 1e-7)
+        top = max(float(db.max()), -40.0)  # silence stays dark
+        ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=top - 90,
+                  vmax=top, extent=(0, len(wave) / rate, 0, rate / 2))
+        ax.set(title=title, ylabel="Hz")
+    axes[-1, 0].set_xlabel("seconds")
+    write_png(path, fig, dpi=80)
 
 
 def read_audio(path: str | os.PathLike, piece_seconds: float | None = None

@@ -6,13 +6,17 @@ time, cross-attending to the encoded context. Positions are rotary (RoPE) everyw
 cross-attention included: decoder step s and context frame t meet with a relative offset s - t,
 which is what "play along" needs, and RoPE needs no table, so a KV cache only has to know its
 position offset. Pre-norm with RMSNorm, no biases, attention through
-``F.scaled_dot_product_attention`` (flash on GPU when no mask is needed).
+``F.scaled_dot_product_attention`` (flash on GPU when no mask is needed). Generation decodes
+over a static ``Cache`` (soloist.generate); a model folder is ``config.json`` plus
+``model.safetensors`` (``save_pretrained`` / ``from_pretrained``).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -124,33 +128,32 @@ class Attention(nn.Module):
         B, L, D = x.shape
         return x.view(B, L, self.heads, D // self.heads)
 
+    def memory_kv(self, memory: Tensor, memory_pos: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values [B, H, M, D // H] of a memory [B, M, D]."""
+        k, v = (self.split(t) for t in self.qkv(memory).chunk(2, dim=-1))
+        return rotate(k, memory_pos).transpose(1, 2), v.transpose(1, 2)
+
     def forward(self, x: Tensor, pos: tuple[Tensor, Tensor], memory: Tensor | None = None,
                 memory_pos: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
-                causal: bool = False, cache: dict | None = None) -> Tensor:
-        """Output [B, L, D]; mask bool [B, 1, 1, M] (True = attend).
+                causal: bool = False, kv: tuple[Tensor, Tensor] | None = None,
+                at: Tensor | None = None) -> Tensor:
+        """Output [B, L, D]; mask bool, broadcastable to [B, H, L, keys] (True = attend).
 
-        A self-attention ``cache`` grows by the new keys/values each call; a cross-attention
-        one keeps the memory's keys/values from its first call.
+        ``kv`` is a static cache: for self-attention [B, H, S, D // H] keys and values that
+        x's own go into, at steps ``at`` [L], before attending to all S (``mask`` says which
+        are real); for cross-attention the memory's, computed once by ``memory_kv``.
         """
-        if memory is None:
+        if self.q is None:
             q, k, v = (self.split(t) for t in self.qkv(x).chunk(3, dim=-1))
             q, k, v = rotate(q, pos).transpose(1, 2), rotate(k, pos).transpose(1, 2), \
                 v.transpose(1, 2)
-            if cache is not None:
-                # causal below is only right from an empty cache or for a single new step
-                assert "k" not in cache or x.shape[1] == 1
-                if "k" in cache:
-                    k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
+            if kv is not None:
+                kv[0].index_copy_(2, at, k)
+                kv[1].index_copy_(2, at, v)
+                k, v = kv
         else:
             q = rotate(self.split(self.q(x)), pos).transpose(1, 2)
-            if cache is not None and "k" in cache:
-                k, v = cache["k"], cache["v"]
-            else:
-                k, v = (self.split(t) for t in self.qkv(memory).chunk(2, dim=-1))
-                k, v = rotate(k, memory_pos).transpose(1, 2), v.transpose(1, 2)
-                if cache is not None:
-                    cache["k"], cache["v"] = k, v
+            k, v = kv if kv is not None else self.memory_kv(memory, memory_pos)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal and x.shape[1] > 1)
@@ -173,15 +176,16 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, pos: tuple[Tensor, Tensor], mask: Tensor | None = None,
                 memory: Tensor | None = None, memory_pos: tuple[Tensor, Tensor] | None = None,
-                memory_mask: Tensor | None = None,
-                cache: tuple[dict, dict] | None = None) -> Tensor:
-        """x [B, L, D] -> [B, L, D]; cache is (self, cross) of this layer."""
-        self_cache, cross_cache = cache if cache is not None else (None, None)
-        x = x + self.drop(self.attn(self.norm1(x), pos, mask=mask, causal=self.decoder,
-                                    cache=self_cache))
+                memory_mask: Tensor | None = None, kv: tuple | None = None,
+                at: Tensor | None = None) -> Tensor:
+        """x [B, L, D] -> [B, L, D]; kv is this layer's static (self, cross) keys and values,
+        x then being steps ``at`` and ``mask`` which cached steps each of them sees."""
+        self_kv, cross_kv = kv if kv is not None else (None, None)
+        x = x + self.drop(self.attn(self.norm1(x), pos, mask=mask,
+                                    causal=self.decoder and kv is None, kv=self_kv, at=at))
         if self.decoder:
             x = x + self.drop(self.cross(self.norm2(x), pos, memory, memory_pos, memory_mask,
-                                         cache=cross_cache))
+                                         kv=cross_kv))
         return x + self.drop(self.mlp(self.norm3(x)))
 
 
@@ -201,22 +205,29 @@ def codebook_losses(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
     return ce.sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp(min=1)
 
 
-def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,
-           generator: torch.Generator | None = None) -> Tensor:
-    """One id per row of logits [N, card] -> int64 [N]; temperature 0 or top_k 1 is greedy."""
-    if temperature <= 0 or top_k == 1:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p > 0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token once the more likely ones already cover top_p (the first always stays)
-        drop = probs.cumsum(dim=-1) - probs > top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+@dataclass
+class Cache:
+    """Static decoder state of B rows for one window, written in place (so that a CUDA graph
+    can replay a decode step over it).
+
+    self_kv: per decoder layer, self-attention keys and values [B, H, S, head_dim] of steps
+    0..S-1, filled as steps are decoded; cross_kv: per layer, those of the encoded window
+    [B, H, M, head_dim]; aligned [B, S, D]: the backing frames each step adds;
+    memory_mask bool [B, 1, 1, M] (True = real frame).
+    """
+
+    self_kv: list[tuple[Tensor, Tensor]]
+    cross_kv: list[tuple[Tensor, Tensor]]
+    aligned: Tensor
+    memory_mask: Tensor
+
+    @property
+    def steps(self) -> int:
+        return self.aligned.shape[1]
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be loaded; the message names the missing or bad file."""
 
 
 class Soloist(nn.Module):
@@ -241,12 +252,14 @@ class Soloist(nn.Module):
         self.encoder_norm, self.decoder_norm = nn.RMSNorm(D), nn.RMSNorm(D)
         self.heads = nn.Linear(D, K * cfg.card, bias=False)  # K heads in one matmul
         self.drop = nn.Dropout(cfg.dropout)
-        # angles computed once: recomputing cos/sin inside every attention kernel is not free
-        cos, sin = rope(torch.arange(cfg.max_frames + K), D // cfg.heads)
+        # angles computed once: recomputing cos/sin inside every attention kernel is not free;
+        # generation pads its buffers to a multiple of 16 steps, and so does the table
+        cos, sin = rope(torch.arange(-(-(cfg.max_frames + K) // 16) * 16), D // cfg.heads)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         nn.init.normal_(self.null, std=0.02)
+        self.info: dict = {}  # config.json beyond the model config: codec, roles, training
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -300,23 +313,59 @@ class Soloist(nn.Module):
         frames = [padded[:, start + K - 1 - k:start + K - 1 - k + length] for k in range(K)]
         return self.align(torch.cat(frames, dim=-1))
 
-    def decode(self, steps: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
-               cache: list[tuple[dict, dict]] | None = None, start: int = 0) -> Tensor:
-        """Logits [B, K, L, card] after delayed steps [B, K, L] at positions start.. start+L-1.
+    def decode(self, steps: Tensor, memory: Tensor | None = None,
+               memory_mask: Tensor | None = None, cache: Cache | None = None,
+               start: int | Tensor = 0) -> Tensor:
+        """Logits [B, K, L, card] after delayed steps [B, K, L] at positions start..start+L-1.
 
-        Causal; memory [B, M, D] with mask bool [B, M] from ``encode``.
+        Causal; memory [B, M, D] with mask bool [B, M] from ``encode``, or a ``cache`` filled
+        by ``fill_cache`` that keeps these steps' keys and values (``start`` may then be a
+        0-dim tensor on the device, so that a CUDA graph can advance it).
         """
         L = steps.shape[-1]
         x = self.drop(self.embed(self.target_emb, steps))
-        x = x + self.aligned(memory, memory_mask, start, L)
-        pos = self.positions(start, L)
-        memory_pos = self.positions(0, memory.shape[1])
-        mask = None if memory_mask is None else memory_mask[:, None, None]
+        if cache is None:
+            x = x + self.aligned(memory, memory_mask, start, L)
+            pos, at, self_mask = self.positions(start, L), None, None
+            memory_pos = self.positions(0, memory.shape[1])
+            memory_mask = None if memory_mask is None else memory_mask[:, None, None]
+        else:
+            at = start + torch.arange(L, device=steps.device)
+            x = x + cache.aligned.index_select(1, at)
+            pos, memory_pos = (self.rope_cos[at], self.rope_sin[at]), None
+            self_mask = torch.arange(cache.steps, device=steps.device) <= at[:, None]
+            memory_mask = cache.memory_mask
         for i, block in enumerate(self.decoder):
-            x = block(x, pos, memory=memory, memory_pos=memory_pos, memory_mask=mask,
-                      cache=None if cache is None else cache[i])
+            x = block(x, pos, self_mask, memory, memory_pos, memory_mask,
+                      None if cache is None else (cache.self_kv[i], cache.cross_kv[i]), at)
         B, K = x.shape[0], self.cfg.codebooks
         return self.heads(self.decoder_norm(x)).view(B, L, K, self.cfg.card).transpose(1, 2)
+
+    def new_cache(self, batch: int, steps: int, frames: int) -> Cache:
+        """An empty ``Cache`` for ``batch`` rows, ``steps`` delayed steps and a memory of
+        ``frames`` frames, in the weights' dtype and device."""
+        weight = self.heads.weight
+        H, D = self.cfg.heads, self.cfg.dim
+
+        def zeros(n: int) -> tuple[Tensor, Tensor]:
+            return (weight.new_zeros(batch, H, n, D // H), weight.new_zeros(batch, H, n, D // H))
+
+        return Cache([zeros(steps) for _ in self.decoder], [zeros(frames) for _ in self.decoder],
+                     weight.new_zeros(batch, steps, D),
+                     torch.ones(batch, 1, 1, frames, dtype=torch.bool, device=weight.device))
+
+    def fill_cache(self, cache: Cache, memory: Tensor, memory_mask: Tensor | None) -> None:
+        """Put what every step of a window reads of the memory [B, M, D] (mask bool [B, M])
+        into ``cache``: cross-attention keys and values, and the aligned backing frames."""
+        memory_pos = self.positions(0, memory.shape[1])
+        for block, (k, v) in zip(self.decoder, cache.cross_kv, strict=True):
+            new_k, new_v = block.cross.memory_kv(memory, memory_pos)
+            k.copy_(new_k)
+            v.copy_(new_v)
+        cache.aligned.copy_(self.aligned(memory, memory_mask, 0, cache.steps))
+        cache.memory_mask.fill_(True)
+        if memory_mask is not None:
+            cache.memory_mask.copy_(memory_mask[:, None, None])
 
     def forward(self, context: Tensor, target: Tensor, context_mask: Tensor | None = None,
                 target_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -339,50 +388,6 @@ class Soloist(nn.Module):
         logits = self.decode(delayed[..., :-1], memory, memory_mask)
         per_codebook = codebook_losses(logits, delayed[..., 1:], valid[..., 1:])
         return per_codebook.mean(), per_codebook, logits
-
-    @torch.no_grad()
-    def generate(self, context: Tensor, frames: int, context_mask: Tensor | None = None,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,
-                 seed: int | None = None, cfg_scale: float = 1.0,
-                 use_cache: bool = True) -> Tensor:
-        """Sampled target codes int64 [B, K, frames] for context codes [B, K, Tc].
-
-        Steps through the T + K delayed steps, all K codebooks at once. cfg_scale != 1 mixes
-        logits as uncond + cfg_scale * (cond - uncond), both passes in one batch. use_cache
-        False recomputes the whole prefix each step (the slow reference).
-        """
-        assert frames <= self.cfg.max_frames, "frames longer than max_frames"
-        was_training = self.training
-        self.eval()
-        B, K, card = context.shape[0], self.cfg.codebooks, self.cfg.card
-        cfg = cfg_scale != 1.0
-        if cfg:  # second half of the batch: the null context
-            context = context.repeat(2, 1, 1)
-            context_mask = None if context_mask is None else context_mask.repeat(2, 1)
-            drop = torch.arange(2 * B, device=context.device) >= B
-            memory, memory_mask = self.encode(context, context_mask, drop)
-        else:
-            memory, memory_mask = self.encode(context, context_mask)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=context.device).manual_seed(seed)
-        valid = self.pattern.valid_mask(frames, device=context.device)  # [K, frames + K]
-        seq = torch.full((B, K, frames + K), card, dtype=torch.long, device=context.device)
-        cache = [({}, {}) for _ in self.decoder] if use_cache else None
-        for s in range(1, frames + K):
-            # step s is predicted from steps < s
-            steps = seq[..., s - 1:s] if use_cache else seq[..., :s]
-            if cfg:
-                steps = steps.repeat(2, 1, 1)
-            logits = self.decode(steps, memory, memory_mask, cache, start=s - 1 if use_cache else 0)
-            logits = logits[:, :, -1]  # [B or 2B, K, card]
-            if cfg:
-                cond, uncond = logits.chunk(2)
-                logits = uncond + cfg_scale * (cond - uncond)
-            codes = sample(logits.flatten(0, 1), temperature, top_k, top_p, generator).view(B, K)
-            seq[..., s] = torch.where(valid[:, s], codes, card)
-        self.train(was_training)
-        return self.pattern.revert(seq)
 
     def num_params(self) -> int:
         """All parameters, embeddings included."""
@@ -408,6 +413,72 @@ class Soloist(nn.Module):
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=params[0].is_cuda)
+
+
+    def save_pretrained(self, folder: str | os.PathLike, info: dict | None = None) -> None:
+        """Write a model folder: ``model.safetensors`` and ``config.json`` (the model config
+        under "model", beside ``info``, default ``self.info``: codec, roles, training)."""
+        from safetensors.torch import save_file
+
+        from soloist.io import atomic_path, write_json
+
+        folder = Path(folder)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        write_json(folder / "config.json",
+                   {**(self.info if info is None else info), "model": asdict(self.cfg)})
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> Soloist:
+        """The model of a model folder (``save_pretrained``'s: ``results/train``,
+        ``results/publish``) or of a Hugging Face Hub repo id, in eval mode, with the rest
+        of its config.json as ``info``. No pickle: safetensors and JSON only."""
+        from safetensors.torch import load_file
+
+        folder = Path(source)
+        if not folder.is_dir():
+            folder = _from_hub(str(source))
+        config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+        for path in (config_file, weights_file):
+            if not path.is_file():
+                raise ModelFolderError(f"{path} is missing: a soloist model folder holds "
+                                       "config.json and model.safetensors")
+        try:
+            info = json.loads(config_file.read_text())
+            cfg = ModelConfig(**info.pop("model"))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelFolderError(f"{config_file} is not a soloist model config "
+                                   f"({type(e).__name__}: {e})") from None
+        try:
+            state = load_file(weights_file)
+        except Exception as e:  # safetensors' own error type for a bad header or short file
+            raise ModelFolderError(f"{weights_file} is corrupt or incomplete ({e}); export or "
+                                   "download the model again") from None
+        with torch.device(device):
+            model = cls(cfg)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ModelFolderError(f"{weights_file} does not fit {config_file}: {e}") from None
+        model.info = info
+        return model.to(dtype=dtype).eval()
+
+
+def _from_hub(repo_id: str) -> Path:
+    """The local snapshot of a Hub model; a path that names no folder here is an error."""
+    first = Path(repo_id).parts[0] if Path(repo_id).parts else ""
+    if repo_id.count("/") != 1 or Path(first).exists() or repo_id.startswith(("/", ".")):
+        raise ModelFolderError(f"{repo_id}: no such model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors",
+                                                               "README.md"]))
+    except Exception as e:  # offline, unknown repo, no access: all one message
+        raise ModelFolderError(f"{repo_id}: no such model folder here, and the Hugging Face Hub "
+                               f"did not give it ({type(e).__name__}: {e})") from None
 
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU

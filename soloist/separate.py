@@ -171,8 +171,11 @@ def _write(item: Item, settings: dict, sample_rate: int, weights: str,
         files = [(item.context, context), (item.target, target)]
         if settings["keep_stems"] and item.stems_dir is not None:
             files += [(item.stems_dir / f"{name}.flac", a) for name, a in stems.items()]
-        # FLAC encoding is the slow part of writing: one thread per file
-        list(io_pool().map(lambda f: write_audio(f[0], pcm16(f[1]), sample_rate), files))
+        # FLAC encoding is the slow part of writing: one thread per file. The samples are
+        # made here: torch ops in the process-wide pool's threads would keep an OpenMP team
+        # alive in each, and on a CPU every later parallel region would wait on them
+        files = [(path, pcm16(audio)) for path, audio in files]
+        list(io_pool().map(lambda f: write_audio(f[0], f[1], sample_rate), files))
         status = {"ok": True, "stage": "separate", "track": item.track, "stems": sorted(stems),
                   "weights": weights,
                   "unused_stems": sorted(set(stems) - set(settings["context"])

@@ -35,6 +35,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("title", pa.string()), ("source", pa.string()), ("weights", pa.string()),
 ])
 FAILURE_COLUMNS = ["track", "row", "source", "stage", "reason"]
+CODEC_KEYS = ("model", "files", "sample_rate", "frame_rate", "bandwidth", "codebooks",
+              "cardinality", "weights")
 
 
 @dataclass
@@ -124,6 +126,8 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
         "weights": "random" if "random" in weights else sorted(weights)[0],
         "codebooks": codec.get("codebooks"), "cardinality": codec.get("cardinality"),
         "frame_rate": codec.get("frame_rate"),
+        # which codec made the tokens, so that a model reads the tokens it was trained on
+        "codec": {k: codec.get(k) for k in CODEC_KEYS},
         "splits": {
             split: {
                 "tracks": sum(t["split"] == split for t in per_track),

@@ -160,12 +160,42 @@ class _Codes:
 
 
 def encode(model: torch.nn.Module, tracks: list[np.ndarray], sample_rate: int,
-           chunk_seconds: float, batch_size: int, warmup_seconds: float = 0.0
+           chunk_seconds: float, batch_size: int | str = "auto", warmup_seconds: float = 0.0
            ) -> list[np.ndarray]:
-    """EnCodec codes of each mono track [N] at ``sample_rate``: one int16 [K, T] per track."""
+    """EnCodec codes of each mono track [N] at ``sample_rate``: one int16 [K, T] per track.
+    ``batch_size`` is chunks per forward pass, or auto (tokenize.batch_size's)."""
+    device = next(model.parameters()).device
+    chunk = round((chunk_seconds + warmup_seconds) * model.sample_rate)
+    batch = _batch_size(batch_size, device, chunk, model.encoder.n_filters)
     codes = dict(encode_stream(model, ((i, t, sample_rate) for i, t in enumerate(tracks)),
-                               chunk_seconds, batch_size, warmup_seconds))
+                               chunk_seconds, batch, warmup_seconds))
     return [codes[i] for i in range(len(tracks))]
+
+
+@torch.inference_mode()
+def decode(model: torch.nn.Module, codes: np.ndarray | torch.Tensor, chunk_frames: int = 750,
+           warmup_frames: int = 38, batch_size: int = 16) -> np.ndarray:
+    """Mono audio float32 [T * hop] at the codec's rate of codes [K, T], any T.
+
+    Decoded in chunks of ``chunk_frames`` (one batch for up to ``batch_size`` of them), each
+    decoding the ``warmup_frames`` before it too and dropping their audio: the causal
+    decoder's convolutions and LSTM then start a chunk in the state the whole sequence
+    would have left them in.
+    """
+    device = next(model.parameters()).device
+    codes = torch.as_tensor(codes, device=device).long()
+    K, T = codes.shape
+    hop = int(np.prod(model.encoder.ratios))
+    length = warmup_frames + chunk_frames
+    n = max(1, math.ceil((T - warmup_frames) / chunk_frames))
+    # chunk i reads frames [i * chunk, i * chunk + length); the first keeps all of its audio
+    padded = torch.nn.functional.pad(codes, (0, (n - 1) * chunk_frames + length - T))
+    windows = padded.unfold(1, length, chunk_frames).transpose(0, 1)  # [n, K, length]
+    parts = []
+    for b in range(0, n, batch_size):
+        audio = model.decode([(windows[b:b + batch_size], None)])[:, 0]  # [B, length * hop]
+        parts += [a[warmup_frames * hop if b + j else 0:] for j, a in enumerate(audio)]
+    return torch.cat(parts)[:T * hop].float().cpu().numpy()
 
 
 @dataclass
@@ -228,7 +258,8 @@ def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -
         # 4 tracks read at once and 8 ahead (their mono audio waits on the GPU): with fewer,
         # short tracks left the I/O threads idle
         reads = prefetch(lambda job: read_roles(job, device, rate), todo, workers=4, ahead=8)
-        info = {"stage": "tokenize", "frame_rate": float(model.frame_rate),
+        info = {"stage": "tokenize", "model": manifest["name"], "files": manifest["files"],
+                "sample_rate": rate, "frame_rate": float(model.frame_rate),
                 "bandwidth": settings["bandwidth"], "cardinality": int(model.quantizer.bins),
                 "weights": "random" if manifest["random"] else "pretrained"}
         by_track = {job.track: job for job in todo}

@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -151,7 +152,8 @@ def _mlflow_run(out_dir: Path, mlflow_cfg: dict, config: dict):
 
 
 def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -> dict:
-    """Train on ``shards/train`` (validating on ``shards/valid``); writes ``out_dir/model.pt``.
+    """Train on ``shards/train`` (validating on ``shards/valid``); writes the model folder
+    ``out_dir/{model.safetensors,config.json}``.
 
     ``config`` is the whole resolved workflow config (its ``train`` and ``mlflow`` sections
     drive this; all of it is logged as the run's parameters).
@@ -338,7 +340,7 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     result = {"steps": state["step"], "best_val_loss": state["best_val"],
               "skipped_samples": total_skipped, "world_size": world}
     if main:
-        _export(out_dir, ckpt_dir, raw_model, ema, model_cfg, frame_rate, stats, state)
+        _export(out_dir, ckpt_dir, raw_model, frames, config, stats)
         _log_metrics({"skipped_samples": total_skipped}, state["step"])
         log.info("skipped %d corrupt samples or shards", total_skipped)
         _loss_plot(state["history"], out_dir / "loss.png")
@@ -405,9 +407,11 @@ def _check_replicas(model: torch.nn.Module, world: int) -> None:
         log.info("parameters identical across %d ranks", world)
 
 
-def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, ema: list | None,
-            model_cfg: ModelConfig, frame_rate: float, stats: dict, state: dict) -> None:
-    """model.pt: the best (else last) weights, EMA'd if EMA is on; model.json: how to build it."""
+def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, frames: int, config: dict,
+            stats: dict) -> None:
+    """The model folder: the best (else last) weights, EMA'd if EMA is on, as
+    ``model.safetensors`` beside ``config.json``. Its max_frames is the training window:
+    the window it generates in."""
     best = ckpt_dir / "best.pt"
     source = best if best.is_file() else ckpt_dir / "last.pt"
     saved = torch.load(source, map_location="cpu", weights_only=True)
@@ -415,21 +419,30 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, ema: list | None,
     if saved["ema"] is not None:
         names = [n for n, _ in model.named_parameters()]
         weights = weights | {n: e.cpu() for n, e in zip(names, saved["ema"], strict=True)}
-    write_torch(out_dir / "model.pt", weights)
-    write_json(out_dir / "model.json", {
-        "config": asdict(model_cfg), "frame_rate": frame_rate, "from": source.name,
-        "step": saved["state"]["step"], "weights": stats.get("weights", "pretrained")})
+    with torch.device("meta"):  # no init: the weights are assigned
+        exported = Soloist(replace(model.cfg, max_frames=frames))
+    exported.load_state_dict(weights, assign=True)
+    training = {"preset": config["train"]["preset"], "step": saved["state"]["step"],
+                "checkpoint": source.name, "best_val_loss": saved["state"]["best_val"]}
+    exported.save_pretrained(out_dir, model_info(config, stats, frames, training))
 
 
-def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu"
-               ) -> tuple[Soloist, dict]:
-    """The trained model (eval mode) and its model.json."""
-    model_dir = Path(model_dir)
-    info = read_json(model_dir / "model.json")
-    model = Soloist(ModelConfig(**info["config"]))
-    model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu",
-                                     weights_only=True))
-    return model.to(device).eval(), info
+def model_info(config: dict, stats: dict, frames: int, training: dict) -> dict:
+    """What a model folder says beside the model config: the codec whose tokens it reads, the
+    separator roles that made its backing and solo, its window, and what it learned from."""
+    splits = {}
+    for split, counts in stats["splits"].items():
+        seconds = sum(t["duration"] for t in stats["per_track"] if t["split"] == split)
+        splits[split] = {"tracks": counts["tracks"], "windows": counts["samples"],
+                         "hours": round(seconds / 3600, 4)}
+    info = {"soloist_version": version("soloist"), "weights": stats["weights"],
+            "codec": stats["codec"],
+            "separator": {k: config["separate"][k] for k in ("model", "context", "target")},
+            "window_seconds": frames / stats["frame_rate"], "training": training,
+            "data": {"tracks": stats["tracks_ok"], "splits": splits}}
+    if stats["weights"] == "random":
+        info["warning"] = stats["warning"]
+    return info
 
 
 def _loss_plot(history: list[dict], path: Path) -> None:

@@ -134,3 +134,80 @@ def write_rss(path: str | os.PathLike, base_url: str, files: list[str]) -> Path:
     path = Path(path)
     path.write_text(xml)
     return path
+
+
+class Hub:
+    """What a loopback Hugging Face Hub received: requests (method, path, Authorization,
+    JSON body or None) and the files of each commit, {repo_id: {path: bytes}}."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str | None, dict | None]] = []
+        self.files: dict[str, dict[str, bytes]] = {}
+
+
+@contextlib.contextmanager
+def serve_hub() -> Iterator[tuple[str, Hub]]:
+    """A Hugging Face Hub on 127.0.0.1 that answers the calls ``create_repo`` and
+    ``upload_folder`` make (the model card's front matter checked as the Hub would reject
+    it: not YAML, or no licence; every file uploaded as a regular git blob, in the commit
+    itself); yields (endpoint for HF_ENDPOINT, what it received)."""
+    import base64
+    import json
+
+    import yaml
+
+    hub = Hub()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format, *args):
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            path = self.path.split("?")[0]
+            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+            hub.requests.append((self.command, path, self.headers.get("Authorization"),
+                                 lines[0] if len(lines) == 1 else None))
+            if path == "/api/repos/create":
+                repo = f"{lines[0]['organization']}/{lines[0]['name']}"
+                return self.reply({"url": f"{endpoint}/{repo}", "name": repo})
+            if path == "/api/validate-yaml":
+                front = yaml.safe_load(lines[0]["content"].split("---")[1])
+                ok = isinstance(front, dict) and "license" in front
+                return self.reply({"errors": [] if ok else [{"message": "no license"}],
+                                   "warnings": []}, 200 if ok else 400)
+            repo, _, action = path.removeprefix("/api/models/").rpartition("/")[0] \
+                .rpartition("/")
+            if action == "preupload":
+                return self.reply({"files": [{"path": f["path"], "uploadMode": "regular",
+                                              "shouldIgnore": False}
+                                             for f in lines[0]["files"]]})
+            if action == "commit":
+                files = hub.files.setdefault(repo, {})
+                for line in lines:
+                    if line["key"] == "file":
+                        files[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+                return self.reply({"commitUrl": f"{endpoint}/{repo}/commit/{'0' * 40}",
+                                   "commitOid": "0" * 40})
+            self.reply({"error": f"not served here: {path}"}, 404)
+
+        def do_GET(self) -> None:
+            self.reply({"error": f"not served here: {self.path}"}, 404)
+
+        def reply(self, obj: dict, code: int = 200) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield endpoint, hub
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,4 +1,4 @@
-"""model: delay pattern, masked loss, overfitting one batch, generation with and without cache."""
+"""model: delay pattern, masked loss, overfitting one batch, context handling, model folders."""
 
 import dataclasses
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soloist.model import PRESETS, DelayPattern, Soloist, codebook_losses, sample
+from soloist.model import PRESETS, DelayPattern, ModelFolderError, Soloist, codebook_losses
 
 TINY = dataclasses.replace(PRESETS["tiny"], dropout=0.0, context_dropout=0.0)
 K, CARD = TINY.codebooks, TINY.card
@@ -148,49 +148,6 @@ def test_null_context_ignores_context():
     torch.testing.assert_close(a, b)
 
 
-# -- generation ------------------------------------------------------------------------------
-
-def test_generate_seeded_sampling(model):
-    context = random_codes(2, 30, seed=16)
-    a = model.generate(context, 12, seed=1)
-    assert a.shape == (2, K, 12) and a.min() >= 0 and a.max() < CARD
-    assert torch.equal(a, model.generate(context, 12, seed=1))
-    assert not torch.equal(a, model.generate(context, 12, seed=2))
-    b = model.generate(context, 7, seed=1, temperature=0.8, top_k=50, top_p=0.9)
-    assert b.shape == (2, K, 7) and b.min() >= 0 and b.max() < CARD
-
-
-def test_greedy_cache_matches_no_cache(model):
-    context = random_codes(2, 30, seed=17)
-    mask = torch.ones(2, 30, dtype=torch.bool)
-    mask[0, 20:] = False
-    cached = model.generate(context, 15, context_mask=mask, temperature=0.0)
-    assert torch.equal(cached, model.generate(context, 15, context_mask=mask, temperature=0.0,
-                                              use_cache=False))
-    assert torch.equal(cached, model.generate(context, 15, context_mask=mask, top_k=1))
-
-
-def test_cfg(model):
-    context = random_codes(2, 30, seed=18)
-    out = model.generate(context, 10, cfg_scale=3.0, seed=0)
-    assert out.shape == (2, K, 10) and out.min() >= 0 and out.max() < CARD
-    greedy = model.generate(context, 10, cfg_scale=3.0, temperature=0.0)
-    assert torch.equal(greedy, model.generate(context, 10, cfg_scale=3.0, temperature=0.0,
-                                              use_cache=False))
-    # scale 0 leaves only the null-context pass: the context cannot matter
-    other = random_codes(2, 30, seed=19)
-    assert torch.equal(model.generate(context, 10, cfg_scale=0.0, temperature=0.0),
-                       model.generate(other, 10, cfg_scale=0.0, temperature=0.0))
-
-
-def test_sample_greedy_limits():
-    logits = torch.randn(5, CARD, generator=torch.Generator().manual_seed(0))
-    best = logits.argmax(-1)
-    assert torch.equal(sample(logits, temperature=0.0), best)
-    assert torch.equal(sample(logits, top_k=1), best)
-    assert torch.equal(sample(logits, top_p=1e-6), best)
-
-
 # -- size and helpers ------------------------------------------------------------------------
 
 def test_base_preset_size():
@@ -207,3 +164,33 @@ def test_configure_optimizers_decays_matrices_only(model):
     assert all(p.dim() >= 2 for p in decay["params"])
     assert all(p.dim() < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+# -- model folders ---------------------------------------------------------------------------
+
+INFO = {"codec": {"model": "encodec_24khz", "frame_rate": 75.0}, "weights": "random"}
+
+
+def test_save_pretrained_then_from_pretrained_gives_identical_logits(model, tmp_path):
+    model.save_pretrained(tmp_path, INFO)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = Soloist.from_pretrained(tmp_path)
+    assert loaded.cfg == model.cfg and loaded.info == INFO and not loaded.training
+    context, target = random_codes(2, 20, seed=20), random_codes(2, 20, seed=21)
+    assert torch.equal(loaded(context, target)[2], model(context, target)[2])
+    import soloist  # the package exports the model, loaded on first use
+
+    assert soloist.Soloist is Soloist
+
+
+def test_a_bad_model_folder_names_the_file(model, tmp_path):
+    model.save_pretrained(tmp_path, INFO)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:len(weights.read_bytes()) // 2])
+    with pytest.raises(ModelFolderError, match=f"{weights} is corrupt or incomplete"):
+        Soloist.from_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ModelFolderError, match=f"{tmp_path / 'config.json'} is missing"):
+        Soloist.from_pretrained(tmp_path)
+    with pytest.raises(ModelFolderError, match="no such model folder"):
+        Soloist.from_pretrained(tmp_path / "nowhere")

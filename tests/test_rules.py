@@ -159,7 +159,7 @@ def test_train_and_evaluate(workdir, random_weights):
     config = CONFIG | {"train": {"steps": 4, "batch_size": 4, "seconds": 2, "workers": 0,
                                  "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1},
                        "evaluate": {"examples": 1, "batches": 1, "seconds": 2}}
-    run_rule(workdir, "train", "results/train/model.pt", config=config)
+    run_rule(workdir, "train", "results/train/model.safetensors", config=config)
     assert read_json(workdir / "results/train/train.json")["steps"] == 4
     run_rule(workdir, "evaluate", "results/evaluate/metrics.json", config=config)
     assert read_json(workdir / "results/evaluate/metrics.json")["samples"] == 6

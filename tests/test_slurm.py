@@ -187,8 +187,8 @@ def test_two_ranks_one_torchrun_per_node_under_srun(cluster, tmp_path, random_we
     (tmp_path / "overlay").mkdir()
     (tmp_path / "overlay/config.yaml").write_text(yaml.safe_dump(profile))
     since = datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
-    snakemake(workdir, "results/train/model.pt", "--profile", str(tmp_path / "overlay"), *FAST,
-              "--allowed-rules", "train")
+    snakemake(workdir, "results/train/model.safetensors", "--profile", str(tmp_path / "overlay"),
+              *FAST, "--allowed-rules", "train")
     summary = read_json(workdir / "results/train/train.json")
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert "parameters identical across 2 ranks" in \

@@ -73,9 +73,12 @@ def test_tokenize_writes_codes_and_status(tmp_path, random_weights):
                          tmp_path / "separate.json", *out.values(),
                          random_weights / "random/encodec/encodec_24khz.json", SETTINGS)
     assert status == read_json(out["tokens.json"])
+    manifest = read_json(random_weights / "random/encodec/encodec_24khz.json")
     assert status | {"ok": True} == {
         "ok": True, "stage": "tokenize", "track": "t", "codebooks": 4, "frames": 375,
-        "frame_rate": 75.0, "bandwidth": 3.0, "cardinality": 1024, "weights": "random"}
+        "frame_rate": 75.0, "bandwidth": 3.0, "cardinality": 1024, "weights": "random",
+        # which codec made them, so that a model trained on them finds it again
+        "model": "encodec_24khz", "files": manifest["files"], "sample_rate": 24000}
     assert read_npy(out["context.npy"]).shape == read_npy(out["target.npy"]).shape == (4, 375)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from safetensors.torch import load_file
 
 from soloist.config import validate_config
 from soloist.io import read_json, write_json
@@ -36,8 +37,16 @@ def write_shards(root, splits=(("train", 2, 12), ("valid", 1, 6)), seed: int = 0
                     tar.write({"__key__": f"{split}{s}~{i:05d}",
                                "context.npy": context, "target.npy": target.astype(np.int16),
                                "json": {"track": f"t{i}"}})
-    write_json(root / "stats.json", {"codebooks": 4, "cardinality": 64, "frame_rate": 75.0,
-                                     "weights": "random"})
+    codec = {"model": "encodec_24khz", "files": {}, "sample_rate": 24000, "frame_rate": 75.0,
+             "bandwidth": 3.0, "codebooks": 4, "cardinality": 64, "weights": "random"}
+    per_track = [{"track": f"{split}{s}", "split": split, "duration": count * 4.0}
+                 for split, shards, count in splits for s in range(shards)]
+    write_json(root / "stats.json", {
+        "codebooks": 4, "cardinality": 64, "frame_rate": 75.0, "weights": "random",
+        "warning": "RANDOM-INIT WEIGHTS", "codec": codec, "tracks_ok": len(per_track),
+        "per_track": per_track,
+        "splits": {split: {"tracks": shards, "samples": shards * count}
+                   for split, shards, count in splits}})
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +66,10 @@ def config(tmp_path, **train) -> dict:
 
 def run_train(shards, out, cfg, *launcher, **popen) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg)
+    write_json(out / "run-config.json", cfg)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.Popen([*(launcher or [sys.executable]), "-m", "soloist.train", str(shards),
-                             str(out), str(out / "config.json")], env=env, text=True,
+                             str(out), str(out / "run-config.json")], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
 
 
@@ -151,7 +160,10 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shards):
         assert key in run.data.metrics, key
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 10
     assert "loss.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
-    assert json.loads((tmp_path / "out/model.json").read_text())["config"]["card"] == 64
+    folder = json.loads((tmp_path / "out/config.json").read_text())
+    assert folder["model"]["card"] == 64 and folder["model"]["max_frames"] == 2 * 75
+    assert folder["codec"]["model"] == "encodec_24khz" and folder["window_seconds"] == 2
+    assert folder["data"]["splits"]["train"] == {"tracks": 2, "windows": 24, "hours": 0.0267}
 
 
 def test_changed_data_starts_a_new_training(tmp_path, shards):
@@ -181,7 +193,7 @@ def test_early_stopping_and_ema_export(tmp_path, shards):
 
     proc = run_train(shards, tmp_path / "ema", config(tmp_path, steps=6, ema=0.9, eval_every=3))
     assert proc.wait() == 0, proc.stdout.read()
-    exported = torch.load(tmp_path / "ema/model.pt", weights_only=True)
+    exported = load_file(tmp_path / "ema/model.safetensors")
     best = torch.load(tmp_path / "ema/checkpoints/best.pt", weights_only=True)
     name = "heads.weight"
     assert not torch.equal(exported[name], best["model"][name])  # the EMA, not the raw weights

@@ -36,10 +36,10 @@ setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 shards, out = Path(snakemake.input.manifest).parent, Path(snakemake.output.model).parent
 config, gpus = snakemake.params.config, snakemake.params.gpus
-trainer = ["-m", "soloist.train", str(shards), str(out), str(out / "config.json")]
+trainer = ["-m", "soloist.train", str(shards), str(out), str(out / "run-config.json")]
 resources = snakemake.resources
 if "mpi" in resources.keys():  # one srun task per node, each a torchrun over its GPUs
-    write_json(out / "config.json", config)
+    write_json(out / "run-config.json", config)
     job = int(os.environ["SLURM_JOB_ID"])
     sys.exit(launch([
         *shlex.split(resources.mpi), f"--nodes={resources.nodes}", f"--ntasks={resources.tasks}",
@@ -48,7 +48,7 @@ if "mpi" in resources.keys():  # one srun task per node, each a torchrun over it
         f"--nproc-per-node={max(gpus, 1)}", "--rdzv-backend=c10d",
         f"--rdzv-endpoint={first_node()}:{29500 + job % 1000}", f"--rdzv-id={job}", *trainer]))
 if gpus > 1 and torch.cuda.device_count() > 1:  # one process per GPU
-    write_json(out / "config.json", config)
+    write_json(out / "run-config.json", config)
     sys.exit(launch([sys.executable, "-m", "torch.distributed.run", "--standalone",
                      f"--nproc-per-node={gpus}", *trainer]))
 train(shards, out, config)

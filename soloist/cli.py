@@ -1,0 +1,157 @@
+"""The ``soloist`` command: ``soloist accompany BACKING... --model MODEL -o OUT_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from soloist.config import TRACK_ID, source_kind, validate_config
+
+
+def _names(sources: list[str]) -> list[str]:
+    """An output folder name for each source: its file, folder or demo name, made unique."""
+    names: list[str] = []
+    for source in sources:
+        stem = source.removeprefix("demo:").rstrip("/")
+        stem = re.sub(r"\?.*$", "", stem).rsplit("/", 1)[-1]
+        stem = Path(stem).stem if source_kind(source) == "file" else stem
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "backing"
+        unique, n = name, 1
+        while unique in names:
+            n += 1
+            unique = f"{name}-{n}"
+        names.append(unique)
+    return names
+
+
+def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Path]:
+    """Manifests of the model's separator and codec under ``root``, fetched where missing
+    (downloaded, or rebuilt from ``seed`` when the model was trained on random weights)."""
+    from soloist.fetch_weights import fetch_weights
+
+    wanted = {"encodec": info["codec"]["model"]}
+    if separate:
+        wanted["demucs"] = info["separator"]["model"]
+    manifests = {}
+    for family, name in wanted.items():
+        manifest = root / info["weights"] / family / f"{name}.json"
+        if not manifest.is_file():
+            fetch_weights(family, name, info["weights"], manifest, seed)
+        manifests[family] = manifest
+    return manifests
+
+
+def accompany_main(args: argparse.Namespace) -> int:
+    from soloist.accompany import AccompanyError, Backing, accompany, load_model
+    from soloist.demo_corpus import make_song
+    from soloist.fetch_weights import WeightsError
+    from soloist.generate import Sampling
+    from soloist.model import ModelFolderError
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the stages' own log lines go to a file; the terminal gets one line per failed input
+    logging.basicConfig(level=logging.INFO, filename=out / "accompany.log", filemode="w",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    config = validate_config({})
+    try:
+        model = load_model(args.model, args.device)
+        weights = _weights(model.info, Path(args.weights), config["seed"], args.separate)
+    except (ModelFolderError, WeightsError) as e:
+        print(f"soloist accompany: {e}", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="soloist-demo-") as demos:
+        inputs = []
+        for name, source in zip(_names(args.backing), args.backing, strict=True):
+            kind = source_kind(source)
+            if kind == "demo":  # synthesized here, as the demo_corpus rule would
+                demo = source.removeprefix("demo:")
+                if not TRACK_ID.fullmatch(demo):
+                    print(f"soloist accompany: {source}: a demo name is letters, digits, "
+                          "'.', '_' and '-'", file=sys.stderr)
+                    return 2
+                make_song(demo, Path(demos) / demo, config["demo"]["seconds"], config["seed"])
+                source = str(Path(demos) / demo / "mixture.flac")
+            inputs.append(Backing(name, kind, source))
+        sampling = Sampling(args.temperature, args.top_k, args.top_p, args.cfg_scale)
+        try:
+            result = accompany(inputs, model, out, config, weights, sampling, args.seed,
+                               args.overlap, args.seconds, args.separate, args.batch_size,
+                               args.compile,
+                               name=str(args.model))
+        except (AccompanyError, WeightsError) as e:
+            print(f"soloist accompany: {e}", file=sys.stderr)
+            return 1
+    given = dict(zip(_names(args.backing), args.backing, strict=True))
+    for t in result["tracks"]:
+        if not t["ok"]:
+            print(f"soloist accompany: {t['name']} ({given.get(t['name'], t['source'])}): "
+                  f"{t['reason']}", file=sys.stderr)
+    ok = [t for t in result["tracks"] if t["ok"]]
+    print(f"{len(ok)} of {len(result['tracks'])} inputs played along with: {out / 'index.html'}")
+    if "warning" in result:
+        print(result["warning"], file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _batch_size(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = validate_config({})["accompany"]
+    ap = argparse.ArgumentParser(prog="soloist", description="soloist: a model that plays along")
+    commands = ap.add_subparsers(dest="command", required=True)
+    a = commands.add_parser(
+        "accompany", help="play a solo over backing tracks",
+        description="Generate a solo over the whole of each backing track and write "
+                    "OUT_DIR/<name>/{solo,mix,backing}.wav and OUT_DIR/index.html.")
+    a.add_argument("backing", nargs="+", metavar="BACKING",
+                   help="an audio file ffmpeg reads, a URL yt-dlp takes, a folder of stems, "
+                        "or demo:<name>")
+    a.add_argument("--model", "-m", default="results/train",
+                   help="a model folder (results/train, results/publish) or a Hugging Face "
+                        "Hub repo id (default: %(default)s)")
+    a.add_argument("-o", "--out", default="accompany", metavar="OUT_DIR",
+                   help="where the WAVs and the listening page go (default: %(default)s)")
+    a.add_argument("--seconds", type=float, default=defaults["seconds"],
+                   help="only the first seconds of each backing (default: all of it)")
+    a.add_argument("--seed", type=int, default=defaults["seed"])
+    a.add_argument("--temperature", type=float, default=defaults["temperature"])
+    a.add_argument("--top-k", type=int, default=defaults["top_k"])
+    a.add_argument("--top-p", type=float, default=defaults["top_p"])
+    a.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
+                   help="classifier-free guidance: > 1 follows the backing more closely, at "
+                        "twice the compute (default: %(default)s)")
+    a.add_argument("--overlap", type=float, default=defaults["overlap"],
+                   help="seconds each generation window shares with the one before "
+                        "(default: %(default)s)")
+    a.add_argument("--separate", action=argparse.BooleanOptionalAction,
+                   default=defaults["separate"],
+                   help="take the separator's backing roles of each input (default); "
+                        "--no-separate: the input already is a backing track")
+    a.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
+    a.add_argument("--batch-size", type=_batch_size, default=defaults["batch_size"],
+                   help="backings generated side by side (default: %(default)s)")
+    a.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   default=defaults["compile"],
+                   help="fuse the decode step with torch.compile first (default: on a GPU, "
+                        "when the solos are long enough to repay it)")
+    a.add_argument("--weights", default="resources/weights",
+                   help="folder of the separator's and codec's weights, fetched when missing "
+                        "(default: %(default)s)")
+    a.set_defaults(run=accompany_main)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

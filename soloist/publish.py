@@ -1,0 +1,187 @@
+"""Publish: the trained model as a model folder with its card, and on the Hugging Face Hub.
+
+``results/publish/`` holds what ``Soloist.from_pretrained`` and ``soloist accompany --model``
+read (``model.safetensors``, ``config.json``), a ``README.md`` model card with the Hub's front
+matter, and example WAVs. With ``publish.repo_id`` set, ``huggingface_hub`` uploads it; a
+missing token is an error before any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from soloist.io import atomic_path, read_json
+from soloist.model import Soloist
+
+log = logging.getLogger("soloist.publish")
+
+# Licences of the codecs' pretrained weights: what a model trained on their tokens inherits
+CODEC_LICENCES = {"encodec_24khz": ("cc-by-nc-4.0", "EnCodec's pretrained weights are "
+                                    "CC-BY-NC 4.0, and so is the encodec package's code")}
+
+
+class PublishError(RuntimeError):
+    """Publishing cannot start; the message says what to set."""
+
+
+def hub_token(repo_id: str | None) -> str | None:
+    """The Hugging Face token for an upload to ``repo_id`` (None: no upload asked)."""
+    if repo_id is None:
+        return None
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise PublishError(
+            f"publish.repo_id is {repo_id!r} but there is no Hugging Face token: export "
+            "HF_TOKEN=hf_... (a token that may write to that repo) or run `hf auth login`; "
+            "or set publish.repo_id: null to write results/publish/ only")
+    return token
+
+
+def publish(model_dir: str | os.PathLike, metrics: str | os.PathLike,
+            examples: str | os.PathLike, stats: str | os.PathLike,
+            ingest_infos: list[str | os.PathLike], out_dir: str | os.PathLike,
+            settings: dict) -> Path:
+    """Write the model folder ``out_dir`` from a training's ``model_dir``, evaluate's
+    ``metrics`` and ``examples`` folder, shard's ``stats`` and ingest's info folders (for
+    the sources' licences); upload it when ``settings["repo_id"]`` is set."""
+    token = hub_token(settings["repo_id"])  # before any work
+    out_dir = Path(out_dir)
+    model = Soloist.from_pretrained(model_dir)  # a folder that loads, or a clear error
+    model.save_pretrained(out_dir)
+    files = _examples(Path(examples), out_dir / "examples", settings["examples"])
+    card = model_card(model, read_json(metrics), read_json(stats), _sources(ingest_infos),
+                      files, settings["repo_id"])
+    with atomic_path(out_dir / "README.md") as tmp:
+        tmp.write_text(card)
+    if token:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(settings["repo_id"], private=settings["private"], exist_ok=True)
+        commit = api.upload_folder(repo_id=settings["repo_id"], folder_path=out_dir,
+                                   commit_message="soloist publish")
+        log.info("uploaded %s to %s", out_dir, commit)
+    return out_dir
+
+
+def _examples(folder: Path, out: Path, n: int) -> list[str]:
+    """The first ``n`` of evaluate's examples (generated solo, and its mix with the backing)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    names = []
+    for i in range(n):
+        for part in ("generated", "mix"):
+            source = folder / f"{i:02d}_{part}.wav"
+            if source.is_file():
+                shutil.copyfile(source, out / source.name)
+                names.append(f"examples/{source.name}")
+    return names
+
+
+def _sources(ingest_infos: list[str | os.PathLike]) -> Counter:
+    """How many ingested tracks came with which (kind, licence)."""
+    counts: Counter = Counter()
+    for folder in ingest_infos:
+        for path in sorted(Path(folder).glob("*.json")):
+            info = read_json(path)
+            if info.get("ok"):
+                counts[info["kind"], info.get("license") or ""] += 1
+    return counts
+
+
+KIND_NAMES = {"demo": "synthesized by soloist's demo corpus", "url": "downloaded with yt-dlp",
+              "file": "local audio files", "stems": "local multitracks (stems)"}
+
+
+def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
+               examples: list[str], repo_id: str | None) -> str:
+    """The README.md of a model folder: Hub front matter, then what a user needs to know."""
+    info = model.info
+    codec = info["codec"]
+    licence, why = CODEC_LICENCES.get(codec["model"], ("other", "see the codec's licence"))
+    random = info["weights"] == "random"
+    front = {"license": licence, "library_name": "soloist", "pipeline_tag": "audio-to-audio",
+             "tags": ["music", "accompaniment", "saxophone", "soloist", codec["model"]]
+             + (["random-weights"] if random else [])}
+    warning = f"\n> **{info['warning']}**\n" if random else ""
+    where = repo_id or "results/publish"
+    splits = "\n".join(f"| {split} | {s['tracks']} | {s['windows']} | {s['hours']:.3f} |"
+                       for split, s in info["data"]["splits"].items())
+    kinds = "\n".join(
+        f"- {n} {'track' if n == 1 else 'tracks'} {KIND_NAMES.get(kind, kind)}: licence "
+        f"{licence_of or ('none (synthesized)' if kind == 'demo' else 'not known')}"
+        for (kind, licence_of), n in sorted(sources.items()))
+    scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()
+                       if isinstance(v, float) and not k.startswith(("ce_cb", "accuracy_cb")))
+    listening = "\n".join(f"- [{e}]({e})" for e in examples) or "- (none)"
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+
+# soloist: a saxophone soloist that plays along
+{warning}
+An encoder-decoder transformer ({model.num_params() / 1e6:.1f}M parameters, preset
+`{info['training']['preset']}`) trained with soloist: the encoder
+reads a backing track's {codec['model']} tokens ({codec['codebooks']} codebooks of
+{codec['cardinality']} at {codec['frame_rate']:g} Hz), the decoder writes a solo's tokens
+under MusicGen's delay pattern, {info['window_seconds']:g} s at a time. The backing is what
+{info['separator']['model']} separates as {', '.join(info['separator']['context'])}; the solo
+is {', '.join(info['separator']['target'])}.
+
+## Play along
+
+```bash
+soloist accompany my_backing.mp3 --model {where} -o out   # a file, URL, stems folder or demo:<name>
+```
+
+`out/my_backing/solo.wav` is a solo over the whole backing (any length: windows of
+{info['window_seconds']:g} s, each primed with the last seconds of the one before),
+`mix.wav` the two together, `out/index.html` a page to listen to them. In Python:
+`Soloist.from_pretrained("{where}")` (`from soloist import Soloist`).
+
+## Training data
+
+{info['data']['tracks']} tracks, step {info['training']['step']} (checkpoint
+`{info['training']['checkpoint']}`, validation loss {info['training']['best_val_loss']:.4f}).
+
+| split | tracks | windows | hours of audio |
+| --- | --- | --- | --- |
+{splits}
+
+Sources:
+{kinds}
+
+## Evaluation (test split)
+
+"Does it listen?" is the cross-entropy of the real solos given another track's backing over
+that given their own: above 1 when the model uses the backing.
+
+| metric | value |
+| --- | --- |
+{scores}
+
+## Licence
+
+`{licence}`: trained on {codec['model']} tokens; {why}, so this model is for
+non-commercial use. The separator, Demucs, is MIT. The recordings it learned from keep their
+own licences (above).
+
+## Examples
+
+{listening}
+
+## Files
+
+- `model.safetensors`: the weights (safetensors: no pickle on load)
+- `config.json`: `model` (the architecture), `codec` (whose tokens it reads, and the sha256
+  of those weights), `separator` (the roles), `window_seconds`, `training`, `data`
+- `examples/`: generated solos on test backings, alone and mixed
+"""
