@@ -109,8 +109,8 @@ def accompany_input(wildcards):
               "summary": "results/train/train.json", "codec": weights_manifest("encodec")}
     if config["accompany"]["separate"]:
         inputs["separator"] = weights_manifest("demucs")
-    inputs["sources"] = [b["source"] for b in accompany_backings()
-                         if b["kind"] == "demo" or (b["kind"] != "url" and os.path.exists(b["source"]))]
+    inputs["sources"] = [b["source"] for b in accompany_backings() if b["kind"] == "demo"
+                         or (b["kind"] != "url" and os.path.exists(b["source"]))]
     return inputs
 
 

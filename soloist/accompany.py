@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import os
 import tempfile
 import zlib
@@ -31,6 +30,7 @@ from soloist.io import (
     Clock,
     atomic_path,
     io_pool,
+    peak_db,
     read_audio,
     read_json,
     write_audio,
@@ -235,8 +235,7 @@ def _read_backings(tracks: list[_Track], silence_db: float, seconds: float | Non
         audio, rate = read_audio(t.audio)
         if seconds is not None:
             audio = audio[:, :round(seconds * rate)]
-        peak = float(np.abs(audio).max()) if audio.size else 0.0
-        if peak == 0 or 20 * math.log10(peak) < silence_db:
+        if peak_db(audio) < silence_db:
             t.reason, t.stage = (f"the backing is silent (peak below {silence_db:g} dBFS): "
                                  "nothing to play along with"), "backing"
             continue

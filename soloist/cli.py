@@ -64,9 +64,10 @@ def accompany_main(args: argparse.Namespace) -> int:
     except (ModelFolderError, WeightsError) as e:
         print(f"soloist accompany: {e}", file=sys.stderr)
         return 1
+    names = _names(args.backing)
     with tempfile.TemporaryDirectory(prefix="soloist-demo-") as demos:
         inputs = []
-        for name, source in zip(_names(args.backing), args.backing, strict=True):
+        for name, source in zip(names, args.backing, strict=True):
             kind = source_kind(source)
             if kind == "demo":  # synthesized here, as the demo_corpus rule would
                 demo = source.removeprefix("demo:")
@@ -81,12 +82,11 @@ def accompany_main(args: argparse.Namespace) -> int:
         try:
             result = accompany(inputs, model, out, config, weights, sampling, args.seed,
                                args.overlap, args.seconds, args.separate, args.batch_size,
-                               args.compile,
-                               name=str(args.model))
+                               args.compile, name=str(args.model))
         except (AccompanyError, WeightsError) as e:
             print(f"soloist accompany: {e}", file=sys.stderr)
             return 1
-    given = dict(zip(_names(args.backing), args.backing, strict=True))
+    given = dict(zip(names, args.backing, strict=True))
     for t in result["tracks"]:
         if not t["ok"]:
             print(f"soloist accompany: {t['name']} ({given.get(t['name'], t['source'])}): "

@@ -153,8 +153,7 @@ def _check_audio(audio: np.ndarray, s: dict) -> None:
     problem = _duration_problem(audio.shape[1] / s["sample_rate"], s)
     if problem:
         raise io.TrackError(problem)
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    peak_db = 20 * math.log10(peak) if peak > 0 else -math.inf
+    peak_db = io.peak_db(audio)
     if peak_db < s["silence_db"]:
         raise io.TrackError(
             f"silent: peak {peak_db:.1f} dBFS below ingest.silence_db={s['silence_db']:g}"

@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -172,6 +173,12 @@ def _read(paths: list[str | os.PathLike], dtype: str, piece_seconds: float | Non
 
     list(io_pool().map(lambda p: piece(*p), pieces))
     return out
+
+
+def peak_db(audio: np.ndarray) -> float:
+    """The peak level of ``audio`` in dBFS (-inf for silence or no samples)."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return 20 * math.log10(peak) if peak > 0 else -math.inf
 
 
 def sha256_file(path: str | os.PathLike) -> str:
