@@ -1,8 +1,9 @@
 # soloist: music recordings -> (backing, solo) EnCodec tokens -> a model that plays along.
-# Run: snakemake --cores all     (offline: add --config weights=random)
+# Run: snakemake --cores all     (offline, on the demo sheet, with random-init weights)
 # Dataset only: snakemake --cores all shard
 # Play along with config/accompany.tsv: snakemake --cores all accompany
 
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -12,6 +13,9 @@ min_version("9.0")
 
 # The defaults; --configfile and --config override them key by key.
 configfile: Path(workflow.basedir) / "config" / "config.yaml"
+
+
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -33,3 +37,15 @@ rule all:
     input:
         rules.shard.output,
         rules.evaluate.output,
+
+
+onsuccess:
+    from soloist.runlog import banner
+
+    print(banner(WEIGHTS == "random", build_report()), file=sys.stderr)
+
+
+onerror:
+    from soloist.runlog import explain_failures
+
+    print(explain_failures(log, tracks_of_batch), file=sys.stderr)

@@ -9,15 +9,15 @@ weights (same compute as pretrained), then reads Snakemake's per-job benchmark f
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
+
+from runs import job_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +35,9 @@ def main() -> None:
     sheet.write_text("track\tsource\n" + "".join(
         f"demo{i:02d}\tdemo:demo{i:02d}\n" for i in range(1, args.songs + 1)))
     overlay = work / "bench.yaml"
+    # the songs' mixtures go through Demucs, as recordings do (random weights would skip it)
     overlay.write_text(json.dumps({"tracks": str(sheet), "weights": "random",
-                                   "demo": {"seconds": args.seconds}}))
+                                   "demo": {"seconds": args.seconds, "stems": False}}))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores",
            args.cores, "-q", "--configfile", str(overlay)]
     start = time.perf_counter()
@@ -44,12 +45,7 @@ def main() -> None:
     wall = time.perf_counter() - start
 
     minutes = args.songs * args.seconds / 60
-    seconds, jobs = defaultdict(float), defaultdict(int)
-    for tsv in sorted((work / "results/benchmarks").glob("*/*.tsv")):
-        with open(tsv) as f:
-            row = next(csv.DictReader(f, delimiter="\t"))
-        seconds[tsv.parent.name] += float(row["s"])
-        jobs[tsv.parent.name] += 1
+    seconds, jobs = job_seconds(work)
     stats = json.loads((work / "results/shards/stats.json").read_text())
 
     print(f"demo corpus: {args.songs} songs x {args.seconds:g} s = {minutes:g} audio-minutes, "

@@ -8,7 +8,7 @@ rule accompany:
     params:
         sheet=config["accompany"]["tracks"],
         backings=accompany_backings(),
-        config={k: config[k] for k in ("ingest", "separate", "tokenize", "accompany", "mlflow")},
+        settings={k: settings(k) for k in ("ingest", "separate", "tokenize", "accompany")},
     threads: config["accompany"]["threads"]
     resources:
         gpu=config["accompany"]["gpus"],

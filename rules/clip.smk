@@ -6,7 +6,7 @@ rule clip:
     output:
         directory("results/clip/{batch}"),  # <track>/windows.parquet and clip.json
     params:
-        settings=config["clip"],
+        settings=settings("clip"),
     log:
         "results/logs/clip/{batch}.log",
     benchmark:

@@ -1,7 +1,12 @@
 import functools
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 from soloist.config import batch_of, read_tracks, row_of, validate_config
+from soloist.demo_corpus import STEMS
+from soloist.fetch_weights import weights_mode
 
 # Scripts import soloist from this checkout, also inside --sdm conda environments.
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (workflow.basedir, os.getenv("PYTHONPATH")))))
@@ -9,13 +14,65 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (workflow.basedir, os.
 validate_config(config)
 ROWS = read_tracks(config["tracks"])
 ACCOMPANY_ROWS = read_tracks(config["accompany"]["tracks"])
-WEIGHTS = config["weights"]
+
+
+AUTO_WEIGHTS = "SOLOIST_WEIGHTS_AUTO"  # what weights: auto came to, for the run's jobs
+
+
+def resolve_weights():
+    """pretrained | random. ``auto`` is decided once, by the Snakemake the user started: its
+    jobs (local or sbatch'ed, which inherit its environment) read the answer, so that a
+    compute node without internet never decides otherwise."""
+    if config["weights"] != "auto":
+        return config["weights"]
+    if not os.environ.get(AUTO_WEIGHTS):
+        models = {"demucs": config["separate"]["model"], "encodec": config["tokenize"]["model"]}
+        demo_only = all(row.kind == "demo" for row in ROWS.values())
+        mode, why = weights_mode("auto", models, "resources/weights", demo_only)
+        print(why, file=sys.stderr)
+        os.environ.update({AUTO_WEIGHTS: mode})
+    return os.environ.get(AUTO_WEIGHTS)
+
+
+WEIGHTS = resolve_weights()
+# Random Demucs makes noise of a demo song's "solo"; its true stems tell the truth.
+DEMO_STEMS = config["demo"]["stems"] is True or (
+    config["demo"]["stems"] == "auto" and WEIGHTS == "random"
+)
 
 
 wildcard_constraints:
     row=r"[A-Za-z0-9._-]+",
     batch=r"b[0-9]+",
     name=r"[A-Za-z0-9._-]+",
+
+
+# Settings that cannot change a rule's outputs (where and how fast it runs, where downloads
+# are cached): kept out of its params, which Snakemake compares to rerun a rule.
+SPEED = {
+    "ingest": {"downloads"},
+    "ytdlp": {"retries", "socket_timeout", "rate_limit"},
+    "separate": {"batch_size", "compile", "device", "threads", "gpus"},
+    "tokenize": {"batch_size", "device", "threads", "gpus"},
+    # gpus and nodes stay: they set the global batch
+    "train": {"device", "compile", "checkpoint_every"},
+    "accompany": {"batch_size", "compile", "device", "threads", "gpus"},
+}
+
+
+def settings(section):
+    """``config[section]`` as a rule's params, which Snakemake compares to decide reruns:
+    without its SPEED keys, and with its keys sorted (Snakemake compares their repr, so a
+    reordered config file would rerun every rule). Scripts read the whole section from
+    ``snakemake.config``."""
+    return _outputs_depend_on(section, config[section])
+
+
+def _outputs_depend_on(name, value):
+    if not isinstance(value, dict):
+        return value
+    return {k: _outputs_depend_on(k, v) for k, v in sorted(value.items())
+            if k not in SPEED.get(name, ())}
 
 
 def weights_manifest(family):
@@ -63,20 +120,27 @@ def ingest_jobs(wildcards):
     for track in batch_tracks(wildcards):
         row = row_of(track, ROWS)
         jobs.append({"track": track, "row": row.track, "kind": row.kind,
-                     "source": source_of(row),
+                     "source": source_of(row, stems=given_stems(row)),
                      "resolved": f"results/resolve/{row.track}.tsv" if row.kind == "url" else None})
     return jobs
 
 
 def ingest_input(wildcards):
-    """Files ingest reads: demo mixtures, existing local sources, and every resolved playlist
-    (which tracks a batch holds depends on all of them).
+    """Files ingest reads: demo songs (their mixture or stems, and truth), existing local
+    sources, and every resolved playlist (which tracks a batch holds depends on all of them).
 
     A missing local source is not an input: it becomes a failure row, not a DAG error.
     """
     inputs = {f"results/resolve/{r.track}.tsv" for r in ROWS.values() if r.kind == "url"}
     for job in ingest_jobs(wildcards):
-        if job["kind"] == "demo" or (job["kind"] != "url" and os.path.exists(job["source"])):
+        if job["kind"] == "demo":
+            source = Path(job["source"])
+            inputs.add(str(source.parent / "truth.json"))
+            if source.name == "stems":
+                inputs.update(str(source / f"{stem}.flac") for stem in STEMS)
+            else:
+                inputs.add(job["source"])
+        elif job["kind"] != "url" and os.path.exists(job["source"]):
             inputs.add(job["source"])
     return sorted(inputs)
 
@@ -85,14 +149,20 @@ def separate_input(wildcards):
     inputs = {"audio": f"results/ingest/{wildcards.batch}/audio",
               "info": f"results/ingest/{wildcards.batch}/info"}
     # given stems need no model
-    if any(row_of(t, ROWS).kind != "stems" for t in batch_tracks(wildcards)):
+    if any(not given_stems(row_of(t, ROWS)) for t in batch_tracks(wildcards)):
         inputs["weights"] = weights_manifest("demucs")
     return inputs
 
 
-def source_of(row):
+def given_stems(row):
+    return row.kind == "stems" or (row.kind == "demo" and DEMO_STEMS)
+
+
+def source_of(row, stems=False):
+    """The file (or stems folder, with ``stems``) a row's audio is read from."""
     if row.kind == "demo":
-        return f"results/demo_corpus/{row.demo_name}/mixture.flac"
+        folder = f"results/demo_corpus/{row.demo_name}"
+        return f"{folder}/stems" if stems else f"{folder}/mixture.flac"
     return row.source
 
 
@@ -136,3 +206,25 @@ def train_resources(train):
     # gres (per node), not gpu: with tasks, gpu would become --ntasks-per-gpu
     return {"nodes": train["nodes"], "tasks": train["nodes"], "tasks_per_gpu": 0,
             "gres": f"gpu:{train['gpus']}", "cpus_per_task": cpus, "mpi": "srun"}
+
+
+def tracks_of_batch(batch):
+    """The tracks of batch ``batch``, for a failure message (none while a URL row is not
+    yet resolved)."""
+    try:
+        return tracks_by_batch().get(batch, [])
+    except Exception:
+        return []
+
+
+def build_report():
+    """results/report.html after a default run: the same command line again, with --report."""
+    if not set(workflow.dag_settings.targets) <= {"all"}:
+        return None
+    cmd = [sys.executable, "-m", "snakemake", *sys.argv[1:], "--nolock", "--report",
+           "results/report.html"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        return "could not be built (above); try: snakemake --report results/report.html"
+    return "results/report.html (also: snakemake --report results/report.zip)"

@@ -3,8 +3,7 @@ rule demo_corpus:
         "Synthesizing demo song {wildcards.name}"
     output:
         mixture="results/demo_corpus/{name}/mixture.flac",
-        stems=multiext("results/demo_corpus/{name}/stems/", "drums.flac", "bass.flac",
-                       "piano.flac", "other.flac"),
+        stems=expand("results/demo_corpus/{{name}}/stems/{stem}.flac", stem=STEMS),
         truth="results/demo_corpus/{name}/truth.json",
     params:
         seconds=config["demo"]["seconds"],

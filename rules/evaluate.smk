@@ -10,9 +10,11 @@ rule evaluate:
     output:
         metrics="results/evaluate/metrics.json",
         page="results/evaluate/index.html",
+        listen=report("results/evaluate/listen.html", caption="../report/listen.rst",
+                      category="3. Evaluation"),
         examples=directory("results/evaluate/examples"),
     params:
-        config={k: config[k] for k in ("evaluate", "tokenize", "mlflow")},
+        settings=settings("evaluate"),
     threads: 2
     log:
         "results/logs/evaluate/evaluate.log",

@@ -10,7 +10,7 @@ checkpoint resolve:
         "results/resolve/{row}.tsv",
     params:
         url=lambda wc: ROWS[wc.row].source,
-        ytdlp=config["ingest"]["ytdlp"],
+        ytdlp=settings("ingest")["ytdlp"],
     log:
         "results/logs/resolve/{row}.log",
     conda:
@@ -29,7 +29,7 @@ rule ingest:
         info=directory("results/ingest/{batch}/info"),  # <track>.json
     params:
         jobs=ingest_jobs,
-        settings=config["ingest"],
+        settings=settings("ingest"),
     log:
         "results/logs/ingest/{batch}.log",
     benchmark:

@@ -26,7 +26,7 @@ rule publish:
     output:
         directory("results/publish"),  # model.safetensors, config.json, README.md, examples/
     params:
-        settings=config["publish"],
+        settings=settings("publish"),
     log:
         "results/logs/publish/publish.log",
     benchmark:

@@ -7,7 +7,7 @@ rule separate:
         # <track>/{context,target}.flac and separate.json
         intermediate(directory("results/separate/{batch}")),
     params:
-        settings={k: v for k, v in config["separate"].items() if k not in ("threads", "gpus")},
+        settings=settings("separate"),
         sample_rate=config["ingest"]["sample_rate"],
     threads: config["separate"]["threads"]
     resources:

@@ -10,12 +10,17 @@ rule shard:
         shards=directory(expand("results/shards/{split}", split=["train", "valid", "test"])),
         manifest="results/shards/manifest.parquet",
         stats="results/shards/stats.json",
-        plots=multiext("results/shards/plots/", "clips_per_track.png", "rms.png",
-                       "durations.png"),
+        dataset=report("results/shards/plots/dataset.png", caption="../report/dataset.rst",
+                       category="1. Dataset"),
+        plots=report(multiext("results/shards/plots/", "clips_per_track.png", "rms.png",
+                              "durations.png"), caption="../report/shard_plots.rst",
+                     category="1. Dataset"),
         failures="results/failures.tsv",
+        failures_page=report("results/shards/failures.html", caption="../report/failures.rst",
+                             category="1. Dataset"),
     params:
         splits={r.track: r.split for r in ROWS.values() if r.split},
-        settings=config["shard"],
+        settings=settings("shard"),
     log:
         "results/logs/shard/shard.log",
     benchmark:

@@ -7,7 +7,7 @@ rule tokenize:
     output:
         directory("results/tokenize/{batch}"),  # <track>/{context,target}.npy and tokens.json
     params:
-        settings={k: v for k, v in config["tokenize"].items() if k not in ("threads", "gpus")},
+        settings=settings("tokenize"),
     threads: config["tokenize"]["threads"]
     resources:
         gpu=config["tokenize"]["gpus"],

@@ -8,15 +8,14 @@ rule train:
         model="results/train/model.safetensors",  # the model folder: weights and config.json
         info="results/train/config.json",
         summary="results/train/train.json",
-        curve="results/train/loss.png",
+        curve=report("results/train/loss.png", caption="../report/loss.rst",
+                     category="2. Training"),
     params:
         preset=config["train"]["preset"],
         gpus=config["train"]["gpus"],
         nodes=config["train"]["nodes"],
-        # logged as the run's parameters; what comes after training and cluster settings
-        # do not retrain
-        config={k: v for k, v in config.items()
-                if k not in ("evaluate", "accompany", "publish", "slurm")},
+        # upstream settings reach training through the manifest
+        settings=settings("train"),
     threads: 2
     resources:
         **train_resources(config["train"]),

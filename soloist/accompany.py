@@ -27,6 +27,7 @@ from soloist import separate as separate_stage
 from soloist.fetch_weights import RANDOM_WARNING, load_encodec
 from soloist.generate import Sampling, generate_long
 from soloist.io import (
+    PAGE_STYLE,
     Clock,
     atomic_path,
     io_pool,
@@ -304,7 +305,7 @@ def _write_page(path: Path, result: dict, model: Soloist) -> None:
         cells = "".join(f'<td><audio controls preload="auto" src="{name}/{part}.wav"></audio>'
                         "</td>" for part in ("backing", "solo", "mix"))
         rows.append(f"<tr><td>{name}<br><small>{t['seconds']:.1f} s</small></td>{cells}"
-                    f'<td><img width="320" src="{name}/spectrogram.png" alt="spectrogram">'
+                    f'<td><img src="{name}/spectrogram.png" alt="spectrogram">'
                     "</td></tr>")
     failed = ("<h2>Not played</h2><table><tr><th>input</th><th>source</th><th>stage</th>"
               f"<th>reason</th></tr>{''.join(failures)}</table>") if failures else ""
@@ -312,8 +313,7 @@ def _write_page(path: Path, result: dict, model: Soloist) -> None:
     speed = (f", {result['realtime']:.1f}x realtime" if "realtime" in result else "")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>soloist: play along</title>
-<style>body{{font-family:sans-serif}} td{{padding:4px;vertical-align:top}}
-.warning{{background:#fdd;border:2px solid #c00;padding:8px;font-weight:bold}}</style>
+<style>{PAGE_STYLE}</style>
 </head><body>
 <h1>Play along</h1>{warning}
 <p>Model {html.escape(result['model'])} ({model.num_params() / 1e6:.1f}M parameters,

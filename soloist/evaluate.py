@@ -18,7 +18,15 @@ import torch
 from soloist.data import eval_loader
 from soloist.fetch_weights import RANDOM_WARNING, load_encodec
 from soloist.generate import Sampling, generate
-from soloist.io import atomic_path, read_json, write_audio, write_json, write_spectrograms
+from soloist.io import (
+    PAGE_STYLE,
+    atomic_path,
+    data_uri,
+    read_json,
+    write_audio,
+    write_json,
+    write_spectrograms,
+)
 from soloist.model import Soloist
 from soloist.tokenize import decode
 
@@ -100,6 +108,7 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
                                        context[i, :, :lengths[i]], target[i, :, :lengths[i]],
                                        generated[0]))
     _write_page(out_dir / "index.html", examples, metrics)
+    _write_page(out_dir / "listen.html", examples, metrics, embed=True)
     write_json(out_dir / "metrics.json", metrics)
     _log_to_mlflow(model_dir, out_dir, metrics, config["mlflow"])
     return metrics
@@ -124,21 +133,25 @@ def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,
     return {"key": key, "files": {k: f"examples/{v}" for k, v in files.items()}}
 
 
-def _write_page(path: Path, examples: list[dict], metrics: dict) -> None:
-    """A listening page: backing, real and generated solo and the mix, side by side."""
+def _write_page(path: Path, examples: list[dict], metrics: dict, embed: bool = False) -> None:
+    """A listening page: backing, real and generated solo and the mix, side by side. With
+    ``embed`` the audio and images are inside the page (a page the report can hold)."""
     warning = (f'<p class="warning">{html.escape(metrics["warning"])}</p>'
                if "warning" in metrics else "")
+
+    def src(file: str, mime: str) -> str:
+        return data_uri(path.parent / file, mime) if embed else html.escape(file)
+
     rows = []
     for ex in examples:
         f = ex["files"]
-        cells = "".join(f'<td><audio controls preload="auto" src="{html.escape(f[k])}"></audio>'
-                        f"</td>" for k in ("backing", "real", "generated", "mix"))
-        rows.append(f"<tr><td>{html.escape(ex['key'])}</td>{cells}<td><img width=\"320\" "
-                    f"src=\"{html.escape(f['spectrogram'])}\" alt=\"spectrogram\"></td></tr>")
+        cells = "".join(f'<td><audio controls preload="auto" src="{src(f[k], "audio/wav")}">'
+                        "</audio></td>" for k in ("backing", "real", "generated", "mix"))
+        rows.append(f"<tr><td>{html.escape(ex['key'])}</td>{cells}<td><img "
+                    f"src=\"{src(f['spectrogram'], 'image/png')}\" alt=\"spectrogram\"></td></tr>")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>soloist: generated solos</title>
-<style>body{{font-family:sans-serif}} td{{padding:4px}}
-.warning{{background:#fdd;border:2px solid #c00;padding:8px;font-weight:bold}}</style>
+<style>{PAGE_STYLE}</style>
 </head><body>
 <h1>Generated solos</h1>{warning}
 <p>Test CE {metrics['ce']:.3f} with the real backing, {metrics['ce_shuffled_backing']:.3f}

@@ -29,14 +29,10 @@ import numpy as np
 import torch
 import yaml
 
-from soloist.io import atomic_path, read_json, sha256_file, write_json, write_torch
+from soloist.io import RANDOM_WARNING, atomic_path, read_json, sha256_file, write_json, write_torch
 
 log = logging.getLogger("soloist.fetch_weights")
 
-RANDOM_WARNING = (
-    "RANDOM-INIT WEIGHTS: these outputs come from randomly initialised Demucs/EnCodec models "
-    "(weights=random). They exercise the pipeline but are NOT musically meaningful."
-)
 
 DEMUCS_HF = "https://huggingface.co/adefossez/{repo}/resolve/main/{file}"
 DEMUCS_ALLOWED = {"demucs.htdemucs.HTDemucs", "demucs.hdemucs.HDemucs", "demucs.demucs.Demucs"}
@@ -55,6 +51,52 @@ ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/{file}"
 
 class WeightsError(RuntimeError):
     """Weights cannot be fetched or loaded; the message says how to get them."""
+
+
+def pretrained_files(family: str, name: str) -> dict[str, str]:
+    """{file: URL} of the pretrained weights of a model, as far as known in advance (a
+    Demucs bag not listed here names its other files in its yaml: only the yaml)."""
+    if family == "encodec":
+        return {ENCODEC_FILES[name]: ENCODEC_URL.format(file=ENCODEC_FILES[name])}
+    sigs = {"htdemucs_6s": ["5c90dfd2"]}.get(name, [])
+    repo = "HTDemucs" if name == "htdemucs" else "HTDemucs-" + name.removeprefix("htdemucs_")
+    files = [f"{name}.yaml"] + [f"{s}.safetensors" for s in sigs]
+    return {f: DEMUCS_HF.format(repo=repo, file=f) for f in files}
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+    except OSError:
+        return False
+    return True
+
+
+def weights_mode(setting: str, models: dict[str, str], root: str | os.PathLike,
+                 demo_only: bool, timeout: float = 5.0) -> tuple[str, str]:
+    """``(pretrained | random, why)`` for the ``weights`` setting and ``models``
+    {family: name}. ``auto`` takes the pretrained weights when their files are under
+    ``root/pretrained/`` or their hosts answer; otherwise random ones when every track is
+    a demo song, and else pretrained still, so that fetch_weights says how to get them."""
+    if setting != "auto":
+        return setting, f"weights: {setting}"
+    root = Path(root) / "pretrained"
+    urls = {family: pretrained_files(family, name) for family, name in models.items()}
+    if all((root / family / f"{name}.json").is_file()  # fetched, or copied in by hand
+           or all((root / family / f).is_file() for f in urls[family])
+           for family, name in models.items()):
+        return "pretrained", f"weights: auto, pretrained weights are in {root}"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    first = [next(iter(family_urls.values())) for family_urls in urls.values()]
+    with ThreadPoolExecutor(len(first)) as pool:
+        answers = list(pool.map(lambda u: not offline and _reachable(u, timeout), first))
+    if all(answers):
+        return "pretrained", "weights: auto, pretrained weights can be downloaded"
+    if demo_only:
+        return "random", ("weights: auto, no pretrained weights here and none can be "
+                          "downloaded, every track is a demo song: RANDOM-INIT weights")
+    return "pretrained", ("weights: auto, no pretrained weights here and none can be "
+                          "downloaded; real recordings need them")
 
 
 def fetch_weights(family: str, name: str, mode: str, manifest: str | os.PathLike,
@@ -101,18 +143,18 @@ def _download(urls: dict[str, str], folder: Path) -> list[str]:
 
 
 def _pretrained_demucs(name: str, folder: Path) -> list[str]:
-    repo = "HTDemucs" if name == "htdemucs" else "HTDemucs-" + name.removeprefix("htdemucs_")
-    sigs = {"htdemucs_6s": ["5c90dfd2"]}.get(name)
-    if sigs is None:  # the yaml names the signatures; fetch it first
-        _download({f"{name}.yaml": DEMUCS_HF.format(repo=repo, file=f"{name}.yaml")}, folder)
+    urls = pretrained_files("demucs", name)
+    if len(urls) == 1:  # the yaml names the signatures; fetch it first
+        _download(urls, folder)
+        yaml_url = urls[f"{name}.yaml"]
         sigs = yaml.safe_load((folder / f"{name}.yaml").read_text())["models"]
-    files = [f"{name}.yaml"] + [f"{s}.safetensors" for s in sigs]
-    return _download({f: DEMUCS_HF.format(repo=repo, file=f) for f in files}, folder)
+        urls |= {f"{s}.safetensors": yaml_url.replace(f"{name}.yaml", f"{s}.safetensors")
+                 for s in sigs}
+    return _download(urls, folder)
 
 
 def _pretrained_encodec(name: str, folder: Path) -> list[str]:
-    file = ENCODEC_FILES[name]
-    return _download({file: ENCODEC_URL.format(file=file)}, folder)
+    return _download(pretrained_files("encodec", name), folder)
 
 
 def _random_demucs(name: str, folder: Path, seed: int) -> list[str]:

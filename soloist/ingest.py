@@ -404,6 +404,17 @@ def _ingest_stems(folder: Path, s: dict) -> tuple[np.ndarray, dict]:
     return audio, {**meta, "sha256": sha, "stems": names}
 
 
+def _demo_song(source: Path, track: str) -> dict:
+    """A demo song's title and the solo intervals of its truth.json, beside its mixture or
+    stems folder (clip selection is scored against them)."""
+    folder = source.parent
+    truth = io.read_json(folder / "truth.json")
+    if source.is_dir():
+        log.info("%s enters as the demo's ground-truth stems (demo.stems); no separation",
+                 track)
+    return {"title": folder.name, "solo_intervals": truth["solo_intervals"]}
+
+
 def ingest(
     track: str,
     row: str,
@@ -418,7 +429,8 @@ def ingest(
     """Write ``audio_out`` (normalized FLAC) and ``info_out`` (status JSON); return the info.
 
     kind: "url" (this track's line of ``resolved_tsv``), "file", "stems" (a folder) or
-    "demo". Never raises for bad input: it writes an empty audio file and a failure status.
+    "demo" (a demo song's mixture or stems folder). Never raises for bad input: it writes
+    an empty audio file and a failure status.
     """
     s = settings
     ids = {"track": track, "row": row, "kind": kind, "source": str(source)}
@@ -442,18 +454,20 @@ def ingest(
                 license=dl["license"],
                 sha256=io.sha256_file(path),
             )
-        elif kind in ("file", "demo"):
+        elif kind == "file" or (kind == "demo" and not Path(source).is_dir()):
             path = Path(source)
             if not path.is_file():
                 what = "not a file" if path.exists() else "file not found"
                 raise io.TrackError(f"{what}: {source}")
             audio, meta = _read_file(path, s)
             info.update(title=path.stem, sha256=io.sha256_file(path))
-        elif kind == "stems":
+        elif kind in ("stems", "demo"):
             audio, meta = _ingest_stems(Path(source), s)
             info.update(title=Path(source).name, sha256=meta["sha256"], stems=meta["stems"])
         else:
             raise io.TrackError(f"unknown ingest kind {kind!r} (url, file, stems or demo)")
+        if kind == "demo":
+            info.update(_demo_song(Path(source), track))
         info.update(
             duration=round(audio.shape[1] / s["sample_rate"], 3),
             sample_rate=s["sample_rate"],

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -209,6 +210,29 @@ def first_failure(*status_paths: str | os.PathLike) -> dict | None:
     return None
 
 
+# Every output made with random-init models says so (stats, metadata, logs, pages, report).
+RANDOM_WARNING = (
+    "RANDOM-INIT WEIGHTS: these outputs come from randomly initialised Demucs/EnCodec models "
+    "(weights=random). They exercise the pipeline but are NOT musically meaningful."
+)
+
+# Listening pages fit a 1280 px screen: the table takes the page's width in fixed columns
+# (the first narrower) and every player and image fills its cell.
+PAGE_STYLE = (
+    "body{font-family:sans-serif;margin:8px} table{width:100%;table-layout:fixed}"
+    " th:first-child{width:10%} td{padding:4px;vertical-align:top;overflow-wrap:anywhere}"
+    " audio,img{width:100%} .warning{background:#fdd;border:2px solid #c00;padding:8px;"
+    "font-weight:bold}"
+)
+
+
+def data_uri(path: str | os.PathLike, mime: str) -> str:
+    """The file as a ``data:`` URI, for a page that must stand alone (the workflow report)."""
+    import base64
+
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+
+
 def setup_logging(log_file: str | os.PathLike | None = None) -> None:
     """Log to the rule's log file (Snakemake ``log:``) and to stderr."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
@@ -221,6 +245,13 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> None:
         handlers=handlers,
         force=True,
     )
+
+    def log_uncaught(kind: type, value: BaseException, tb: Any) -> None:
+        # into the rule's log too, where the workflow's onerror handler reads the reason
+        logging.getLogger("soloist").critical("%s: %s", kind.__name__, value,
+                                              exc_info=(kind, value, tb))
+
+    sys.excepthook = log_uncaught
 
 
 def io_workers() -> int:

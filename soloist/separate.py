@@ -122,7 +122,7 @@ def separate(items: list[Item], settings: dict, weights: str | os.PathLike | Non
         upstream = first_failure(item.info)
         if upstream:
             statuses[item.track] = _finish(item, upstream)
-        elif read_json(item.info).get("kind") == "stems":
+        elif read_json(item.info).get("stems"):  # ingested from a stems folder
             try:
                 stems = _given_stems(item, sample_rate)
             except Exception as e:  # one bad track must not stop the others

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soloist.io import atomic_path, read_json, read_npy, write_json, write_png
+from soloist.io import RANDOM_WARNING, atomic_path, read_json, read_npy, write_json, write_png
 
 log = logging.getLogger("soloist.shard")
 
@@ -93,6 +93,7 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
     failures, samples, per_track = [], [], []
     codec: dict = {}  # codebooks, cardinality, frame rate: from any tokenized track
     windows_in_tables = 0
+    scores: list[dict] = []
     for files in sorted(tracks, key=lambda f: f.track):
         info = read_json(files.info)
         row = info.get("row", files.track)
@@ -110,6 +111,9 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
         per_track.append({"track": files.track, "split": split, "windows": len(windows),
                           "duration": clip_status["duration"],
                           "active_seconds": clip_status["active_seconds"]})
+        if info.get("solo_intervals") is not None:  # a demo song: its truth is known
+            scores.append(_selection_scores(files.track, clip_status["active_intervals"],
+                                            windows, info["solo_intervals"]))
         if windows:
             samples.extend(_track_samples(files, info, row, split, windows, tokens_status))
 
@@ -138,10 +142,9 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
             } for split in SPLITS
         },
         "per_track": per_track,
+        "clip_vs_truth": _total_scores(scores),
     }
     if stats["weights"] == "random":
-        from soloist.fetch_weights import RANDOM_WARNING
-
         stats["warning"] = RANDOM_WARNING
         log.warning(RANDOM_WARNING)
     # Every track is either ok or failed, and every window of an ok track is one sample.
@@ -150,10 +153,57 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
         raise RuntimeError(f"counts do not reconcile: {json.dumps(stats)}")
     write_json(out_dir / "stats.json", stats)
     _plots(per_track, manifest_rows, out_dir / "plots")
+    _dataset_plot(stats, out_dir / "plots" / "dataset.png")
+    _failures_page(failures, out_dir / "failures.html")
     for f in failures:
         log.warning("failed: %s at %s: %s", f["track"], f["stage"], f["reason"])
     log.info("%d tracks ok, %d failed, %d samples", len(per_track), len(failures), len(samples))
     return stats
+
+
+def _union(intervals: list[list[float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(map(tuple, intervals)):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _overlap(x: list[tuple[float, float]], y: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(b, d) - max(a, c)) for a, b in x for c, d in y)
+
+
+def _selection_scores(track: str, active: list[list[float]], windows: list[dict],
+                      truth: list[list[float]]) -> dict:
+    """Seconds the clip stage marked as soloing, the truth's solo seconds, and how much of
+    each agrees; also how much of the selected windows' time the solo really plays."""
+    active, truth = _union(active), _union(truth)
+    spans = _union([[w["start"], w["end"]] for w in windows])
+    return {"track": track, "active": sum(b - a for a, b in active),
+            "truth": sum(b - a for a, b in truth), "both": _overlap(active, truth),
+            "windows": sum(b - a for a, b in spans), "windows_in_solo": _overlap(spans, truth)}
+
+
+def _total_scores(scores: list[dict]) -> dict | None:
+    """Precision, recall and F1 of the soloing time over all demo tracks (their seconds
+    summed), and per track; None when no track has a known truth."""
+    def prf(s: dict) -> dict:
+        precision = s["both"] / s["active"] if s["active"] else 0.0
+        recall = s["both"] / s["truth"] if s["truth"] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        window_precision = s["windows_in_solo"] / s["windows"] if s["windows"] else None
+        return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+                "window_precision": None if window_precision is None
+                else round(window_precision, 4)}
+
+    if not scores:
+        return None
+    total = {k: sum(s[k] for s in scores) for k in ("active", "truth", "both", "windows",
+                                                     "windows_in_solo")}
+    return {"tracks": len(scores), **prf(total),
+            "per_track": [{"track": s["track"], **prf(s)} for s in scores]}
 
 
 def _track_samples(files: TrackFiles, info: dict, row: str, split: str, windows: list[dict],
@@ -251,3 +301,43 @@ def _plots(per_track: list[dict], rows: list[dict], folder: Path) -> None:
     ax.set(title="Durations", xlabel="seconds", ylabel="tracks")
     ax.legend()
     write_png(folder / "durations.png", fig)
+
+
+def _dataset_plot(stats: dict, path: Path) -> None:
+    """Tracks in, ok and failed; hours per split; clip selection against the demo truth."""
+    import matplotlib.pyplot as plt
+
+    scores = stats["clip_vs_truth"]
+    fig, axes = plt.subplots(1, 3 if scores else 2, figsize=(13 if scores else 9, 3.6))
+    bars = {k: stats[f"tracks_{k}"] for k in ("in", "ok", "failed")}
+    axes[0].bar(list(bars), list(bars.values()), color=["#888", "#2a7", "#c33"])
+    axes[0].set(title="Tracks", ylabel="tracks")
+    hours = {split: s["seconds"] / 3600 for split, s in stats["splits"].items()}
+    axes[1].bar(list(hours), list(hours.values()))
+    axes[1].set(title="Hours of windows per split", ylabel="hours")
+    if scores:
+        names = [t["track"] for t in scores["per_track"]]
+        for i, key in enumerate(("precision", "recall", "f1")):
+            axes[2].bar([j + 0.27 * (i - 1) for j in range(len(names))],
+                        [t[key] for t in scores["per_track"]], width=0.27, label=key)
+        axes[2].set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        axes[2].set(title=f"Soloing time vs the demo truth (F1 {scores['f1']:.3f})",
+                    ylim=(0, 1.05))
+        axes[2].legend(fontsize=7, loc="lower right")
+    write_png(path, fig)
+
+
+def _failures_page(failures: list[dict], path: Path) -> None:
+    """failures.tsv as a page (the report shows pages, not tables)."""
+    import html
+
+    head = "".join(f"<th>{c}</th>" for c in FAILURE_COLUMNS)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(f[c]))}</td>"
+                                    for c in FAILURE_COLUMNS) + "</tr>" for f in failures)
+    body = f"<table><tr>{head}</tr>{rows}</table>" if failures else "<p>No track failed.</p>"
+    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>failed tracks</title>'
+            f"<style>body{{font-family:sans-serif}} td,th{{padding:3px 8px;text-align:left;"
+            f"vertical-align:top}}</style></head><body><h1>{len(failures)} failed tracks"
+            f"</h1>{body}</body></html>\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)

@@ -146,6 +146,7 @@ def _mlflow_run(out_dir: Path, mlflow_cfg: dict, config: dict):
         return mlflow.start_run(run_id=id_file.read_text().strip())
     run = mlflow.start_run()
     mlflow.log_params(flatten(config))
+    mlflow.log_dict(config, "config.yaml")  # the whole resolved config, as one file
     with atomic_path(id_file) as tmp:
         tmp.write_text(run.info.run_id + "\n")
     return run

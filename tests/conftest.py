@@ -29,7 +29,7 @@ def random_weights(tmp_path_factory) -> Path:
     return root
 
 
-WORKFLOW = ("Snakefile", "rules", "workflow", "config", "profiles", "envs")
+WORKFLOW = ("Snakefile", "rules", "workflow", "config", "profiles", "envs", "report")
 
 
 def workflow_copy(dest: Path) -> Path:
@@ -64,12 +64,13 @@ def with_weights(workdir: Path, weights: Path) -> None:
     shutil.copytree(weights, workdir / "resources" / "weights", dirs_exist_ok=True)
 
 
-def snakemake(workdir: Path, *args: str, config: dict | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
-    """Run the workflow copied into ``workdir``; ``config`` is written as an overlay configfile."""
+def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True,
+              overlay: str = "overlay.yaml") -> subprocess.CompletedProcess:
+    """Run the workflow copied into ``workdir``; ``config`` is written as an overlay configfile
+    (named ``overlay``: runs at the same time need their own)."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
     if config is not None:  # last: --configfile takes every argument up to the next option
-        overlay = workdir / "overlay.yaml"
+        overlay = workdir / overlay
         overlay.write_text(yaml.safe_dump(config))
         cmd += ["--configfile", str(overlay)]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
@@ -78,9 +79,10 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None,
     return proc
 
 
-def planned_jobs(workdir: Path, *args: str, config: dict | None = None) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, config: dict | None = None,
+                 overlay: str = "overlay.yaml") -> dict[str, int]:
     """Rule -> job count of what a dry run would execute (empty when nothing to do)."""
-    proc = snakemake(workdir, "-n", *args, config=config)
+    proc = snakemake(workdir, "-n", *args, config=config, overlay=overlay)
     text = proc.stdout + proc.stderr
     if "Job stats:" not in text:
         assert "Nothing to be done" in text, text

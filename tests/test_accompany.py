@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from browser import BOXES, CHECK_AUDIO, assert_fits, in_browser
 from conftest import planned_jobs, snakemake, workflow_copy
 from loopback import make_tone, serve_dir
-from test_evaluate import CHECK_AUDIO, in_browser
 
 from soloist.demo_corpus import make_song
 from soloist.io import read_json
@@ -73,13 +73,18 @@ def test_the_listening_page_plays_in_headless_chromium(done, song, tmp_path):
     assert "missing" in page and "file not found" in page  # the failure is on the page too
     chromium = shutil.which("chromium")
     assert chromium, "install.sh installs Debian's chromium"
+    shot = tmp_path / "page.png"
     with serve_dir(tmp_path / "out") as base_url:
         results = asyncio.run(in_browser(chromium, f"{base_url}/index.html", CHECK_AUDIO,
                                          tmp_path / "profile"))
+        boxes = asyncio.run(in_browser(chromium, f"{base_url}/index.html", BOXES,
+                                       tmp_path / "profile2", screenshot=shot))
     assert sorted(r["src"] for r in results) == \
         [f"stems/{part}.wav" for part in ("backing", "mix", "solo")]
     for r in results:
         assert r.get("status") == 200 and r["seconds"] == pytest.approx(12.5, abs=0.01), r
+    assert len(boxes["boxes"]) == 4  # backing, solo, mix and the spectrograms
+    assert_fits(boxes, shot)
 
 
 def test_no_separate_takes_the_input_as_the_backing(done, song, tmp_path):
@@ -154,3 +159,9 @@ def test_the_accompany_rule_plays_along_and_logs_into_the_training_run(done):
     files = {a.path for a in client.list_artifacts(run_id, "accompany/play1")}
     assert {"accompany/play1/solo.wav", "accompany/play1/mix.wav"} <= files
     assert planned_jobs(done, "accompany", config=config) == {}
+    for key, value in (("device", "cpu"), ("batch_size", 2), ("compile", True),
+                       ("threads", 1), ("gpus", 2)):  # where and how fast: no rerun
+        assert planned_jobs(done, "accompany", config={"accompany": {**config["accompany"],
+                                                                     key: value}}) == {}, key
+    assert planned_jobs(done, "accompany", config={"accompany": {
+        **config["accompany"], "temperature": 0.9}}) == {"accompany": 1}

@@ -103,3 +103,26 @@ def test_frame_rms_of_a_full_scale_sine_is_minus_3_db():
     db = cl.frame_rms_db(sine, 44100, 0.1, 0.05)
     assert db.shape == (19,)
     np.testing.assert_allclose(db, -3.0103, atol=0.01)
+
+
+def test_frame_period_is_the_hop_in_whole_samples():
+    assert cl.frame_period(44100, 0.05) == 0.05  # whole: times exactly as before
+    assert cl.frame_period(22050, 0.05) == 1102 / 22050
+
+
+def test_times_do_not_drift_when_the_hop_is_not_whole_samples(tmp_path):
+    """22,050 Hz steps 0.05 s hops by 1,102 samples; timing frames by 0.05 s put a tone at
+    600-635 s at 600.2-635.3 s."""
+    rate, period = 22050, 1102 / 22050
+    audio = np.zeros((1, 636 * rate), np.float32)
+    t = np.arange(600 * rate, 635 * rate)
+    audio[0, t] = 0.5 * np.sin(2 * np.pi * 441 * t / rate)
+    write_audio(tmp_path / "a.flac", audio, rate)
+    # frames as long as the hop: a frame's start is then within one period of any edge it holds
+    settings = validate_config({"clip": {"frame_seconds": 0.05}})["clip"]
+    status, windows = run_clip(tmp_path, tmp_path / "a.flac", tmp_path / "a.flac", settings)
+    [[start, end]] = status["active_intervals"]
+    assert abs(start - 600) <= period and abs(end - 635) <= period, (start, end)
+    assert abs(status["active_seconds"] - 35) <= 2 * period
+    # the windows wholly inside the tone, and only those
+    assert [w["start"] for w in windows] == [600 + 2.5 * i for i in range(11)]

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import soundfile as sf
+import yaml
+from browser import BOXES, CHECK_AUDIO, assert_fits, in_browser
 from conftest import E2E
 from loopback import serve_dir
 
@@ -56,64 +59,11 @@ def test_training_and_evaluation_share_one_mlflow_run(done):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate/examples")}
     assert {"evaluate/examples/00_generated.wav", "evaluate/examples/00_spectrogram.png"} <= \
         artifacts
-    assert "loss.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
-
-
-# Run in the page: fetch and decode every <audio> source with the browser's own decoder.
-CHECK_AUDIO = """(async () => {
-  const ctx = new OfflineAudioContext(1, 1, 24000);
-  const results = [];
-  for (const a of document.querySelectorAll('audio')) {
-    try {
-      const r = await fetch(a.src);
-      const audio = await ctx.decodeAudioData(await r.arrayBuffer());
-      results.push({src: a.getAttribute('src'), status: r.status, seconds: audio.duration});
-    } catch (e) { results.push({src: a.getAttribute('src'), error: String(e)}); }
-  }
-  return results;
-})()"""
-
-
-async def in_browser(chromium: str, url: str, expression: str, profile) -> object:
-    """Open ``url`` in headless Chromium and evaluate ``expression`` there (DevTools protocol)."""
-    import asyncio
-
-    import aiohttp
-
-    proc = await asyncio.create_subprocess_exec(
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-        f"--user-data-dir={profile}", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    try:
-        port_file = profile / "DevToolsActivePort"
-        for _ in range(200):
-            if port_file.exists() and port_file.read_text().strip():
-                break
-            await asyncio.sleep(0.1)
-        port = port_file.read_text().split()[0]
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
-                page = next(t for t in await r.json() if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                async def call(n: int, method: str, **params) -> dict:
-                    await ws.send_json({"id": n, "method": method, "params": params})
-                    while True:
-                        message = await ws.receive_json()
-                        if message.get("id") == n:
-                            return message["result"]
-
-                await call(1, "Page.navigate", url=url)
-                for n in range(2, 200):
-                    state = await call(n, "Runtime.evaluate", expression="document.readyState")
-                    if state["result"]["value"] == "complete":
-                        break
-                    await asyncio.sleep(0.1)
-                result = await call(999, "Runtime.evaluate", expression=expression,
-                                    awaitPromise=True, returnByValue=True)
-                return result["result"]["value"]
-    finally:
-        proc.kill()
-        await proc.wait()
+    root = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"loss.png", "config.yaml"} <= root  # the whole resolved config, as a file
+    logged = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml"))
+                            .read_text())
+    assert logged["slurm"]["runtime"]["train"] == 1440 and logged["weights"] == "random"
 
 
 def test_listening_page_plays_in_headless_chromium(done, tmp_path):
@@ -127,6 +77,17 @@ def test_listening_page_plays_in_headless_chromium(done, tmp_path):
     assert len(results) == 4 * E2E["evaluate"]["examples"]
     for r in results:
         assert r.get("status") == 200 and r["seconds"] > 1, r
+
+
+def test_listening_page_fits_a_1280_pixel_screen(done, tmp_path):
+    import asyncio
+
+    shot = tmp_path / "page.png"
+    with serve_dir(done / "results/evaluate") as base_url:
+        result = asyncio.run(in_browser(shutil.which("chromium"), f"{base_url}/index.html",
+                                        BOXES, tmp_path / "profile", screenshot=shot))
+    assert len(result["boxes"]) == 5 * E2E["evaluate"]["examples"]  # 4 players, 1 image each
+    assert_fits(result, shot)
 
 
 def test_mlflow_server_serves_the_run_over_rest(done):

@@ -100,3 +100,36 @@ def test_pretrained_files_placed_by_hand_are_used_without_download(tmp_path, ran
     info = fw.fetch_weights("encodec", "encodec_24khz", "pretrained",
                             folder / "encodec_24khz.json")
     assert info["random"] is False and info["files"][src.name] == sha256_file(src)
+
+
+MODELS = {"demucs": "htdemucs_6s", "encodec": "encodec_24khz"}
+
+
+def test_auto_takes_random_weights_offline_only_for_a_demo_sheet(tmp_path, monkeypatch):
+    monkeypatch.setattr(fw, "ENCODEC_URL", free_port_url("/{file}"))
+    monkeypatch.setattr(fw, "DEMUCS_HF", free_port_url("/{repo}/{file}"))
+    assert fw.weights_mode("auto", MODELS, tmp_path, demo_only=True)[0] == "random"
+    # real recordings: pretrained, so that fetch_weights says how to get the files
+    assert fw.weights_mode("auto", MODELS, tmp_path, demo_only=False)[0] == "pretrained"
+    assert fw.weights_mode("random", MODELS, tmp_path, demo_only=False)[0] == "random"
+
+
+def test_auto_takes_pretrained_weights_that_are_here_or_can_be_downloaded(tmp_path, monkeypatch):
+    from loopback import serve_dir
+
+    hub = tmp_path / "hub"
+    for file in ("HTDemucs-6s/htdemucs_6s.yaml", "encodec_24khz-d7cc33bc.th"):
+        (hub / file).parent.mkdir(parents=True, exist_ok=True)
+        (hub / file).write_text("weights")
+    with serve_dir(hub) as base_url:
+        monkeypatch.setattr(fw, "ENCODEC_URL", base_url + "/{file}")
+        monkeypatch.setattr(fw, "DEMUCS_HF", base_url + "/{repo}/{file}")
+        mode, why = fw.weights_mode("auto", MODELS, tmp_path, demo_only=True)
+        assert (mode, why) == ("pretrained", "weights: auto, pretrained weights can be downloaded")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub's own switch is respected
+        assert fw.weights_mode("auto", MODELS, tmp_path, demo_only=True)[0] == "random"
+    for family, file in (("demucs", "htdemucs_6s.json"), ("encodec", "encodec_24khz.json")):
+        (tmp_path / "pretrained" / family).mkdir(parents=True)
+        (tmp_path / "pretrained" / family / file).write_text("{}")  # fetched before
+    mode, why = fw.weights_mode("auto", MODELS, tmp_path, demo_only=True)
+    assert mode == "pretrained" and "are in" in why

@@ -170,9 +170,20 @@ def test_mono_22k_is_converted(tmp_path):
     assert np.abs(audio).max() == pytest.approx(0.3, abs=5e-3)  # mono copied, not -3 dB
 
 
-def test_demo_is_like_file(tmp_path):
-    info = run(tmp_path, "demo", make_tone(tmp_path / "demo.flac", 1.2, 48000))
-    assert info["ok"] and info["kind"] == "demo" and info["sample_rate_in"] == 48000
+def test_a_demo_song_enters_as_its_mixture_or_its_true_stems(tmp_path):
+    from soloist.demo_corpus import make_song
+
+    truth = make_song("d", tmp_path / "d", seconds=5)
+    mixture = run(tmp_path, "demo", tmp_path / "d/mixture.flac", track="m")
+    stems = run(tmp_path, "demo", tmp_path / "d/stems", track="s")
+    for info in (mixture, stems):  # and its truth comes along, to score the clip stage
+        assert info["ok"] and info["kind"] == "demo" and info["title"] == "d"
+        assert info["solo_intervals"] == truth["solo_intervals"]
+    assert mixture["stems"] is None and sorted(stems["stems"]) == ["bass", "drums", "other",
+                                                                    "piano"]
+    a, _ = sf.read(tmp_path / "out/m.flac")
+    b, _ = sf.read(tmp_path / "out/s.flac")
+    assert np.abs(a - b).max() < 2e-4  # the stems sum to the mixture (16-bit each)
 
 
 def test_local_failures(tmp_path):

@@ -153,7 +153,7 @@ def fresh(tmp_path):
 def test_dry_run_lists_the_dag_and_lint_is_clean(fresh):
     jobs = planned_jobs(fresh)
     n = batches(f"demo0{i}" for i in range(1, 9))  # the default sheet
-    assert jobs == {"demo_corpus": 8, "fetch_weights": 2, "ingest": n, "separate": n,
+    assert jobs == {"demo_corpus": 8, "fetch_weights": 1, "ingest": n, "separate": n,
                     "clip": n, "tokenize": n, "shard": 1, "train": 1, "evaluate": 1, "all": 1}
     lint = snakemake(fresh, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
@@ -174,3 +174,42 @@ def test_invalid_config_or_sheet_is_named(done, config, message):
     (done / "bad.tsv").write_text("track\tsource\nok\tdemo:ok\nhas space\tdemo:x\n")
     proc = snakemake(done, "-n", config=config, check=False)
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+
+
+def test_offline_demo_sheet_runs_on_random_weights_and_its_true_stems(fresh):
+    """weights: auto and demo.stems: auto, the defaults, with no model hub reachable."""
+    proc = snakemake(fresh, "-n", "shard")
+    assert "every track is a demo song: RANDOM-INIT weights" in proc.stderr
+    jobs = planned_jobs(fresh, "shard")
+    assert jobs["fetch_weights"] == 1  # EnCodec only: the songs enter as their stems
+    assert "resources/weights/random/encodec/encodec_24khz.json" in proc.stdout
+
+
+def test_a_failed_job_ends_the_output_with_its_reason(fresh, media):
+    """A real recording offline: weights auto means pretrained, which cannot be downloaded;
+    the last lines Snakemake prints name the job and say how to get the weights."""
+    (fresh / "real.tsv").write_text(f"track\tsource\ngig\t{media[0]}/ep1.mp3\n")
+    proc = snakemake(fresh, "shard", config={"tracks": "real.tsv"}, check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    tail = output[output.rindex("Error in rule"):]  # after Snakemake's own last word on it
+    tail = tail[tail.index("soloist: 2 job(s) failed:"):]
+    assert "- fetch_weights [resources/weights/pretrained/demucs/htdemucs_6s.json]:" in tail
+    assert "- fetch_weights [resources/weights/pretrained/encodec/encodec_24khz.json]:" in tail
+    assert "cannot download pretrained weights" in tail and "weights=random" in tail, tail
+    assert "whole log: results/logs/fetch_weights/pretrained-" in tail, tail
+
+
+def test_demo_songs_enter_as_their_true_stems_and_clip_finds_their_solo(done):
+    """Random weights: the demo songs skip separation, and the clip stage's soloing time is
+    scored against the synthesizer's solo intervals."""
+    for song in ("song1", "song2"):
+        status = json.loads((batch_dir(done, "separate", song) / song / "separate.json")
+                            .read_text())
+        assert status["weights"] == "given stems", status
+        log = (done / f"results/logs/ingest/{batch_of(song, 8)}.log").read_text()
+        assert f"{song} enters as the demo's ground-truth stems" in log
+    scores = json.loads((done / "results/shards/stats.json").read_text())["clip_vs_truth"]
+    assert scores["tracks"] == 2 and {t["track"] for t in scores["per_track"]} == \
+        {"song1", "song2"}
+    assert scores["f1"] >= 0.95 and scores["precision"] > 0.9 and scores["recall"] > 0.9, scores

@@ -9,12 +9,13 @@ from soloist.io import read_json, setup_logging
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 i, p = snakemake.input, snakemake.params
-a = p.config["accompany"]
+config = snakemake.config  # the whole config; params hold what the outputs depend on
+a = config["accompany"]
 model = load_model(Path(i.model).parent, a["device"])
-summary = accompany([Backing(**b) for b in p.backings], model, snakemake.output[0], p.config,
+summary = accompany([Backing(**b) for b in p.backings], model, snakemake.output[0], config,
                     {"encodec": i.codec, "demucs": i.get("separator")},
                     Sampling(a["temperature"], a["top_k"], a["top_p"], a["cfg_scale"]), a["seed"],
                     a["overlap"], a["seconds"], a["separate"], a["batch_size"], a["compile"],
                     progress=False, name="results/train")
 log_to_mlflow(snakemake.output[0], summary, read_json(i.summary)["mlflow_run_id"],
-              p.config["mlflow"])
+              config["mlflow"])

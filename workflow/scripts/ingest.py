@@ -3,4 +3,4 @@ from soloist.io import setup_logging
 
 setup_logging(snakemake.log[0])
 ingest_batch(snakemake.params.jobs, snakemake.output.audio, snakemake.output.info,
-             snakemake.params.settings)
+             snakemake.config["ingest"])

@@ -12,6 +12,6 @@ from soloist.separate import separate_batch  # noqa: E402
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-i, p = snakemake.input, snakemake.params
-separate_batch(Path(i.info).parent, snakemake.output[0], p.settings, i.get("weights"),
-               p.sample_rate)
+i = snakemake.input
+separate_batch(Path(i.info).parent, snakemake.output[0], snakemake.config["separate"],
+               i.get("weights"), snakemake.config["ingest"]["sample_rate"])

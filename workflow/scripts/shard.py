@@ -5,4 +5,4 @@ setup_logging(snakemake.log[0])
 i, o = snakemake.input, snakemake.output
 tracks = batch_files(i.info, i.clip, i.tokens)
 shard(tracks, o.manifest.rsplit("/", 1)[0], o.failures, snakemake.params.splits,
-      snakemake.params.settings)
+      snakemake.config["shard"])

@@ -35,7 +35,7 @@ def launch(cmd: list[str]) -> int:
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 shards, out = Path(snakemake.input.manifest).parent, Path(snakemake.output.model).parent
-config, gpus = snakemake.params.config, snakemake.params.gpus
+config, gpus = snakemake.config, snakemake.params.gpus
 trainer = ["-m", "soloist.train", str(shards), str(out), str(out / "run-config.json")]
 resources = snakemake.resources
 if "mpi" in resources.keys():  # one srun task per node, each a torchrun over its GPUs
