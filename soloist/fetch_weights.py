@@ -36,7 +36,7 @@ log = logging.getLogger("soloist.fetch_weights")
 
 DEMUCS_HF = "https://huggingface.co/adefossez/{repo}/resolve/main/{file}"
 DEMUCS_ALLOWED = {"demucs.htdemucs.HTDemucs", "demucs.hdemucs.HDemucs", "demucs.demucs.Demucs"}
-# Architectures we can build with random weights: (signature, HTDemucs kwargs).
+# Architectures we can build with random weights: (the published signature, HTDemucs kwargs).
 DEMUCS_ARCH = {
     "htdemucs_6s": ("5c90dfd2", {
         "sources": ["drums", "bass", "other", "vocals", "guitar", "piano"],
@@ -58,7 +58,7 @@ def pretrained_files(family: str, name: str) -> dict[str, str]:
     Demucs bag not listed here names its other files in its yaml: only the yaml)."""
     if family == "encodec":
         return {ENCODEC_FILES[name]: ENCODEC_URL.format(file=ENCODEC_FILES[name])}
-    sigs = {"htdemucs_6s": ["5c90dfd2"]}.get(name, [])
+    sigs = [DEMUCS_ARCH[name][0]] if name in DEMUCS_ARCH else []  # the published signature
     repo = "HTDemucs" if name == "htdemucs" else "HTDemucs-" + name.removeprefix("htdemucs_")
     files = [f"{name}.yaml"] + [f"{s}.safetensors" for s in sigs]
     return {f: DEMUCS_HF.format(repo=repo, file=f) for f in files}
