@@ -34,13 +34,15 @@ from soloist.demo_corpus import make_song
 from soloist.fetch_weights import fetch_weights, load_demucs
 from soloist.io import io_pool, io_workers, read_audio, write_audio, write_json
 from soloist.separate import PIECE_SECONDS, mix_roles, separate_batch
+from soloist.tracks import Batch
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 44100
 
 
 def make_ingest_batch(folder: Path, seconds: list[float]) -> dict[str, np.ndarray]:
-    """An ingest batch folder of demo mixtures of these lengths; returns {track: [2, N]}.
+    """An ingest batch (``folder`` and its record ``folder.json``) of demo mixtures of these
+    lengths; returns {track: [2, N]}.
 
     Songs longer than 60 s repeat a 60 s song: synthesis costs CPU time, Demucs does not care.
     """
@@ -55,9 +57,11 @@ def make_ingest_batch(folder: Path, seconds: list[float]) -> dict[str, np.ndarra
         write_audio(folder / "audio" / f"{track}.flac", audio, RATE)
         write_json(folder / "info" / f"{track}.json",
                    {"ok": True, "stage": "ingest", "track": track, "kind": "file",
-                    "source": str(song / "mixture.flac"), "sample_rate": RATE})
+                    "source": str(song / "mixture.flac"), "sample_rate": RATE,
+                    "provenance": track})
         # what separate reads back: the 16-bit file, not the float we wrote
         mixes[track] = read_audio(folder / "audio" / f"{track}.flac")[0]
+    Batch.of("ingest", f"{folder}.json").write_record({t: t for t in mixes})
     return mixes
 
 
@@ -160,7 +164,7 @@ def main() -> None:
         if device.type == "cuda":  # CUDA context, cuDNN and allocator warm-up, untimed
             shortest = min(mixes, key=lambda t: mixes[t].shape[1])
             apply_model_path(model, {shortest: mixes[shortest]}, 0, 0.25, device)
-            separate_batch(tmp / "ingest", tmp / "warm", settings, manifest, RATE)
+            separate_batch(tmp / "ingest.json", tmp / "warm.json", settings, {}, manifest, RATE)
 
         print(f"{len(mixes)} tracks, {audio_s:.0f} audio-s; SDR columns: our output vs "
               f"apply_model's fp32 output with our settings (shifts={settings['shifts']})")
@@ -205,10 +209,11 @@ def main() -> None:
                 # a compiled variant runs again: its compile is reused in the process, as it
                 # is by every batch after a long job's first
                 for again in (False, True) if compiled else (False,):
-                    out = tmp / f"ours-{name}-{batch}-{again}"
+                    out = tmp / f"ours-{name}-{batch}-{again}"  # a batch: nothing done yet
                     sync(device)
                     start = time.perf_counter()
-                    statuses = separate_batch(tmp / "ingest", out, variant, manifest, RATE)
+                    statuses = separate_batch(tmp / "ingest.json", f"{out}.json", variant,
+                                              {}, manifest, RATE)
                     sync(device)
                     ours_s = time.perf_counter() - start
                     if not all(s["ok"] for s in statuses):

@@ -42,6 +42,7 @@ from soloist.io import (
     write_json,
 )
 from soloist.tokenize import PIECE_SECONDS, tokenize_batch
+from soloist.tracks import Batch
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 44100
@@ -50,7 +51,8 @@ EQUIVALENT = 1e-3
 
 
 def make_separate_batch(folder: Path, songs: Path, seconds: list[float]) -> list[str]:
-    """A separate batch folder: demo backing (drums+bass+piano) and solo (sax) per track.
+    """A separate batch (``folder`` and its record ``folder.json``): demo backing
+    (drums+bass+piano) and solo (sax) per track.
 
     The demo songs go to ``songs``: every folder in ``folder`` is taken for a track.
 
@@ -69,8 +71,10 @@ def make_separate_batch(folder: Path, songs: Path, seconds: list[float]) -> list
             audio = np.tile(audio, (1, -(-n // audio.shape[1])))[:, :n]
             write_audio(folder / track / f"{role}.flac", audio, RATE)
         write_json(folder / track / "separate.json",
-                   {"ok": True, "stage": "separate", "track": track, "weights": "random"})
+                   {"ok": True, "stage": "separate", "track": track, "weights": "random",
+                    "provenance": track})
         tracks.append(track)
+    Batch.of("separate", f"{folder}.json").write_record({t: t for t in tracks})
     return tracks
 
 
@@ -81,6 +85,8 @@ def link_copies(folder: Path, tracks: list[str], times: int) -> Path:
         (out / f"{t}_{k}").mkdir(parents=True)
         for f in (folder / t).iterdir():
             (out / f"{t}_{k}" / f.name).hardlink_to(f)
+    Batch.of("separate", f"{out}.json").write_record(
+        {f"{t}_{k}": t for t, k in itertools.product(tracks, range(times))})
     return out
 
 
@@ -164,7 +170,7 @@ def main() -> None:
                                              model.sample_rate)
         audio_s = sum(x.numel() for x in audio.values()) / model.sample_rate
         if device.type == "cuda":  # CUDA context, cuDNN and allocator warm-up, untimed
-            tokenize_batch(tmp / "separated", tmp / "warm", manifest, settings)
+            tokenize_batch(tmp / "separated.json", tmp / "warm.json", manifest, settings, {})
             per_track_path(model, {k: x[:30 * model.sample_rate] for k, x in audio.items()},
                            device)
 
@@ -196,7 +202,7 @@ def main() -> None:
             out = tmp / f"ours-{batch}-{warmup}"
             sync(device)
             start = time.perf_counter()
-            statuses = tokenize_batch(tmp / "separated", out, manifest, variant)
+            statuses = tokenize_batch(tmp / "separated.json", f"{out}.json", manifest, variant, {})
             sync(device)
             ours_s = time.perf_counter() - start
             if not all(s["ok"] for s in statuses):
@@ -221,7 +227,8 @@ def main() -> None:
             folder = link_copies(tmp / "separated", tracks, args.repeat)
             sync(device)
             start = time.perf_counter()
-            statuses = tokenize_batch(folder, tmp / "ours-long", manifest, settings)
+            statuses = tokenize_batch(f"{folder}.json", tmp / "ours-long.json", manifest,
+                                      settings, {})
             sync(device)
             long_s = time.perf_counter() - start
             if not all(s["ok"] for s in statuses):

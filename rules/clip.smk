@@ -2,11 +2,13 @@ rule clip:
     message:
         "Selecting solo windows of batch {wildcards.batch}"
     input:
-        "results/separate/{batch}",
+        separated=record("separate"),
+        **kept_audio("audio", "results/separate/{batch}"),
     output:
-        directory("results/clip/{batch}"),  # <track>/windows.parquet and clip.json
+        record("clip"),  # its tracks; their <track>/windows.parquet, clip.json beside it
     params:
         settings=settings("clip"),
+        shaped_by=shaped_by("clip"),
     log:
         "results/logs/clip/{batch}.log",
     benchmark:

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from soloist.config import batch_of, read_tracks, row_of, validate_config
+from soloist.config import batch_of, read_tracks, row_of, validate_config, write_sheet
 from soloist.demo_corpus import STEMS
 from soloist.fetch_weights import weights_mode
 
@@ -80,9 +80,35 @@ def weights_manifest(family):
     return f"resources/weights/{WEIGHTS}/{family}/{name}.json"
 
 
-def intermediate(path):
-    """Audio that clip/tokenize re-read: kept unless keep_intermediates is false."""
-    return path if config["keep_intermediates"] else temp(path)
+def record(stage, batch="{batch}"):
+    """A batch job's declared output: its record, listing its tracks (soloist/tracks.py)."""
+    return f"results/{stage}/{batch}.json"
+
+
+def intermediate(name, path):
+    """``{name: temp(directory(path))}`` when keep_intermediates is false, so that Snakemake
+    deletes the audio once its consumers ran (and a rerun redoes every track of the batch);
+    else ``{}``: the files stay, undeclared, so that reruns keep the tracks that did not
+    change (Snakemake deletes a job's declared outputs before it runs it)."""
+    return {} if config["keep_intermediates"] else {name: temp(directory(path))}
+
+
+def kept_audio(name, path):
+    """The input a consumer of ``intermediate`` audio declares (temp waits for it)."""
+    return {} if config["keep_intermediates"] else {name: path}
+
+
+# What each per-track stage's tracks are made from, besides its own settings.
+UPSTREAM = {"ingest": [], "separate": ["ingest"], "clip": ["ingest", "separate"],
+            "tokenize": ["ingest", "separate"]}
+
+
+def shaped_by(stage):
+    """A batch job's params beyond its own settings: its tracks and the upstream settings.
+    Snakemake compares params with the last successful run's, so a job whose upstream
+    changed is rerun even when that upstream job was killed before it wrote its record
+    (a missing upstream output alone makes Snakemake rerun nothing that looks up to date)."""
+    return lambda wc: {"tracks": batch_tracks(wc), **{s: settings(s) for s in UPSTREAM[stage]}}
 
 
 def all_tracks():
@@ -127,11 +153,11 @@ def ingest_jobs(wildcards):
 
 def ingest_input(wildcards):
     """Files ingest reads: demo songs (their mixture or stems, and truth), existing local
-    sources, and every resolved playlist (which tracks a batch holds depends on all of them).
+    sources, and the resolved playlists its tracks come from.
 
     A missing local source is not an input: it becomes a failure row, not a DAG error.
     """
-    inputs = {f"results/resolve/{r.track}.tsv" for r in ROWS.values() if r.kind == "url"}
+    inputs = {job["resolved"] for job in ingest_jobs(wildcards) if job["resolved"]}
     for job in ingest_jobs(wildcards):
         if job["kind"] == "demo":
             source = Path(job["source"])
@@ -146,8 +172,8 @@ def ingest_input(wildcards):
 
 
 def separate_input(wildcards):
-    inputs = {"audio": f"results/ingest/{wildcards.batch}/audio",
-              "info": f"results/ingest/{wildcards.batch}/info"}
+    inputs = {"ingested": record("ingest", wildcards.batch),
+              **kept_audio("audio", f"results/ingest/{wildcards.batch}/audio")}
     # given stems need no model
     if any(not given_stems(row_of(t, ROWS)) for t in batch_tracks(wildcards)):
         inputs["weights"] = weights_manifest("demucs")

@@ -1,5 +1,20 @@
 localrules:
+    sheet,
     resolve,
+
+
+# The sheet as this run read it. Its params are the rows, so that a row added or removed
+# reruns shard, which pulls what the new rows need: a new URL row's resolve job has no
+# output yet, and a missing output alone makes Snakemake rerun nothing.
+rule sheet:
+    output:
+        "results/sheet/tracks.tsv",
+    params:
+        rows=[[r.track, r.source, r.kind, r.split] for r in ROWS.values()],
+    log:
+        "results/logs/sheet/sheet.log",
+    run:
+        write_sheet(params.rows, output[0])
 
 
 # Lists a URL's entries (a playlist becomes tracks <row>.001, <row>.002, ...).
@@ -25,8 +40,9 @@ rule ingest:
     input:
         ingest_input,
     output:
-        audio=intermediate(directory("results/ingest/{batch}/audio")),  # <track>.flac
-        info=directory("results/ingest/{batch}/info"),  # <track>.json
+        # its tracks; their audio/<track>.flac and info/<track>.json in results/ingest/{batch}/
+        record=record("ingest"),
+        **intermediate("audio", "results/ingest/{batch}/audio"),
     params:
         jobs=ingest_jobs,
         settings=settings("ingest"),

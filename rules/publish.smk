@@ -22,7 +22,7 @@ rule publish:
         metrics="results/evaluate/metrics.json",
         examples="results/evaluate/examples",
         stats="results/shards/stats.json",
-        infos=per_batch("results/ingest/{batch}/info"),
+        ingested=per_batch(record("ingest", "{batch}")),
     output:
         directory("results/publish"),  # model.safetensors, config.json, README.md, examples/
     params:

@@ -4,10 +4,13 @@ rule separate:
     input:
         unpack(separate_input),
     output:
-        # <track>/{context,target}.flac and separate.json
-        intermediate(directory("results/separate/{batch}")),
+        # its tracks; their <track>/{context,target}.flac and separate.json in
+        # results/separate/{batch}/
+        record=record("separate"),
+        **intermediate("audio", "results/separate/{batch}"),
     params:
         settings=settings("separate"),
+        shaped_by=shaped_by("separate"),
         sample_rate=config["ingest"]["sample_rate"],
     threads: config["separate"]["threads"]
     resources:

@@ -2,9 +2,10 @@ rule shard:
     message:
         "Writing WebDataset shards, manifest, stats and plots"
     input:
-        info=per_batch("results/ingest/{batch}/info"),
-        clip=per_batch("results/clip/{batch}"),
-        tokens=per_batch("results/tokenize/{batch}"),
+        sheet="results/sheet/tracks.tsv",
+        ingested=per_batch(record("ingest", "{batch}")),
+        clipped=per_batch(record("clip", "{batch}")),
+        tokenized=per_batch(record("tokenize", "{batch}")),
         resolved=[f"results/resolve/{r.track}.tsv" for r in ROWS.values() if r.kind == "url"],
     output:
         shards=directory(expand("results/shards/{split}", split=["train", "valid", "test"])),

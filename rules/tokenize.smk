@@ -2,12 +2,15 @@ rule tokenize:
     message:
         "Tokenizing batch {wildcards.batch} with EnCodec"
     input:
-        separated="results/separate/{batch}",
+        separated=record("separate"),
         weights=weights_manifest("encodec"),
+        **kept_audio("audio", "results/separate/{batch}"),
     output:
-        directory("results/tokenize/{batch}"),  # <track>/{context,target}.npy and tokens.json
+        # its tracks; their <track>/{context,target}.npy and tokens.json beside it
+        record("tokenize"),
     params:
         settings=settings("tokenize"),
+        shaped_by=shaped_by("tokenize"),
     threads: config["tokenize"]["threads"]
     resources:
         gpu=config["tokenize"]["gpus"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from soloist.io import atomic_path, failed, first_failure, read_audio, write_json
+from soloist.tracks import Batch, provenance, run_batch
 
 log = logging.getLogger("soloist.clip")
 
@@ -98,8 +98,9 @@ def select_windows(target_active: np.ndarray, context_active: np.ndarray, period
 
 def clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
          upstream_status: str | os.PathLike, windows_out: str | os.PathLike,
-         status_out: str | os.PathLike, settings: dict) -> dict:
-    """Write the selected windows of one track (Parquet) and its status JSON."""
+         status_out: str | os.PathLike, settings: dict, provenance: str | None = None) -> dict:
+    """Write the selected windows of one track (Parquet) and its status JSON (holding
+    ``provenance``: what made it)."""
     rows: list[dict] = []
     try:
         status = first_failure(upstream_status)
@@ -111,19 +112,25 @@ def clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
     table = pa.Table.from_pylist(rows, schema=WINDOW_SCHEMA)
     with atomic_path(windows_out) as tmp:
         pq.write_table(table, tmp)
+    status = status | {"provenance": provenance}
     write_json(status_out, status)
     return status
 
 
-def clip_batch(separated: str | os.PathLike, out_dir: str | os.PathLike, settings: dict
-               ) -> list[dict]:
-    """Clip every track of a separate batch folder into ``out_dir/<track>/``."""
-    separated, out_dir = Path(separated), Path(out_dir)
-    tracks = sorted(d.name for d in separated.iterdir() if d.is_dir())
-    return [clip(t, separated / t / "context.flac", separated / t / "target.flac",
-                 separated / t / "separate.json", out_dir / t / "windows.parquet",
-                 out_dir / t / "clip.json", settings)
-            for t in tqdm(tracks, desc="clip", unit="track", disable=len(tracks) < 2)]
+def clip_batch(separated: str | os.PathLike, record: str | os.PathLike, settings: dict,
+               shape: dict) -> list[dict]:
+    """Clip every track of a separate batch (its record) into the batch of ``record``,
+    keeping the tracks already clipped from the same stems with the same ``shape``."""
+    upstream, out = Batch.of("separate", separated), Batch.of("clip", record)
+    provenances = {t: provenance("clip", shape, p) for t, p in upstream.tracks().items()}
+
+    def work(todo: list[str]) -> None:
+        for t in tqdm(todo, desc="clip", unit="track", disable=len(todo) < 2):
+            i, o = upstream.files(t), out.files(t)
+            clip(t, i["context"], i["target"], i["status"], o["windows"], o["status"], settings,
+                 provenances[t])
+
+    return run_batch(out, provenances, work)
 
 
 def _clip(track: str, context: str | os.PathLike, target: str | os.PathLike,

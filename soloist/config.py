@@ -53,9 +53,57 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where or '(top level)'}: {error.message}"
 
 
+# The JSON Schema type of each YAML scalar a string may stand for.
+_TYPES = {bool: {"boolean"}, int: {"integer", "number"}, float: {"number"}, type(None): {"null"}}
+
+
+def _admits(schema: dict) -> set[str]:
+    """The JSON types a schema admits, counting those of its enum, const and oneOf options."""
+    types = schema.get("type", [])
+    admitted = {types} if isinstance(types, str) else set(types)
+    for option in schema.get("oneOf", []) + schema.get("anyOf", []):
+        admitted |= _admits(option)
+    for value in schema.get("enum", []) + ([schema["const"]] if "const" in schema else []):
+        admitted |= _TYPES.get(type(value), {"string"})
+    return admitted
+
+
+def _coerce(schema: dict, value):
+    """``value`` with the strings that --config leaves (``clip={relative_db: 20}`` gives '20')
+    read as YAML wherever the schema wants that scalar type; other values as they are."""
+    if isinstance(value, dict):
+        subs = schema.get("properties", {})
+        return {k: _coerce(subs[k], v) if k in subs else v for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce(schema["items"], v) for v in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if _TYPES.get(type(parsed), set()) & _admits(schema):
+            return parsed
+    return value
+
+
+def _nested(key: str, value) -> str:
+    """``clip.seconds``, 5 -> ``clip={seconds: 5}``."""
+    head, *rest = key.split(".")
+    for part in reversed(rest):
+        value = {part: value}
+    return f"{head}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+
+
 def validate_config(config: dict) -> dict:
     """Fill defaults into ``config`` in place and validate it; raise ConfigError naming the key."""
     schema = _schema("config.schema.yaml")
+    for key in config:
+        if "." in key:
+            raise ConfigError(
+                f"config key {key!r}: nested keys are not written with dots; on the command "
+                f"line write --config \"{_nested(key, config[key])}\", or put them nested "
+                f"in a YAML file given with --configfile")
+    config.update(_coerce(schema, config))
     _fill_defaults(schema, config)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=str)
     if errors:
@@ -81,9 +129,19 @@ def read_tracks(path: str | os.PathLike) -> dict[str, Row]:
     validator = jsonschema.Draft202012Validator(_schema("tracks.schema.yaml"))
     rows: dict[str, Row] = {}
     lines: dict[str, int] = {}
+    numbers: list[int] = []  # the file line of each line the reader is given
+
+    def kept(f):
+        for number, line in enumerate(f, start=1):
+            if line.strip() and not line.startswith("#"):
+                numbers.append(number)
+                yield line
+
     with open(path, newline="") as f:
-        reader = csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t")
-        for n, record in enumerate(reader, start=2):
+        reader = csv.DictReader(kept(f), delimiter="\t")
+        for record in reader:
+            # the record's last line: its only one, unless a quoted field spans lines
+            n = numbers[reader.line_num - 1]
             record = {k: (v or "").strip() for k, v in record.items() if k is not None}
             record = {k: v for k, v in record.items() if v or k == "split"}
             errors = list(validator.iter_errors(record))
@@ -130,3 +188,11 @@ def row_of(track: str, rows: dict[str, Row]) -> Row:
     if m and m["row"] in rows and rows[m["row"]].kind == "url":
         return rows[m["row"]]
     raise KeyError(f"track {track!r} is not in the track sheet")
+
+
+def write_sheet(rows: list[list[str]], path: str | os.PathLike) -> None:
+    """The sheet's rows (track, source, kind, split) as read, to a TSV (atomically)."""
+    from soloist.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text("track\tsource\tkind\tsplit\n" + "".join("\t".join(r) + "\n" for r in rows))

@@ -32,6 +32,7 @@ from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import DownloadError, ExtractorError, unsmuggle_url
 
 from soloist import io
+from soloist.tracks import Batch, fingerprint, provenance, run_batch
 
 log = logging.getLogger("soloist.ingest")
 
@@ -78,6 +79,10 @@ def probe(path: str | os.PathLike) -> dict:
     if not streams:
         raise io.TrackError(f"cannot decode {path.name}: no audio stream")
     stream = streams[0]
+    # An ID3 tag before garbage still makes an "mp3" stream, one without rate or channels.
+    if not int(stream.get("sample_rate") or 0) or not int(stream.get("channels") or 0):
+        raise io.TrackError(f"cannot decode {path.name}: no audio stream ffprobe can read "
+                            f"(no frame of {stream.get('codec_name') or 'audio'} found)")
 
     def seconds(value: Any) -> float | None:
         try:
@@ -164,6 +169,12 @@ def _read_file(path: Path, s: dict) -> tuple[np.ndarray, dict]:
     meta = probe(path)
     _check_format(meta, s, path.name)
     audio = load_audio(path, s["sample_rate"])
+    # A header ffprobe believes (an MP3's Info frame) before data ffmpeg cannot decode: the
+    # track is broken, not short.
+    decoded, claimed = audio.shape[1] / s["sample_rate"], meta["duration"]
+    if not audio.shape[1] or (claimed and decoded < s["min_seconds"] <= claimed):
+        of = f" of its {claimed:.2f} s" if claimed else ""
+        raise io.TrackError(f"cannot decode {path.name}: only {decoded:.2f} s{of} decodes")
     _check_audio(audio, s)
     return audio, meta
 
@@ -425,6 +436,7 @@ def ingest(
     settings: dict,
     downloads_dir: str | os.PathLike | None,
     resolved_tsv: str | os.PathLike | None = None,
+    provenance: str | None = None,
 ) -> dict:
     """Write ``audio_out`` (normalized FLAC) and ``info_out`` (status JSON); return the info.
 
@@ -483,17 +495,40 @@ def ingest(
     if not info["ok"]:
         log.warning("ingest %s failed: %s", track, info["reason"])
         io.touch_empty(audio_out)
+    info["provenance"] = provenance
     io.write_json(info_out, info)
     return info
 
 
-def ingest_batch(jobs: list[dict], audio_dir: str | os.PathLike, info_dir: str | os.PathLike,
-                 settings: dict) -> list[dict]:
-    """Ingest each job (track, row, kind, source, resolved) to ``<dir>/<track>.flac|json``."""
-    audio_dir, info_dir = Path(audio_dir), Path(info_dir)
-    audio_dir.mkdir(parents=True, exist_ok=True)
-    info_dir.mkdir(parents=True, exist_ok=True)
-    return [ingest(j["track"], j["row"], j["kind"], j["source"], audio_dir / f"{j['track']}.flac",
-                   info_dir / f"{j['track']}.json", settings, settings["downloads"],
-                   resolved_tsv=j["resolved"])
-            for j in tqdm(jobs, desc="ingest", unit="track", disable=len(jobs) < 2)]
+def ingest_batch(jobs: list[dict], record: str | os.PathLike, settings: dict, shape: dict
+                 ) -> list[dict]:
+    """Ingest each job (track, row, kind, source, resolved) into the batch of ``record``
+    (``tracks.LAYOUT``), keeping the tracks already ingested from the same source with the
+    same ``shape`` (the settings that shape the audio). Returns the statuses in job order."""
+    out = Batch.of("ingest", record)
+    by_track = {j["track"]: j for j in jobs}
+    provenances = {j["track"]: provenance("ingest", shape, j, _source_state(j)) for j in jobs}
+
+    def work(todo: list[str]) -> None:
+        for track in tqdm(todo, desc="ingest", unit="track", disable=len(todo) < 2):
+            j, files = by_track[track], out.files(track)
+            ingest(track, j["row"], j["kind"], j["source"], files["audio"], files["status"],
+                   settings, settings["downloads"], resolved_tsv=j["resolved"],
+                   provenance=provenances[track])
+
+    return run_batch(out, provenances, work)
+
+
+def _source_state(job: dict) -> Any:
+    """What decides a track's audio besides the job: the entry its URL resolved to, or its
+    source files' sizes and mtimes."""
+    if job["kind"] == "url":
+        try:
+            return _find_track(job["resolved"], job["track"])
+        except (OSError, TypeError, io.TrackError):
+            return None
+    source = Path(job["source"])
+    paths = sorted(source.iterdir()) if source.is_dir() else [source]
+    if job["kind"] == "demo":
+        paths.append(source.parent / "truth.json")
+    return fingerprint(paths)

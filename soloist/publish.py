@@ -18,6 +18,7 @@ import yaml
 
 from soloist.io import atomic_path, read_json
 from soloist.model import Soloist
+from soloist.tracks import Batch
 
 log = logging.getLogger("soloist.publish")
 
@@ -47,7 +48,7 @@ def hub_token(repo_id: str | None) -> str | None:
 
 def publish(model_dir: str | os.PathLike, metrics: str | os.PathLike,
             examples: str | os.PathLike, stats: str | os.PathLike,
-            ingest_infos: list[str | os.PathLike], out_dir: str | os.PathLike,
+            ingest_records: list[str | os.PathLike], out_dir: str | os.PathLike,
             settings: dict) -> Path:
     """Write the model folder ``out_dir`` from a training's ``model_dir``, evaluate's
     ``metrics`` and ``examples`` folder, shard's ``stats`` and ingest's info folders (for
@@ -57,7 +58,7 @@ def publish(model_dir: str | os.PathLike, metrics: str | os.PathLike,
     model = Soloist.from_pretrained(model_dir)  # a folder that loads, or a clear error
     model.save_pretrained(out_dir)
     files = _examples(Path(examples), out_dir / "examples", settings["examples"])
-    card = model_card(model, read_json(metrics), read_json(stats), _sources(ingest_infos),
+    card = model_card(model, read_json(metrics), read_json(stats), _sources(ingest_records),
                       files, settings["repo_id"])
     with atomic_path(out_dir / "README.md") as tmp:
         tmp.write_text(card)
@@ -86,12 +87,13 @@ def _examples(folder: Path, out: Path, n: int) -> list[str]:
     return names
 
 
-def _sources(ingest_infos: list[str | os.PathLike]) -> Counter:
+def _sources(ingest_records: list[str | os.PathLike]) -> Counter:
     """How many ingested tracks came with which (kind, licence)."""
     counts: Counter = Counter()
-    for folder in ingest_infos:
-        for path in sorted(Path(folder).glob("*.json")):
-            info = read_json(path)
+    for record in map(Path, ingest_records):
+        batch = Batch.of("ingest", record)
+        for track in batch.tracks():
+            info = read_json(batch.files(track)["status"])
             if info.get("ok"):
                 counts[info["kind"], info.get("license") or ""] += 1
     return counts
@@ -122,6 +124,8 @@ def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
     scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()
                        if isinstance(v, float) and not k.startswith(("ce_cb", "accuracy_cb")))
     listening = "\n".join(f"- [{e}]({e})" for e in examples) or "- (none)"
+    loss = info["training"].get("best_val_loss")
+    validation = "no validation split" if loss is None else f"validation loss {loss:.4f}"
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
@@ -150,7 +154,7 @@ soloist accompany my_backing.mp3 --model {where} -o out   # a file, URL, stems f
 ## Training data
 
 {info['data']['tracks']} tracks, step {info['training']['step']} (checkpoint
-`{info['training']['checkpoint']}`, validation loss {info['training']['best_val_loss']:.4f}).
+`{info['training']['checkpoint']}`, {validation}).
 
 | split | tracks | windows | hours of audio |
 | --- | --- | --- | --- |

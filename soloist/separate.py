@@ -29,6 +29,7 @@ from soloist.io import (
     write_audio,
     write_json,
 )
+from soloist.tracks import Batch, provenance, run_batch
 
 log = logging.getLogger("soloist.separate")
 Audio = np.ndarray | torch.Tensor
@@ -53,6 +54,7 @@ class Item:
     target: Path
     status: Path
     stems_dir: Path | None = None  # where all stems go when keep_stems is set
+    provenance: str | None = None  # what made it (tracks.provenance), in its status
 
 
 def pick_device(device: str) -> torch.device:
@@ -92,16 +94,24 @@ def pcm16(audio: Audio) -> np.ndarray:
     return (audio.clamp(-1, 1) * 32767).round().to(torch.int16).cpu().numpy()
 
 
-def separate_batch(ingested: str | os.PathLike, out_dir: str | os.PathLike, settings: dict,
-                   weights: str | os.PathLike | None, sample_rate: int) -> list[dict]:
-    """Separate every track of an ingest batch folder into ``out_dir/<track>/``."""
-    ingested, out_dir = Path(ingested), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tracks = sorted(p.stem for p in (ingested / "info").glob("*.json"))
-    items = [Item(t, ingested / "audio" / f"{t}.flac", ingested / "info" / f"{t}.json",
-                  out_dir / t / "context.flac", out_dir / t / "target.flac",
-                  out_dir / t / "separate.json", out_dir / t / "stems") for t in tracks]
-    return separate(items, settings, weights, sample_rate)
+def separate_batch(ingested: str | os.PathLike, record: str | os.PathLike, settings: dict,
+                   shape: dict, weights: str | os.PathLike | None, sample_rate: int
+                   ) -> list[dict]:
+    """Separate every track of an ingest batch (its record) into the batch of ``record``,
+    keeping the tracks already separated from the same ingest with the same ``shape`` (the
+    settings that shape the stems) and weights."""
+    upstream, out = Batch.of("ingest", ingested), Batch.of("separate", record)
+    model = read_json(weights) if weights else None
+    provenances = {t: provenance("separate", shape, model, p)
+                   for t, p in upstream.tracks().items()}
+
+    def item(track: str) -> Item:
+        i, o = upstream.files(track), out.files(track)
+        return Item(track, i["audio"], i["status"], o["context"], o["target"], o["status"],
+                    out.dir / track / "stems", provenances[track])
+
+    return run_batch(out, provenances, lambda todo: separate([item(t) for t in todo], settings,
+                                                             weights, sample_rate))
 
 
 def separate(items: list[Item], settings: dict, weights: str | os.PathLike | None,
@@ -194,6 +204,7 @@ def _fail(item: Item, error: Exception) -> dict:
 def _finish(item: Item, status: dict) -> dict:
     if not status["ok"]:
         touch_empty(item.context, item.target)
+    status = status | {"provenance": item.provenance}
     write_json(item.status, status)
     return status
 

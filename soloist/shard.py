@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soloist.io import RANDOM_WARNING, atomic_path, read_json, read_npy, write_json, write_png
+from soloist.tracks import Batch
 
 log = logging.getLogger("soloist.shard")
 
@@ -52,20 +54,23 @@ class TrackFiles:
     target: Path
 
 
-def batch_files(info_dirs: list[str], clip_dirs: list[str], tokenize_dirs: list[str]
+def batch_files(ingested: list[str], clipped: list[str], tokenized: list[str]
                 ) -> list[TrackFiles]:
-    """The files of every track of the batches (folders given batch by batch, in one order).
-
-    A batch's tracks are the ones ingest wrote an info file for.
-    """
+    """The files of every track of the batches, from their records (given batch by batch, in
+    one order). A batch's tracks are the ones its ingest record lists."""
     tracks = []
-    for info, clip, tok in zip(map(Path, info_dirs), map(Path, clip_dirs),
-                               map(Path, tokenize_dirs), strict=True):
-        for path in sorted(info.glob("*.json")):
-            t = path.stem
-            tracks.append(TrackFiles(t, path, clip / t / "clip.json", clip / t / "windows.parquet",
-                                     tok / t / "tokens.json", tok / t / "context.npy",
-                                     tok / t / "target.npy"))
+    for records in zip(ingested, clipped, tokenized, strict=True):
+        ing, clp, tok = (Batch.of(stage, r) for stage, r in
+                         zip(("ingest", "clip", "tokenize"), records, strict=True))
+        names = list(ing.tracks())
+        for later in (clp, tok):
+            if sorted(later.tracks()) != sorted(names):
+                raise RuntimeError(f"{later.record} lists other tracks than {ing.record}: "
+                                   f"rerun with -R {later.stage}")
+        for t in names:
+            c, k = clp.files(t), tok.files(t)
+            tracks.append(TrackFiles(t, ing.files(t)["status"], c["status"], c["windows"],
+                                     k["status"], k["context"], k["target"]))
     return sorted(tracks, key=lambda f: f.track)
 
 
@@ -80,6 +85,32 @@ def split_of(track: str, fractions: dict[str, float]) -> str:
     return SPLITS[-1]
 
 
+def _fill_empty_splits(splits: dict[str, str], hashed: set[str], fractions: dict[str, float]
+                       ) -> list[str]:
+    """Move hashed tracks into the splits with a non-zero fraction that got none, in place.
+
+    ``splits`` holds the tracks that give samples; with few, the hash leaves a split empty
+    (8 demo songs: no valid one). Each empty split takes the first hashed track, by id, of
+    the split with the most tracks, if that one keeps at least one. Returns the splits still
+    empty.
+    """
+    empty = []
+    for split in SPLITS:
+        if not fractions[split] or split in splits.values():
+            continue
+        counts = Counter(splits.values())
+        donors = [s for s in SPLITS if counts[s] > 1
+                  and any(splits[t] == s for t in hashed)]
+        if not donors:
+            empty.append(split)
+            continue
+        donor = max(donors, key=lambda s: counts[s])  # the first of equals, in SPLITS order
+        track = min(t for t in hashed if splits[t] == donor)
+        log.info("track %s moved from %s to %s, which had no track", track, donor, split)
+        splits[track] = split
+    return empty
+
+
 def sample_key(track: str, window: int) -> str:
     # WebDataset takes everything after the first dot as the extension; '~' is not
     # allowed in track ids, so this mapping stays one-to-one.
@@ -91,6 +122,8 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
     """Write shards under ``out_dir/<split>/``, the manifest, stats, plots and failures."""
     out_dir = Path(out_dir)
     failures, samples, per_track = [], [], []
+    usable: list[tuple] = []  # what makes the samples of each track that has windows
+    hashed: set[str] = set()  # tracks whose split the hash chose, not the sheet
     codec: dict = {}  # codebooks, cardinality, frame rate: from any tokenized track
     windows_in_tables = 0
     scores: list[dict] = []
@@ -108,6 +141,8 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
             continue
         codec = codec or tokens_status
         split = explicit_splits.get(row) or split_of(files.track, settings["fractions"])
+        if not explicit_splits.get(row):
+            hashed.add(files.track)
         per_track.append({"track": files.track, "split": split, "windows": len(windows),
                           "duration": clip_status["duration"],
                           "active_seconds": clip_status["active_seconds"]})
@@ -115,7 +150,16 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
             scores.append(_selection_scores(files.track, clip_status["active_intervals"],
                                             windows, info["solo_intervals"]))
         if windows:
-            samples.extend(_track_samples(files, info, row, split, windows, tokens_status))
+            usable.append((files, info, row, windows, tokens_status))
+
+    # Only tracks that give samples fill a split: a track without windows trains nothing.
+    splits = {t["track"]: t["split"] for t in per_track if t["windows"]}
+    empty_splits = _fill_empty_splits(splits, hashed & set(splits), settings["fractions"])
+    for t in per_track:
+        t["split"] = splits.get(t["track"], t["split"])
+    for files, info, row, windows, tokens_status in usable:
+        samples.extend(_track_samples(files, info, row, splits[files.track], windows,
+                                      tokens_status))
 
     manifest_rows = _write_tars(samples, out_dir, settings)
     with atomic_path(out_dir / "manifest.parquet") as tmp:
@@ -143,10 +187,16 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
         },
         "per_track": per_track,
         "clip_vs_truth": _total_scores(scores),
+        "empty_splits": empty_splits,
+        "warnings": [f"split {split!r} (fraction {settings['fractions'][split]:g}) has no "
+                     f"track: too few tracks give samples ({len(splits)})"
+                     for split in empty_splits],
     }
     if stats["weights"] == "random":
         stats["warning"] = RANDOM_WARNING
         log.warning(RANDOM_WARNING)
+    for warning in stats["warnings"]:
+        log.warning(warning)
     # Every track is either ok or failed, and every window of an ok track is one sample.
     if stats["tracks_in"] != stats["tracks_ok"] + stats["tracks_failed"] or \
             stats["windows_in_clip_tables"] != stats["samples_in_manifest"]:

@@ -39,6 +39,7 @@ from soloist.io import (
     write_npy,
 )
 from soloist.separate import fit_batch, out_of_memory, pick_device
+from soloist.tracks import Batch, provenance, run_batch
 
 log = logging.getLogger("soloist.tokenize")
 ROLES = ("context", "target")
@@ -209,6 +210,7 @@ class Job:
     context_out: Path
     target_out: Path
     status_out: Path
+    provenance: str | None = None  # what made it (tracks.provenance), in its status
 
 
 def tokenize(track: str, context: str | os.PathLike, target: str | os.PathLike,
@@ -221,15 +223,23 @@ def tokenize(track: str, context: str | os.PathLike, target: str | os.PathLike,
     return tokenize_jobs([job], weights, settings)[0]
 
 
-def tokenize_batch(separated: str | os.PathLike, out_dir: str | os.PathLike,
-                   weights: str | os.PathLike, settings: dict) -> list[dict]:
-    """Tokenize every track of a separate batch folder into ``out_dir/<track>/``."""
-    separated, out_dir = Path(separated), Path(out_dir)
-    tracks = sorted(d.name for d in separated.iterdir() if d.is_dir())
-    jobs = [Job(t, separated / t / "context.flac", separated / t / "target.flac",
-                separated / t / "separate.json", out_dir / t / "context.npy",
-                out_dir / t / "target.npy", out_dir / t / "tokens.json") for t in tracks]
-    return tokenize_jobs(jobs, weights, settings)
+def tokenize_batch(separated: str | os.PathLike, record: str | os.PathLike,
+                   weights: str | os.PathLike, settings: dict, shape: dict) -> list[dict]:
+    """Tokenize every track of a separate batch (its record) into the batch of ``record``,
+    keeping the tracks already tokenized from the same stems with the same ``shape`` and
+    weights."""
+    upstream, out = Batch.of("separate", separated), Batch.of("tokenize", record)
+    model = read_json(weights)
+    provenances = {t: provenance("tokenize", shape, model, p)
+                   for t, p in upstream.tracks().items()}
+
+    def job(track: str) -> Job:
+        i, o = upstream.files(track), out.files(track)
+        return Job(track, i["context"], i["target"], i["status"], o["context"], o["target"],
+                   o["status"], provenances[track])
+
+    return run_batch(out, provenances,
+                     lambda todo: tokenize_jobs([job(t) for t in todo], weights, settings))
 
 
 def tokenize_jobs(jobs: list[Job], weights: str | os.PathLike, settings: dict) -> list[dict]:
@@ -332,6 +342,7 @@ def _fail(job: Job, error: Exception) -> dict:
 def _finish(job: Job, status: dict) -> dict:
     if not status["ok"]:
         touch_empty(job.context_out, job.target_out)
+    status = status | {"provenance": job.provenance}
     write_json(job.status_out, status)
     return status
 

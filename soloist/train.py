@@ -225,6 +225,9 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     valid_urls = [str(p) for p in sorted((shards / "valid").glob("*.tar"))]
     if not urls:
         raise RuntimeError(f"no training shards in {shards / 'train'}")
+    if not valid_urls and main:
+        log.warning("no validation shards in %s: no validation, early stopping off; "
+                    "model.safetensors will be the last checkpoint", shards / "valid")
 
     def batches(start_micro: int):
         """Micro-batches from global micro-batch index ``start_micro`` on, across epochs."""
@@ -338,7 +341,9 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
         counts = torch.tensor(float(total_skipped))
         dist.all_reduce(counts)
         total_skipped = int(counts.item())
-    result = {"steps": state["step"], "best_val_loss": state["best_val"],
+    validated = math.isfinite(state["best_val"])  # some validation loss was measured
+    result = {"steps": state["step"], "validated": validated,
+              "best_val_loss": state["best_val"] if validated else None,
               "skipped_samples": total_skipped, "world_size": world}
     if main:
         _export(out_dir, ckpt_dir, raw_model, frames, config, stats)
@@ -423,8 +428,10 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, frames: int, config: 
     with torch.device("meta"):  # no init: the weights are assigned
         exported = Soloist(replace(model.cfg, max_frames=frames))
     exported.load_state_dict(weights, assign=True)
+    best_val = saved["state"]["best_val"]
     training = {"preset": config["train"]["preset"], "step": saved["state"]["step"],
-                "checkpoint": source.name, "best_val_loss": saved["state"]["best_val"]}
+                "checkpoint": source.name, "validated": math.isfinite(best_val),
+                "best_val_loss": best_val if math.isfinite(best_val) else None}
     exported.save_pretrained(out_dir, model_info(config, stats, frames, training))
 
 

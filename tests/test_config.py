@@ -1,10 +1,14 @@
 """Config and sheet validation: errors name the offending key or row."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import workflow_copy
 
 from soloist.config import ConfigError, read_tracks, row_of, validate_config
 
@@ -68,3 +72,70 @@ def test_sheet_kinds_and_playlist_rows(tmp_path):
 def test_bad_sheet_names_the_row(tmp_path, text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         read_tracks(write_sheet(tmp_path, text))
+
+
+def test_sheet_errors_name_the_file_line(tmp_path):
+    # comments and blank lines count: the message must point where an editor would
+    text = "# my sheet\ntrack\tsource\n\nok\tdemo:x\n# a note\nbad id\tdemo:y\n"
+    with pytest.raises(ConfigError, match=re.escape("line 6 (track 'bad id')")):
+        read_tracks(write_sheet(tmp_path, text))
+    text = "track\tsource\n# first\nx\tdemo:x\n\n\t\nx\tdemo:y\n"
+    with pytest.raises(ConfigError, match=re.escape("line 6: track 'x' already on line 3")):
+        read_tracks(write_sheet(tmp_path, text))
+    text = "# comment\n\ntrack\tsource\n\na\tdemo:x\n\n"
+    assert list(read_tracks(write_sheet(tmp_path, text))) == ["a"]
+
+
+def test_command_line_strings_are_read_as_the_schema_types():
+    # what `--config "clip={relative_db: 20, seconds: 7.5}" "demo={stems: true}" ...` hands
+    # the Snakefile: Snakemake reads nested values with YAML's BaseLoader, all strings
+    config = validate_config({
+        "clip": {"relative_db": "20", "seconds": "7.5"},
+        "demo": {"stems": "true"},
+        "separate": {"batch_size": "auto", "compile": "false", "segment": "null",
+                     "context": ["drums", "bass"]},
+        "ingest": {"ytdlp": {"rate_limit": "1000", "cookies": "null", "format": "best"}},
+        "tokenize": {"bandwidth": "6"},
+        "shard": {"fractions": {"train": "0.5", "valid": "0.25", "test": "0.25"}},
+    })
+    assert config["clip"]["relative_db"] == 20 and config["clip"]["seconds"] == 7.5
+    assert config["demo"]["stems"] is True
+    assert config["separate"]["batch_size"] == "auto" and config["separate"]["compile"] is False
+    assert config["separate"]["segment"] is None
+    assert config["separate"]["context"] == ["drums", "bass"]
+    assert config["ingest"]["ytdlp"] | {"retries": 3} == {
+        "rate_limit": 1000, "cookies": None, "format": "best", "retries": 3,
+        "socket_timeout": 20}
+    assert config["tokenize"]["bandwidth"] == 6.0
+    assert config["shard"]["fractions"]["valid"] == 0.25
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"clip": {"relative_db": "loud"}}, "clip.relative_db: 'loud' is not of type 'number'"),
+    ({"train": {"steps": "2.5"}}, "train.steps: '2.5' is not of type 'integer'"),
+    ({"keep_intermediates": "maybe"}, "keep_intermediates: 'maybe' is not of type 'boolean'"),
+])
+def test_strings_that_are_not_the_type_are_still_rejected(change, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(change)
+
+
+def test_dotted_key_shows_the_nested_form():
+    # a --configfile may hold `clip.seconds: 5` (on the command line Snakemake refuses it)
+    with pytest.raises(ConfigError, match=re.escape(
+            "'ingest.ytdlp.retries': nested keys are not written with dots; on the command "
+            "line write --config \"ingest={ytdlp: {retries: 0}}\"")) as e:
+        validate_config({"ingest.ytdlp.retries": 0})
+    assert "--configfile" in str(e.value)
+
+
+def test_snakemake_command_line_config_reaches_the_workflow(tmp_path):
+    workdir = workflow_copy(tmp_path / "wf")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "shard",
+           "--config", "weights=random", "clip={relative_db: 20, seconds: 7.5}"]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}  # the copy has no soloist/ of its own
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # before, the string '20' failed validation: "'20' is not of type 'number'"
+    assert re.search(r"^shard +1$", proc.stdout, re.M), proc.stdout

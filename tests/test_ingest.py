@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,33 @@ def test_corrupt_file(tmp_path):
     reason = failure(tmp_path, "file", bad)
     assert reason.startswith("cannot decode corrupt.mp3: "), reason
     assert len(reason) > len("cannot decode corrupt.mp3: ") and "\n" not in reason
+
+
+def corrupted_mp3(tmp_path: Path, keep: str, tail: bytes) -> Path:
+    """A real 3 s MP3 with all but its ID3 tag (``keep="tag"``) or its first 1000 bytes
+    (the tag, the Info frame that states the duration, a frame or two) replaced by ``tail``."""
+    good = make_tone(tmp_path / "good.mp3", 3.0).read_bytes()
+    assert good[:3] == b"ID3"
+    tag = 10 + sum(byte << (7 * (3 - i)) for i, byte in enumerate(good[6:10]))  # syncsafe
+    bad = tmp_path / "corrupt.mp3"
+    bad.write_bytes(good[:tag if keep == "tag" else 1000] + tail)
+    return bad
+
+
+@pytest.mark.parametrize("tail", [np.random.default_rng(0).bytes(100_000), bytes(100_000),
+                                  b"this is not audio " * 6000], ids=["random", "zeros", "text"])
+def test_mp3_tag_before_garbage_cannot_decode(tmp_path, tail):
+    # over 64 KiB without a frame: ffprobe "reads" it, an mp3 stream of 0 Hz and 0 channels
+    reason = failure(tmp_path, "file", corrupted_mp3(tmp_path, "tag", tail))
+    assert reason == ("cannot decode corrupt.mp3: no audio stream ffprobe can read "
+                      "(no frame of mp3 found)")
+
+
+def test_mp3_whose_frames_are_garbage_cannot_decode(tmp_path):
+    # ffprobe promises seconds, a few ms decode: broken, not "below ingest.min_seconds"
+    reason = failure(tmp_path, "file", corrupted_mp3(tmp_path, "head", bytes(100_000)))
+    assert re.fullmatch(r"cannot decode corrupt\.mp3: only 0\.\d\d s of its \d\.\d\d s decodes",
+                        reason), reason
 
 
 def test_probe_and_load_audio(tmp_path):

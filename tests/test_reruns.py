@@ -46,7 +46,9 @@ EXPECTED = {
     # Demucs and EnCodec weights of another kind: every job that reads one, and the demo
     # songs enter as mixtures (demo.stems: auto)
     "weights": ("pretrained", {"fetch_weights": 2, "ingest": batches(DEMOS)} | SEPARATE),
-    "keep_intermediates": (False, NOTHING),
+    # the audio becomes an input of clip and tokenize (temp() waits for its readers): they
+    # rerun and find every track done
+    "keep_intermediates": (False, stages("clip", "tokenize")),
     "batches": (4, {stage: regrouped(4) for stage in ("ingest", "separate", "clip",
                                                      "tokenize")} | SHARD),
     "seed": (1, {"demo_corpus": 2, "fetch_weights": 2, "ingest": batches(DEMOS)} | SEPARATE),

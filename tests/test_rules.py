@@ -14,6 +14,7 @@ from soloist.config import batch_of
 from soloist.demo_corpus import make_song
 from soloist.io import read_json, read_npy, write_audio, write_json
 from soloist.tokenize import tokenize
+from soloist.tracks import Batch
 
 CONFIG = {"tracks": "tracks.tsv", "weights": "random", "demo": {"seconds": 6},
           "ingest": {"ytdlp": {"retries": 0, "socket_timeout": 5}}}
@@ -30,13 +31,20 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def run_rule(workdir, rule, *targets, config=CONFIG):
-    snakemake(workdir, *targets, "--allowed-rules", rule, config=config)
+def run_rule(workdir, rules, *targets, config=CONFIG):
+    """Make ``targets`` with only ``rules`` (space-separated) allowed to run."""
+    snakemake(workdir, *targets, "--allowed-rules", *rules.split(), config=config)
     for target in targets:
         assert (workdir / target).exists(), target
 
 
 B = batch_of("t", 8)  # the batch of track t
+
+
+def write_record(workdir, stage):
+    """results/<stage>/<B>.json: the record of a batch of track t, whose files are staged."""
+    batch = Batch.of(stage, workdir / f"results/{stage}/{B}.json")
+    batch.write_record({"t": read_json(batch.files("t")["status"]).get("provenance")})
 
 
 def stage_separated(workdir, seconds=11.0):
@@ -48,6 +56,7 @@ def stage_separated(workdir, seconds=11.0):
     write_audio(d / "context.flac", np.stack([backing, backing]), 44100)
     write_audio(d / "target.flac", np.stack([solo, solo]), 44100)
     write_json(d / "separate.json", {"ok": True, "stage": "separate", "track": "t"})
+    write_record(workdir, "separate")
     return d
 
 
@@ -78,7 +87,8 @@ def test_resolve(workdir):
 
 
 def test_ingest(workdir):
-    run_rule(workdir, "ingest", f"results/ingest/{B}/info")
+    run_rule(workdir, "ingest", f"results/ingest/{B}.json")
+    assert [t["track"] for t in read_json(workdir / f"results/ingest/{B}.json")["tracks"]] == ["t"]
     info = read_json(workdir / f"results/ingest/{B}/info/t.json")
     assert info["ok"] and info["kind"] == "file" and info["duration"] == pytest.approx(11)
     assert sf.info(workdir / f"results/ingest/{B}/audio/t.flac").samplerate == 44100
@@ -91,7 +101,8 @@ def test_separate(workdir, random_weights):
                 44100)
     write_json(d / "info/t.json", {"ok": True, "stage": "ingest", "track": "t", "kind": "file",
                                    "source": str(workdir / "tone.wav")})
-    run_rule(workdir, "separate", f"results/separate/{B}")
+    write_record(workdir, "ingest")
+    run_rule(workdir, "separate", f"results/separate/{B}.json")
     status = read_json(workdir / f"results/separate/{B}/t/separate.json")
     assert status["ok"] and status["weights"] == "random"
     assert status["unused_stems"] == []  # htdemucs_6s: every stem has a role
@@ -101,7 +112,7 @@ def test_separate(workdir, random_weights):
 
 def test_clip(workdir):
     stage_separated(workdir)
-    run_rule(workdir, "clip", f"results/clip/{B}")
+    run_rule(workdir, "clip", f"results/clip/{B}.json")
     windows = pq.read_table(workdir / f"results/clip/{B}/t/windows.parquet").to_pylist()
     assert [w["start"] for w in windows] == [0.0]  # one 10 s window fits in 11 s
     assert read_json(workdir / f"results/clip/{B}/t/clip.json")["windows"] == 1
@@ -110,7 +121,7 @@ def test_clip(workdir):
 def test_tokenize(workdir, random_weights):
     with_weights(workdir, random_weights)
     stage_separated(workdir)
-    run_rule(workdir, "tokenize", f"results/tokenize/{B}")
+    run_rule(workdir, "tokenize", f"results/tokenize/{B}.json")
     assert read_npy(workdir / f"results/tokenize/{B}/t/target.npy").shape == (4, 825)
     assert read_json(workdir / f"results/tokenize/{B}/t/tokens.json")["weights"] == "random"
 
@@ -128,7 +139,9 @@ def test_shard(workdir, random_weights):
              random_weights / "random/encodec/encodec_24khz.json",
              {"bandwidth": 3.0, "chunk_seconds": 10, "warmup_seconds": 0.5, "batch_size": 4,
               "device": "cpu"})
-    run_rule(workdir, "shard", "results/shards/manifest.parquet")
+    for stage in ("ingest", "clip", "tokenize"):
+        write_record(workdir, stage)
+    run_rule(workdir, "sheet shard", "results/shards/manifest.parquet")
     manifest = pq.read_table(workdir / "results/shards/manifest.parquet").to_pylist()
     assert len(manifest) == 4 and {r["frames"] for r in manifest} == {300}
     assert read_json(workdir / "results/shards/stats.json")["tracks_ok"] == 1

@@ -11,6 +11,7 @@ from demucs.apply import apply_model
 from soloist import separate as sp
 from soloist.fetch_weights import load_demucs
 from soloist.io import read_audio, read_json, write_audio, write_json
+from soloist.tracks import Batch
 
 RATE = 44100
 SETTINGS = {"context": ["drums", "bass", "piano", "guitar"], "target": ["other", "vocals"],
@@ -28,6 +29,7 @@ def ingested(folder, seconds: dict[str, float]) -> list[str]:
         write_audio(folder / "audio" / f"{track}.flac", audio, RATE)
         write_json(folder / "info" / f"{track}.json",
                    {"ok": True, "stage": "ingest", "track": track, "kind": "file"})
+    Batch.of("ingest", folder.with_suffix(".json")).write_record({t: None for t in sorted(seconds)})
     return sorted(seconds)
 
 
@@ -44,7 +46,7 @@ def test_batched_across_tracks_equals_apply_model(tmp_path, caplog, demucs_manif
     tracks = ingested(tmp_path / "in", {"long": 9.0, "short": 3.0})
     caplog.set_level(logging.INFO, "soloist.separate")
     settings = SETTINGS | {"shifts": shifts, "compile": compiled, "batch_size": 2}
-    statuses = sp.separate_batch(tmp_path / "in", tmp_path / "out", settings,
+    statuses = sp.separate_batch(tmp_path / "in.json", tmp_path / "out.json", settings, {},
                                  demucs_manifest, RATE)
     assert [s["ok"] for s in statuses] == [True, True]
     (timing,) = [r.getMessage() for r in caplog.records if "separated" in r.getMessage()]
@@ -70,7 +72,7 @@ def test_batched_across_tracks_equals_apply_model(tmp_path, caplog, demucs_manif
 def test_bad_track_fails_alone(tmp_path, demucs_manifest):
     ingested(tmp_path / "in", {"good": 2.0, "bad": 2.0})
     (tmp_path / "in" / "audio" / "bad.flac").write_bytes(b"not a flac file")
-    statuses = sp.separate_batch(tmp_path / "in", tmp_path / "out", SETTINGS,
+    statuses = sp.separate_batch(tmp_path / "in.json", tmp_path / "out.json", SETTINGS, {},
                                  demucs_manifest, RATE)
     bad, good = statuses  # sorted by track id
     assert good["ok"] and read_audio(tmp_path / "out/good/context.flac")[0].shape == (2, 2 * RATE)

@@ -107,3 +107,64 @@ def test_split_is_stable_and_follows_the_fractions():
 def test_sample_keys_are_one_to_one():
     assert sh.sample_key("a.b", 1) != sh.sample_key("a_b", 1)
     assert "." not in sh.sample_key("a.b.c", 12)
+
+
+def demo_songs(n: int) -> list[str]:
+    names = [f"demo{i:02d}" for i in range(1, n + 1)]
+    # the hash alone leaves valid empty for these: the guarantee has work to do
+    assert "valid" not in {sh.split_of(t, SETTINGS["fractions"]) for t in names}
+    return names
+
+
+def manifest_splits(manifest: list[dict]) -> dict[str, str]:
+    return {r["track"]: r["split"] for r in manifest}
+
+
+@pytest.mark.parametrize("n", [3, 5, 8])
+def test_every_split_gets_a_track_that_gives_samples(tmp_path, n):
+    names = demo_songs(n)
+    # hashed into valid and test, but they give no sample: they must not fill those splits
+    assert sh.split_of("broken9", SETTINGS["fractions"]) == "valid"
+    assert sh.split_of("quiet7", SETTINGS["fractions"]) == "test"
+    tracks = [make_track(tmp_path / "in", t, 2) for t in names]
+    tracks += [make_track(tmp_path / "in", "broken9", 2, ok=False),
+               make_track(tmp_path / "in", "quiet7", 0)]
+    stats, manifest = run(tmp_path, tracks, "one")
+    assert all(stats["splits"][s]["samples"] > 0 for s in sh.SPLITS), stats["splits"]
+    assert stats["empty_splits"] == [] and stats["warnings"] == []
+    splits = manifest_splits(manifest)
+    moved = [t for t in names if splits[t] != sh.split_of(t, SETTINGS["fractions"])]
+    hashed_empty = set(sh.SPLITS) - {sh.split_of(t, SETTINGS["fractions"]) for t in names}
+    assert len(moved) == len(hashed_empty)  # only as many moves as empty splits
+    assert {t["track"]: t["split"] for t in stats["per_track"] if t["windows"]} == splits
+    _, again = run(tmp_path, tracks, "two")
+    assert again == manifest
+
+
+def test_explicit_splits_are_never_moved(tmp_path):
+    names = demo_songs(5)
+    tracks = [make_track(tmp_path / "in", t, 2) for t in names]
+    # demo01 is the first by id of train, which gives valid a track: but the sheet put it there
+    stats, manifest = run(tmp_path, tracks, splits={"demo01": "train"})
+    splits = manifest_splits(manifest)
+    assert splits["demo01"] == "train" and splits["demo03"] == "valid"
+    assert set(splits.values()) == set(sh.SPLITS) and stats["empty_splits"] == []
+    # only explicit tracks in the big split: nothing to take, valid stays empty
+    tracks = [make_track(tmp_path / "in2", t, 2) for t in demo_songs(3)]
+    stats, manifest = run(tmp_path, tracks, "out2",
+                          splits={"demo01": "train", "demo03": "train"})
+    assert manifest_splits(manifest) == {"demo01": "train", "demo02": "test",
+                                         "demo03": "train"}
+    assert stats["empty_splits"] == ["valid"]
+
+
+def test_too_few_tracks_warn_of_the_empty_split(tmp_path, caplog):
+    tracks = [make_track(tmp_path / "in", t, 2) for t in demo_songs(2)]
+    with caplog.at_level("WARNING", logger="soloist.shard"):
+        stats, manifest = run(tmp_path, tracks)
+    assert set(manifest_splits(manifest).values()) == {"train", "test"}
+    assert stats["empty_splits"] == ["valid"]
+    assert stats["warnings"] == ["split 'valid' (fraction 0.1) has no track: too few tracks "
+                                 "give samples (2)"]
+    assert stats["warnings"][0] in caplog.text
+    assert json.loads((tmp_path / "out/stats.json").read_text())["empty_splits"] == ["valid"]

@@ -11,6 +11,7 @@ from soloist import tokenize as tk
 from soloist.fetch_weights import load_encodec
 from soloist.io import read_json, read_npy, write_audio, write_json
 from soloist.separate import fit_batch
+from soloist.tracks import Batch
 
 SETTINGS = {"bandwidth": 3.0, "chunk_seconds": 2.0, "warmup_seconds": 0.5, "batch_size": 3,
             "device": "cpu"}
@@ -78,7 +79,8 @@ def test_tokenize_writes_codes_and_status(tmp_path, random_weights):
         "ok": True, "stage": "tokenize", "track": "t", "codebooks": 4, "frames": 375,
         "frame_rate": 75.0, "bandwidth": 3.0, "cardinality": 1024, "weights": "random",
         # which codec made them, so that a model trained on them finds it again
-        "model": "encodec_24khz", "files": manifest["files"], "sample_rate": 24000}
+        "model": "encodec_24khz", "files": manifest["files"], "sample_rate": 24000,
+        "provenance": None}
     assert read_npy(out["context.npy"]).shape == read_npy(out["target.npy"]).shape == (4, 375)
 
 
@@ -88,7 +90,7 @@ def test_upstream_failure_passes_through(tmp_path, random_weights):
     out = [tmp_path / f for f in ("c.npy", "t.npy", "tokens.json")]
     status = tk.tokenize("t", "nope.flac", "nope.flac", tmp_path / "separate.json", *out,
                          random_weights / "random/encodec/encodec_24khz.json", SETTINGS)
-    assert status == upstream == read_json(out[2])
+    assert status == upstream | {"provenance": None} == read_json(out[2])
     assert out[0].stat().st_size == 0 and out[1].stat().st_size == 0
 
 
@@ -107,8 +109,11 @@ def test_batch_of_tracks_shares_forward_passes_and_isolates_bad_ones(tmp_path, r
     (separated / "corrupt" / "target.flac").write_bytes(b"not a flac")
     for track in ("a", "b", "empty", "corrupt"):
         write_json(separated / track / "separate.json", {"ok": True, "stage": "separate"})
-    statuses = tk.tokenize_batch(separated, tmp_path / "out",
-                                 random_weights / "random/encodec/encodec_24khz.json", SETTINGS)
+    Batch.of("separate", tmp_path / "separated.json").write_record(
+        {t: None for t in ("a", "b", "corrupt", "empty")})
+    statuses = tk.tokenize_batch(tmp_path / "separated.json", tmp_path / "out.json",
+                                 random_weights / "random/encodec/encodec_24khz.json", SETTINGS,
+                                 {})
     a, b, corrupt, empty = statuses  # sorted by track id
     assert a["ok"] and b["ok"]
     assert not corrupt["ok"] and "LibsndfileError" in corrupt["reason"]

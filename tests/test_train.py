@@ -164,6 +164,8 @@ def test_mlflow_run_has_params_metrics_and_artifacts(tmp_path, shards):
     assert folder["model"]["card"] == 64 and folder["model"]["max_frames"] == 2 * 75
     assert folder["codec"]["model"] == "encodec_24khz" and folder["window_seconds"] == 2
     assert folder["data"]["splits"]["train"] == {"tracks": 2, "windows": 24, "hours": 0.0267}
+    assert folder["training"]["validated"] is True and folder["training"]["best_val_loss"] > 0
+    assert read_json(tmp_path / "out/train.json")["validated"] is True
 
 
 def test_changed_data_starts_a_new_training(tmp_path, shards):
@@ -199,3 +201,28 @@ def test_early_stopping_and_ema_export(tmp_path, shards):
     assert not torch.equal(exported[name], best["model"][name])  # the EMA, not the raw weights
     index = [n for n in best["model"] if n in exported].index(name)
     assert torch.equal(exported[name], best["ema"][index])
+
+
+def test_without_valid_shards_the_model_is_the_last_checkpoint(tmp_path):
+    from collections import Counter
+
+    from soloist.model import Soloist
+    from soloist.publish import model_card
+
+    shards = tmp_path / "shards"
+    write_shards(shards, splits=(("train", 1, 12), ("valid", 0, 0)))  # valid: no tar
+    proc = run_train(shards, tmp_path / "out", config(tmp_path, steps=4, eval_every=2,
+                                                        patience=1))
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert (f"no validation shards in {shards / 'valid'}: no validation, early stopping off; "
+            "model.safetensors will be the last checkpoint") in output
+    summary = read_json(tmp_path / "out/train.json")
+    assert summary["validated"] is False and summary["best_val_loss"] is None
+    assert summary["steps"] == 4  # patience 1 did not stop it
+    assert "Infinity" not in (tmp_path / "out/train.json").read_text()
+    model = Soloist.from_pretrained(tmp_path / "out")
+    assert model.info["training"] | {"preset": None} == {
+        "preset": None, "step": 4, "checkpoint": "last.pt", "validated": False,
+        "best_val_loss": None}
+    assert "no validation split" in model_card(model, {}, {}, Counter(), [], None)

@@ -2,5 +2,5 @@ from soloist.ingest import ingest_batch
 from soloist.io import setup_logging
 
 setup_logging(snakemake.log[0])
-ingest_batch(snakemake.params.jobs, snakemake.output.audio, snakemake.output.info,
-             snakemake.config["ingest"])
+ingest_batch(snakemake.params.jobs, snakemake.output.record, snakemake.config["ingest"],
+             snakemake.params.settings)

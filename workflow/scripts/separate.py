@@ -1,5 +1,4 @@
 import os
-from pathlib import Path
 
 # compiled Demucs kernels (separate.compile) are cached with the project: later jobs, on
 # any node, compile faster (in half the time on an H200)
@@ -13,5 +12,5 @@ from soloist.separate import separate_batch  # noqa: E402
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 i = snakemake.input
-separate_batch(Path(i.info).parent, snakemake.output[0], snakemake.config["separate"],
-               i.get("weights"), snakemake.config["ingest"]["sample_rate"])
+separate_batch(i.ingested, snakemake.output.record, snakemake.config["separate"],
+               snakemake.params.settings, i.get("weights"), snakemake.params.sample_rate)
