@@ -90,7 +90,7 @@ def _examples(folder: Path, out: Path, n: int) -> list[str]:
 def _sources(ingest_records: list[str | os.PathLike]) -> Counter:
     """How many ingested tracks came with which (kind, licence)."""
     counts: Counter = Counter()
-    for record in map(Path, ingest_records):
+    for record in ingest_records:
         batch = Batch.of("ingest", record)
         for track in batch.tracks():
             info = read_json(batch.files(track)["status"])

@@ -92,14 +92,17 @@ class Batch:
             return False
         return status.get("provenance") == expected and all(p.is_file() for p in files.values())
 
-    def write_record(self, provenances: dict[str, str]) -> None:
-        rows = []
+    def write_record(self, provenances: dict[str, str]) -> list[dict]:
+        """The record of these tracks, each finished with its provenance; their statuses."""
+        statuses, rows = [], []
         for track, prov in provenances.items():
             status = read_json(self.files(track)["status"])
             if status.get("provenance") != prov:
                 raise RuntimeError(f"{self.stage} left {track} unfinished")
+            statuses.append(status)
             rows.append({"track": track, "ok": status["ok"], "provenance": prov})
         write_json(self.record, {"stage": self.stage, "tracks": rows})
+        return statuses
 
 
 def run_batch(out: Batch, provenances: dict[str, str],
@@ -116,5 +119,4 @@ def run_batch(out: Batch, provenances: dict[str, str],
     if todo:
         log.info("to do: %s", " ".join(todo))
         work(todo)
-    out.write_record(provenances)
-    return [read_json(out.files(t)["status"]) for t in provenances]
+    return out.write_record(provenances)

@@ -341,9 +341,7 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
         counts = torch.tensor(float(total_skipped))
         dist.all_reduce(counts)
         total_skipped = int(counts.item())
-    validated = math.isfinite(state["best_val"])  # some validation loss was measured
-    result = {"steps": state["step"], "validated": validated,
-              "best_val_loss": state["best_val"] if validated else None,
+    result = {"steps": state["step"], **_validation(state["best_val"]),
               "skipped_samples": total_skipped, "world_size": world}
     if main:
         _export(out_dir, ckpt_dir, raw_model, frames, config, stats)
@@ -413,6 +411,13 @@ def _check_replicas(model: torch.nn.Module, world: int) -> None:
         log.info("parameters identical across %d ranks", world)
 
 
+def _validation(best_val: float) -> dict:
+    """What train.json and the model's config say of validation: whether a loss was
+    measured (``best_val`` stays inf without valid shards) and the best one, or null."""
+    validated = math.isfinite(best_val)
+    return {"validated": validated, "best_val_loss": best_val if validated else None}
+
+
 def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, frames: int, config: dict,
             stats: dict) -> None:
     """The model folder: the best (else last) weights, EMA'd if EMA is on, as
@@ -428,10 +433,8 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, frames: int, config: 
     with torch.device("meta"):  # no init: the weights are assigned
         exported = Soloist(replace(model.cfg, max_frames=frames))
     exported.load_state_dict(weights, assign=True)
-    best_val = saved["state"]["best_val"]
     training = {"preset": config["train"]["preset"], "step": saved["state"]["step"],
-                "checkpoint": source.name, "validated": math.isfinite(best_val),
-                "best_val_loss": best_val if math.isfinite(best_val) else None}
+                "checkpoint": source.name, **_validation(saved["state"]["best_val"])}
     exported.save_pretrained(out_dir, model_info(config, stats, frames, training))
 
 
