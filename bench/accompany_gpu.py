@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from soloist.demo_corpus import make_song
-from soloist.fetch_weights import RANDOM_WARNING, fetch_weights
-from soloist.io import read_json
+from soloist.fetch_weights import fetch_weights
+from soloist.io import RANDOM_WARNING, read_json
 from soloist.model import PRESETS, Soloist
+from soloist.synth import make_song
 
 
 def model_folder(folder: Path, weights: Path, preset: str) -> None:

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 import yaml
 
-from soloist.demo_corpus import make_song
-from soloist.fetch_weights import fetch_weights, load_demucs
+from soloist.fetch_weights import fetch_weights
 from soloist.io import io_pool, io_workers, read_audio, write_audio, write_json
 from soloist.separate import PIECE_SECONDS, mix_roles, separate_batch
+from soloist.synth import make_song
 from soloist.tracks import Batch
+from soloist.weights import load_demucs
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 44100

@@ -30,8 +30,7 @@ import torch
 import torchaudio.functional as AF
 import yaml
 
-from soloist.demo_corpus import make_song
-from soloist.fetch_weights import fetch_weights, load_encodec
+from soloist.fetch_weights import fetch_weights
 from soloist.io import (
     io_workers,
     prefetch,
@@ -41,8 +40,10 @@ from soloist.io import (
     write_audio,
     write_json,
 )
+from soloist.synth import make_song
 from soloist.tokenize import PIECE_SECONDS, tokenize_batch
 from soloist.tracks import Batch
+from soloist.weights import load_encodec
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 44100

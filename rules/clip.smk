@@ -3,7 +3,7 @@ rule clip:
         "Selecting solo windows of batch {wildcards.batch}"
     input:
         separated=record("separate"),
-        **kept_audio("audio", "results/separate/{batch}"),
+        **kept_audio("audio", audio_folder("separate")),
     output:
         record("clip"),  # its tracks; their <track>/windows.parquet, clip.json beside it
     params:

@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 from soloist.config import batch_of, read_tracks, row_of, validate_config, write_sheet
-from soloist.demo_corpus import STEMS
+from soloist.synth import STEMS
 from soloist.fetch_weights import weights_mode
+from soloist.launch import resources as train_resources
+from soloist.tracks import LAYOUT
 
 # Scripts import soloist from this checkout, also inside --sdm conda environments.
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (workflow.basedir, os.getenv("PYTHONPATH")))))
@@ -83,6 +85,12 @@ def weights_manifest(family):
 def record(stage, batch="{batch}"):
     """A batch job's declared output: its record, listing its tracks (soloist/tracks.py)."""
     return f"results/{stage}/{batch}.json"
+
+
+def audio_folder(stage, batch="{batch}"):
+    """The folder holding a batch's audio, where tracks.LAYOUT puts it."""
+    top = LAYOUT[stage]["audio" if stage == "ingest" else "context"].split("/")[0]
+    return os.path.join(f"results/{stage}/{batch}", "" if "{track}" in top else top).rstrip("/")
 
 
 def intermediate(name, path):
@@ -173,7 +181,7 @@ def ingest_input(wildcards):
 
 def separate_input(wildcards):
     inputs = {"ingested": record("ingest", wildcards.batch),
-              **kept_audio("audio", f"results/ingest/{wildcards.batch}/audio")}
+              **kept_audio("audio", audio_folder("ingest", wildcards.batch))}
     # given stems need no model
     if any(not given_stems(row_of(t, ROWS)) for t in batch_tracks(wildcards)):
         inputs["weights"] = weights_manifest("demucs")
@@ -221,17 +229,6 @@ os.environ.update({f"SOLOIST_SLURM_{key.upper()}": str(value)
                    for key, value in config["slurm"].items() if key != "runtime"})
 os.environ.update({f"SOLOIST_SLURM_RUNTIME_{rule.upper()}": str(value)
                    for rule, value in config["slurm"]["runtime"].items()})
-
-
-def train_resources(train):
-    """One node: ``gpus`` GPUs for one torchrun. More nodes: one srun task per node, each
-    starting a torchrun on its node's ``gpus`` GPUs (workflow/scripts/train.py)."""
-    cpus = max(2, train["gpus"] * (train["workers"] + 1))  # a process and its loaders per GPU
-    if train["nodes"] == 1:
-        return {"gpu": train["gpus"], "cpus_per_task": cpus}
-    # gres (per node), not gpu: with tasks, gpu would become --ntasks-per-gpu
-    return {"nodes": train["nodes"], "tasks": train["nodes"], "tasks_per_gpu": 0,
-            "gres": f"gpu:{train['gpus']}", "cpus_per_task": cpus, "mpi": "srun"}
 
 
 def tracks_of_batch(batch):

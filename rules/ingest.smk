@@ -42,7 +42,7 @@ rule ingest:
     output:
         # its tracks; their audio/<track>.flac and info/<track>.json in results/ingest/{batch}/
         record=record("ingest"),
-        **intermediate("audio", "results/ingest/{batch}/audio"),
+        **intermediate("audio", audio_folder("ingest")),
     params:
         jobs=ingest_jobs,
         settings=settings("ingest"),

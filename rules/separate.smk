@@ -7,7 +7,7 @@ rule separate:
         # its tracks; their <track>/{context,target}.flac and separate.json in
         # results/separate/{batch}/
         record=record("separate"),
-        **intermediate("audio", "results/separate/{batch}"),
+        **intermediate("audio", audio_folder("separate")),
     params:
         settings=settings("separate"),
         shaped_by=shaped_by("separate"),

@@ -4,7 +4,7 @@ rule tokenize:
     input:
         separated=record("separate"),
         weights=weights_manifest("encodec"),
-        **kept_audio("audio", "results/separate/{batch}"),
+        **kept_audio("audio", audio_folder("separate")),
     output:
         # its tracks; their <track>/{context,target}.npy and tokens.json beside it
         record("tokenize"),

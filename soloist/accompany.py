@@ -5,7 +5,9 @@ track sheet takes), ``separate`` (the separator's context roles, unless the inpu
 a backing), the codec's ``encode``; then ``generate_long`` writes the solo window by window
 and the codec decodes it. The model folder, never the current config, says which separator
 roles, codec and frame rate: a model always reads the tokens it was trained on. A bad input
-ends as one error line; the others complete.
+ends as one error line; the others complete. accompany composes the stages' entry points
+(``ingest.resolve``/``ingest.ingest``, ``separate.separate``, at the stages' own
+``tracks.LAYOUT`` in a work folder), never their helpers.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from tqdm import tqdm
 
 from soloist import ingest as ingest_stage
 from soloist import separate as separate_stage
-from soloist.fetch_weights import RANDOM_WARNING, load_encodec
+from soloist.codec import decode, encode, resampler
+from soloist.device import pick_device
 from soloist.generate import Sampling, generate_long
 from soloist.io import (
     PAGE_STYLE,
+    RANDOM_WARNING,
     Clock,
     atomic_path,
     io_pool,
@@ -39,7 +43,8 @@ from soloist.io import (
     write_spectrograms,
 )
 from soloist.model import Soloist
-from soloist.tokenize import decode, encode, resampler
+from soloist.tracks import Batch, track_of
+from soloist.weights import load_encodec
 
 log = logging.getLogger("soloist.accompany")
 # compile: auto compiles the decode step for jobs of at least this many steps (about one per
@@ -73,7 +78,7 @@ class _Track:
 def load_model(source: str | os.PathLike, device: str = "auto") -> Soloist:
     """A model folder or Hub id's model on ``device`` (auto: a GPU if there is one), in bf16
     on a GPU."""
-    device = separate_stage.pick_device(device)
+    device = pick_device(device)
     return Soloist.from_pretrained(source, device,
                                    torch.bfloat16 if device.type == "cuda" else None)
 
@@ -188,17 +193,21 @@ def _ingest(inputs: list[Backing], work: Path, config: dict, seconds: float | No
             ingest_stage.resolve(b.name, b.source, resolved, s["ytdlp"])
             jobs = [(line["track"], resolved) for line in ingest_stage.read_resolved(resolved)]
         for name, resolved_tsv in jobs:
-            audio = work / "ingest" / f"{name}.flac"
-            info = ingest_stage.ingest(name, b.name, b.kind, b.source, audio,
-                                       work / "ingest" / f"{name}.json", s, s["downloads"],
-                                       resolved_tsv)
-            track = _Track(name, b.source, audio)
+            files = _batches(work)[0].files(name)
+            info = ingest_stage.ingest(name, b.name, b.kind, b.source, files["audio"],
+                                       files["status"], s, s["downloads"], resolved_tsv)
+            track = _Track(name, b.source, files["audio"])
             if not info["ok"]:
                 track.reason, track.stage = info["reason"], "ingest"
             elif seconds is not None:
-                _trim(audio, seconds)
+                _trim(track.audio, seconds)
             tracks.append(track)
     return tracks
+
+
+def _batches(work: Path) -> tuple[Batch, Batch]:
+    """Where the inputs are ingested and separated: the stages' own layout, in ``work``."""
+    return Batch.of("ingest", work / "ingest.json"), Batch.of("separate", work / "separate.json")
 
 
 def _trim(path: Path, seconds: float) -> None:
@@ -214,13 +223,10 @@ def _separate(tracks: list[_Track], work: Path, settings: dict, sample_rate: int
     settings = {**settings, "model": separator["model"], "context": separator["context"],
                 "target": separator["target"], "keep_stems": False}
     todo = [t for t in tracks if t.reason is None]
-    items = [separate_stage.Item(t.name, t.audio, t.audio.with_suffix(".json"),
-                                 work / "separate" / t.name / "context.flac",
-                                 work / "separate" / t.name / "target.flac",
-                                 work / "separate" / t.name / "separate.json") for t in todo]
-    statuses = separate_stage.separate(items, settings, demucs, sample_rate)
-    for t, item, status in zip(todo, items, statuses, strict=True):
-        t.audio = item.context
+    jobs = [track_of(t.name, *_batches(work)) for t in todo]
+    statuses = separate_stage.separate(jobs, settings, demucs, sample_rate)
+    for t, job, status in zip(todo, jobs, statuses, strict=True):
+        t.audio = job.out["context"]
         if not status["ok"]:
             t.reason, t.stage = status["reason"], "separate"
 

@@ -47,10 +47,10 @@ def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Pat
 
 def accompany_main(args: argparse.Namespace) -> int:
     from soloist.accompany import AccompanyError, Backing, accompany, load_model
-    from soloist.demo_corpus import make_song
-    from soloist.fetch_weights import WeightsError
     from soloist.generate import Sampling
     from soloist.model import ModelFolderError
+    from soloist.synth import make_song
+    from soloist.weights import WeightsError
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,23 +1,25 @@
 """Clip selection: fixed-length windows where the soloist plays over the backing.
 
-Loudness is judged relative to each track's own level: a frame is active when its RMS
-is within ``relative_db`` of the track's active level (a high percentile of its frame
-RMS), and never below an absolute floor. Rests shorter than ``bridge_seconds`` count
-as playing, so phrases separated by a breath stay one solo.
+A per-track stage (soloist.tracks). Loudness is judged relative to each track's own level:
+a frame is active when its RMS is within ``relative_db`` of the track's active level (a
+high percentile of its frame RMS), and never below an absolute floor. Rests shorter than
+``bridge_seconds`` count as playing, so phrases separated by a breath stay one solo.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from soloist.io import atomic_path, failed, first_failure, read_audio, write_json
-from soloist.tracks import Batch, provenance, run_batch
+from soloist.io import TrackError, atomic_path, read_audio
+from soloist.tracks import Batch, Track, attempt, provenance, run_batch, run_track
 
 log = logging.getLogger("soloist.clip")
 
@@ -101,46 +103,45 @@ def clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
          status_out: str | os.PathLike, settings: dict, provenance: str | None = None) -> dict:
     """Write the selected windows of one track (Parquet) and its status JSON (holding
     ``provenance``: what made it)."""
-    rows: list[dict] = []
-    try:
-        status = first_failure(upstream_status)
-        if status is None:
-            status, rows = _clip(track, context, target, settings)
-    except Exception as e:  # one bad track must not stop the others
-        log.exception("clip failed for %s", track)
-        status = failed("clip", f"{type(e).__name__}: {e}", track=track)
-    table = pa.Table.from_pylist(rows, schema=WINDOW_SCHEMA)
-    with atomic_path(windows_out) as tmp:
-        pq.write_table(table, tmp)
-    status = status | {"provenance": provenance}
-    write_json(status_out, status)
-    return status
+    upstream = {"context": context, "target": target, "status": upstream_status}
+    files = {"separate": {k: Path(p) for k, p in upstream.items()},
+             "clip": {"windows": Path(windows_out), "status": Path(status_out)}}
+    t = Track(track, files, "clip", provenance, EMPTY)
+    return run_track(t, lambda todo: clip_tracks(todo, settings), "separate")
 
 
 def clip_batch(separated: str | os.PathLike, record: str | os.PathLike, settings: dict,
                shape: dict) -> list[dict]:
     """Clip every track of a separate batch (its record) into the batch of ``record``,
     keeping the tracks already clipped from the same stems with the same ``shape``."""
-    upstream, out = Batch.of("separate", separated), Batch.of("clip", record)
+    upstream, out = Batch.of("separate", separated), Batch.of("clip", record, EMPTY)
     provenances = {t: provenance("clip", shape, p) for t, p in upstream.tracks().items()}
-
-    def work(todo: list[str]) -> None:
-        for t in tqdm(todo, desc="clip", unit="track", disable=len(todo) < 2):
-            i, o = upstream.files(t), out.files(t)
-            clip(t, i["context"], i["target"], i["status"], o["windows"], o["status"], settings,
-                 provenances[t])
-
-    return run_batch(out, provenances, work)
+    return run_batch(out, provenances, lambda todo: clip_tracks(todo, settings), upstream)
 
 
-def _clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
-          settings: dict) -> tuple[dict, list[dict]]:
-    target_audio, rate = read_audio(target)
-    context_audio, _ = read_audio(context)
+def clip_tracks(todo: list[Track], settings: dict) -> None:
+    """Clip each separated track of ``todo``: its windows and status."""
+    for track in tqdm(todo, desc="clip", unit="track", disable=len(todo) < 2):
+        attempt(track, functools.partial(_clip, track, settings))
+
+
+def _write_windows(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=WINDOW_SCHEMA), tmp)
+
+
+# A failed track's windows: an empty table, read as no windows
+EMPTY = {"windows": lambda path: _write_windows(path, [])}
+
+
+def _clip(track: Track, settings: dict) -> dict:
+    """Select and write ``track``'s windows; its status."""
+    target_audio, rate = read_audio(track["separate"]["target"])
+    context_audio, _ = read_audio(track["separate"]["context"])
     duration = target_audio.shape[1] / rate
     if duration < settings["seconds"]:
-        return failed("clip", f"track is {duration:.1f} s, shorter than one window "
-                              f"(clip.seconds={settings['seconds']})", track=track), []
+        raise TrackError(f"track is {duration:.1f} s, shorter than one window "
+                         f"(clip.seconds={settings['seconds']})")
     frame, hop = settings["frame_seconds"], settings["hop_seconds"]
     target_db = frame_rms_db(target_audio, rate, frame, hop)
     context_db = frame_rms_db(context_audio, rate, frame, hop)
@@ -155,12 +156,12 @@ def _clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
     for i, (start, end, t_frac, c_frac) in enumerate(windows):
         a, b = round(start / period), round(end / period)
         rows.append({
-            "track": track, "window": i, "start": start, "end": end,
+            "track": track.name, "window": i, "start": start, "end": end,
             "active_fraction": t_frac, "context_active_fraction": c_frac,
             "target_rms_db": _mean_db(target_db[a:b]), "context_rms_db": _mean_db(context_db[a:b]),
         })
     status = {
-        "ok": True, "stage": "clip", "track": track, "duration": round(duration, 4),
+        "ok": True, "stage": "clip", "track": track.name, "duration": round(duration, 4),
         "windows": len(rows), "active_seconds": round(float(target_on.sum()) * period, 3),
         "target_threshold_db": round(target_threshold, 2),
         "context_threshold_db": round(context_threshold, 2),
@@ -168,8 +169,10 @@ def _clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
                              for a, b in _runs(target_on)],
     }
     if not rows:
-        log.warning("%s: no %s s window where the soloist plays", track, settings["seconds"])
-    return status, rows
+        log.warning("%s: no %s s window where the soloist plays", track.name,
+                    settings["seconds"])
+    _write_windows(track.out["windows"], rows)
+    return status
 
 
 def _mean_db(db: np.ndarray) -> float:

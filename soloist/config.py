@@ -1,7 +1,15 @@
-"""Config and track-sheet validation with errors that name the offending key or row."""
+"""Config and track-sheet validation with errors that name the offending key or row.
+
+Every default lives in ``config/config.yaml`` (what users read and copy), and only there:
+the schemas say what a value may be, ``validate_config`` fills what a config leaves out
+from config.yaml. ``clip.seconds`` is the one window length: ``train.seconds`` (its random
+crop, the model's window) and ``evaluate.seconds`` are checked against it here, before
+any job starts.
+"""
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import os
@@ -13,6 +21,7 @@ import jsonschema
 import yaml
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "config" / "schemas"
+DEFAULTS = SCHEMAS.parent / "config.yaml"
 TRACK_ID = re.compile(r"[A-Za-z0-9._-]+")
 # A playlist row `p` expands into tracks `p.001`, `p.002`, ...
 ENTRY_ID = re.compile(r"(?P<row>.+)\.(?P<index>[0-9]{3,})")
@@ -40,12 +49,15 @@ def _schema(name: str) -> dict:
     return yaml.safe_load((SCHEMAS / name).read_text())
 
 
-def _fill_defaults(schema: dict, instance: dict) -> None:
-    for key, sub in schema.get("properties", {}).items():
-        if key not in instance and "default" in sub:
-            instance[key] = yaml.safe_load(yaml.safe_dump(sub["default"]))  # a fresh copy
-        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
-            _fill_defaults(sub, instance[key])
+def _fill_defaults(schema: dict, instance: dict, defaults: dict) -> None:
+    """Fill what ``instance`` leaves out from ``defaults``, section by section (a value that
+    is itself a mapping, such as shard.fractions, is given whole or not at all)."""
+    for key, default in defaults.items():
+        sub = schema.get("properties", {}).get(key, {})
+        if key not in instance:
+            instance[key] = copy.deepcopy(default)
+        elif isinstance(instance[key], dict) and "properties" in sub:
+            _fill_defaults(sub, instance[key], default)
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -104,13 +116,25 @@ def validate_config(config: dict) -> dict:
                 f"line write --config \"{_nested(key, config[key])}\", or put them nested "
                 f"in a YAML file given with --configfile")
     config.update(_coerce(schema, config))
-    _fill_defaults(schema, config)
+    _fill_defaults(schema, config, yaml.safe_load(DEFAULTS.read_text()))
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=str)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e) for e in errors))
     if abs(sum(config["shard"]["fractions"].values()) - 1.0) > 1e-6:
         raise ConfigError(f"shard.fractions must sum to 1, got {config['shard']['fractions']}")
+    _check_windows(config)
     return config
+
+
+def _check_windows(config: dict) -> None:
+    """The training crop and the evaluated solos fit in the clip window."""
+    window = config["clip"]["seconds"]
+    too_long = [f"{key}.seconds ({config[key]['seconds']:g}) is longer than clip.seconds "
+                f"({window:g}), the window every sample has: set {key}.seconds to at most "
+                f"{window:g}" for key in ("train", "evaluate")
+                if (config[key]["seconds"] or 0) > window]
+    if too_long:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(too_long))
 
 
 def source_kind(source: str) -> str:

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soloist.codec import decode
 from soloist.data import eval_loader
-from soloist.fetch_weights import RANDOM_WARNING, load_encodec
 from soloist.generate import Sampling, generate
 from soloist.io import (
     PAGE_STYLE,
+    RANDOM_WARNING,
     atomic_path,
     data_uri,
     read_json,
@@ -28,7 +29,7 @@ from soloist.io import (
     write_spectrograms,
 )
 from soloist.model import Soloist
-from soloist.tokenize import decode
+from soloist.weights import load_encodec
 
 log = logging.getLogger("soloist.evaluate")
 
@@ -67,7 +68,7 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
         Path(out_dir)
     torch.manual_seed(cfg["seed"])
     model = Soloist.from_pretrained(model_dir)
-    frames = min(model.cfg.max_frames, round(cfg["seconds"] * model.info["codec"]["frame_rate"]))
+    frames = _frames(cfg["seconds"], model)
     urls = [str(p) for p in sorted((shards / "test").glob("*.tar"))]
     if not urls:
         raise RuntimeError(f"no test shards in {shards / 'test'}: give some tracks split=test")
@@ -112,6 +113,19 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     write_json(out_dir / "metrics.json", metrics)
     _log_to_mlflow(model_dir, out_dir, metrics, config["mlflow"])
     return metrics
+
+
+def _frames(seconds: float | None, model: Soloist) -> int:
+    """The frames of each scored and generated window: ``seconds`` of them, at most the
+    model's window (None: all of it)."""
+    window = model.cfg.max_frames
+    if seconds is None:
+        return window
+    frames = round(seconds * model.info["codec"]["frame_rate"])
+    if frames > window:
+        log.warning("evaluate.seconds (%g) is longer than the model's window: evaluating "
+                    "its %g s (train.seconds)", seconds, model.info["window_seconds"])
+    return min(frames, window)
 
 
 def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,

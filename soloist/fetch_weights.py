@@ -1,12 +1,5 @@
-"""Model weights: download the real ones, or build random-init ones in the same file layouts.
-
-Layouts (what the real loaders read):
-- Demucs: the HuggingFace layout, ``<name>.yaml`` (the bag: model signatures) beside one
-  ``<sig>.safetensors`` per model, class and init arguments in the safetensors metadata.
-  We load it with demucs' own safetensors loader after checking the class against an
-  allowlist, so no pickle is ever read.
-- EnCodec: the state dict ``encodec_24khz-d7cc33bc.th`` torch.hub downloads, read with
-  ``torch.load(weights_only=True)``.
+"""The fetch_weights stage: download the real weights, or build random-init ones in the
+same file layouts (``soloist.weights`` describes them and loads them).
 
 Each model gets a manifest ``resources/weights/<mode>/<family>/<name>.json`` with the
 sha256 of its files; loaders verify them.
@@ -18,10 +11,7 @@ import json
 import logging
 import os
 import urllib.request
-import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,13 +19,13 @@ import numpy as np
 import torch
 import yaml
 
-from soloist.io import RANDOM_WARNING, atomic_path, read_json, sha256_file, write_json, write_torch
+from soloist.io import RANDOM_WARNING, atomic_path, sha256_file, write_json, write_torch
+from soloist.weights import ENCODEC_FILES, WeightsError, encodec_24khz
 
 log = logging.getLogger("soloist.fetch_weights")
 
 
 DEMUCS_HF = "https://huggingface.co/adefossez/{repo}/resolve/main/{file}"
-DEMUCS_ALLOWED = {"demucs.htdemucs.HTDemucs", "demucs.hdemucs.HDemucs", "demucs.demucs.Demucs"}
 # Architectures we can build with random weights: (the published signature, HTDemucs kwargs).
 DEMUCS_ARCH = {
     "htdemucs_6s": ("5c90dfd2", {
@@ -44,13 +34,7 @@ DEMUCS_ARCH = {
         "depth": 4, "dconv_mode": 3, "t_layers": 5,
     }),
 }
-ENCODEC_FILES = {"encodec_24khz": "encodec_24khz-d7cc33bc.th"}
-ENCODEC_RATES = {"encodec_24khz": 24_000}  # Hz, known before the model loads
 ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/{file}"
-
-
-class WeightsError(RuntimeError):
-    """Weights cannot be fetched or loaded; the message says how to get them."""
 
 
 def pretrained_files(family: str, name: str) -> dict[str, str]:
@@ -179,7 +163,7 @@ def _random_demucs(name: str, folder: Path, seed: int) -> list[str]:
 
 def _random_encodec(name: str, folder: Path, seed: int) -> list[str]:
     torch.manual_seed(seed)
-    model = _encodec_24khz()
+    model = encodec_24khz()
     # A random LSTM carries the past into every frame: silence got dozens of codes. Zeroed,
     # each LSTM adds nothing to its skip connection, so like a trained codec's the codes
     # describe the sound around their frame and the same sound gives the same codes.
@@ -207,8 +191,8 @@ def _init_codebooks(model: torch.nn.Module, seed: int) -> None:
 
     import torchaudio.functional as AF
 
-    from soloist.demo_corpus import make_song
     from soloist.io import read_audio
+    from soloist.synth import make_song
 
     g = torch.Generator().manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,74 +212,3 @@ def _init_codebooks(model: torch.nn.Module, seed: int) -> None:
         codebook.cluster_size.fill_(1.0)
         codebook.inited.fill_(1.0)
         residual = residual - layer.decode(layer.encode(residual))
-
-
-@contextmanager
-def _verified(manifest: str | os.PathLike) -> Iterator[tuple[dict, Path]]:
-    """The manifest's info and folder, for the body to load the model from. The files'
-    sha256 are checked in threads meanwhile (loading first is safe: safetensors and
-    ``weights_only`` run no code from a file); a mismatch raises on exit, so a model from
-    changed files is never returned."""
-    manifest = Path(manifest)
-    info = read_json(manifest)
-    paths = {manifest.parent / file: digest for file, digest in info["files"].items()}
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        raise WeightsError(f"{missing[0]} is missing; rerun: snakemake --forcerun fetch_weights")
-    with ThreadPoolExecutor(len(paths)) as pool:
-        hashes = {path: pool.submit(sha256_file, path) for path in paths}
-        try:
-            yield info, manifest.parent
-        finally:  # also when loading failed: a changed file is the likelier reason
-            for path, digest in paths.items():
-                if hashes[path].result() != digest:
-                    raise WeightsError(f"{path} changed since it was fetched; "
-                                       f"rerun: snakemake --forcerun fetch_weights")
-    if info["random"]:
-        log.warning(RANDOM_WARNING)
-
-
-def load_demucs(manifest: str | os.PathLike, device: str | torch.device = "cpu"
-                ) -> torch.nn.Module:
-    """The Demucs bag of models described by ``manifest``, in eval mode on ``device`` (built
-    there, rather than initialised on a CPU and copied)."""
-    from demucs.apply import BagOfModels
-    from demucs.hf import load_safetensors_model
-    from safetensors import safe_open
-
-    with _verified(manifest) as (info, folder):
-        bag = yaml.safe_load((folder / f"{info['name']}.yaml").read_text())
-        models = []
-        for sig in bag["models"]:
-            path = folder / f"{sig}.safetensors"
-            with safe_open(str(path), framework="pt") as f:
-                klass = f.metadata().get("klass")
-            if klass not in DEMUCS_ALLOWED:  # the loader imports whatever class the file names
-                raise WeightsError(f"{path} names model class {klass!r}, "
-                                   f"not one of {DEMUCS_ALLOWED}")
-            with torch.device(device):
-                models.append(load_safetensors_model(path))
-    model = BagOfModels(models, bag.get("weights"), bag.get("segment"))
-    return model.to(device).eval()
-
-
-def _encodec_24khz() -> torch.nn.Module:
-    from encodec import EncodecModel
-
-    with warnings.catch_warnings():  # encodec uses the deprecated weight_norm
-        warnings.simplefilter("ignore", FutureWarning)
-        return EncodecModel.encodec_model_24khz(pretrained=False)
-
-
-def load_encodec(manifest: str | os.PathLike, bandwidth: float,
-                 device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The EnCodec model described by ``manifest`` at ``bandwidth`` kbps, in eval mode on
-    ``device`` (built there)."""
-    with _verified(manifest) as (info, folder):
-        with torch.device(device):
-            model = _encodec_24khz()
-        state = torch.load(folder / ENCODEC_FILES[info["name"]], map_location=device,
-                           weights_only=True)
-        model.load_state_dict(state)
-    model.set_target_bandwidth(bandwidth)
-    return model.eval()

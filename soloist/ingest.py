@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import http
-import json
 import logging
-import math
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,97 +28,13 @@ from tqdm import tqdm
 from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import DownloadError, ExtractorError, unsmuggle_url
 
-from soloist import io
-from soloist.tracks import Batch, fingerprint, provenance, run_batch
+from soloist import io, tracks
+from soloist.tracks import Batch, Track, fingerprint, provenance, run_batch
 
 log = logging.getLogger("soloist.ingest")
 
-AUDIO_EXTENSIONS = {
-    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac",
-    ".aif", ".aiff", ".wv", ".webm", ".mka", ".wma",
-}  # fmt: skip
 
 RESOLVED_HEADER = ("track", "url", "title", "error")
-
-
-# ---------------------------------------------------------------- ffmpeg / ffprobe
-
-
-def _ff_message(stderr: str, path: str | os.PathLike) -> str:
-    """ffmpeg's stderr as one readable line (no '[mp3 @ 0x..]' or path prefixes)."""
-    lines = []
-    for line in stderr.splitlines():
-        line = re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", line.strip())
-        line = line.removeprefix(f"{path}: ").strip()
-        if line and line not in lines:
-            lines.append(line)
-    return "; ".join(lines)[:300] or "unknown ffmpeg error"
-
-
-def probe(path: str | os.PathLike) -> dict:
-    """sample_rate, channels, duration (s, None if unknown) and codec of the first audio stream.
-
-    Raises io.TrackError with a readable message when ffprobe cannot read the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise io.TrackError(f"file not found: {path}")
-    cmd = [
-        "ffprobe", "-v", "error", "-select_streams", "a:0", "-of", "json",
-        "-show_entries", "stream=codec_name,sample_rate,channels,duration:format=duration",
-        str(path),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise io.TrackError(f"cannot decode {path.name}: {_ff_message(result.stderr, path)}")
-    data = json.loads(result.stdout or "{}")
-    streams = data.get("streams") or []
-    if not streams:
-        raise io.TrackError(f"cannot decode {path.name}: no audio stream")
-    stream = streams[0]
-    # An ID3 tag before garbage still makes an "mp3" stream, one without rate or channels.
-    if not int(stream.get("sample_rate") or 0) or not int(stream.get("channels") or 0):
-        raise io.TrackError(f"cannot decode {path.name}: no audio stream ffprobe can read "
-                            f"(no frame of {stream.get('codec_name') or 'audio'} found)")
-
-    def seconds(value: Any) -> float | None:
-        try:
-            value = float(value)
-        except (TypeError, ValueError):  # "N/A" or absent
-            return None
-        return value if math.isfinite(value) else None
-
-    duration = seconds(data.get("format", {}).get("duration")) or seconds(stream.get("duration"))
-    return {
-        "sample_rate": int(stream.get("sample_rate") or 0),
-        "channels": int(stream.get("channels") or 0),
-        "duration": duration,
-        "codec": stream.get("codec_name"),
-    }
-
-
-def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
-    """Decode any file ffmpeg reads to float32 [2, N] at ``sample_rate``, without gain change.
-
-    Mono is duplicated to both channels here rather than by ffmpeg, whose upmix lowers
-    the level by 3 dB. More than two channels raise io.TrackError (no silent downmix).
-    """
-    path = Path(path)
-    channels = probe(path)["channels"]
-    if channels not in (1, 2):
-        raise io.TrackError(f"{channels} channels in {path.name}; only mono or stereo is read")
-    cmd = [
-        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
-        "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True)
-    if result.returncode != 0:
-        message = _ff_message(result.stderr.decode(errors="replace"), path)
-        raise io.TrackError(f"cannot decode {path.name}: {message}")
-    audio = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, channels).T
-    if channels == 1:
-        audio = np.repeat(audio, 2, axis=0)
-    return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- settings and checks
@@ -166,9 +79,9 @@ def _check_audio(audio: np.ndarray, s: dict) -> None:
 
 
 def _read_file(path: Path, s: dict) -> tuple[np.ndarray, dict]:
-    meta = probe(path)
+    meta = io.probe(path)
     _check_format(meta, s, path.name)
-    audio = load_audio(path, s["sample_rate"])
+    audio = io.load_audio(path, s["sample_rate"])
     # A header ffprobe believes (an MP3's Info frame) before data ffmpeg cannot decode: the
     # track is broken, not short.
     decoded, claimed = audio.shape[1] / s["sample_rate"], meta["duration"]
@@ -374,36 +287,23 @@ def _find_track(resolved_tsv: str | os.PathLike, track: str) -> dict:
     raise io.TrackError(f"track {track} not listed in {Path(resolved_tsv).name}")
 
 
-def stem_files(folder: Path) -> dict[str, Path]:
-    """{stem name: path} of the audio files in a stems folder, the mixture excluded."""
-    return {p.stem: p for p in _audio_files(folder) if p.stem.lower() != "mixture"}
-
-
-def _audio_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in AUDIO_EXTENSIONS
-    )
-
-
 def _ingest_stems(folder: Path, s: dict) -> tuple[np.ndarray, dict]:
     if not folder.is_dir():
         raise io.TrackError(f"stems folder not found: {folder}")
-    files = _audio_files(folder)
+    files = io.audio_files(folder)
     if not files:
         raise io.TrackError(f"no audio files in stems folder {folder}")
     mixtures = [p for p in files if p.stem.lower() == "mixture"]
-    stems = list(stem_files(folder).values())
+    stems = list(io.stem_files(folder).values())
     names = [p.stem for p in stems]
     if mixtures:
         audio, meta = _read_file(mixtures[0], s)
         return audio, {**meta, "sha256": io.sha256_file(mixtures[0]), "stems": names}
     parts, hashes, meta = [], [], {}
     for p in stems:
-        meta = probe(p)
+        meta = io.probe(p)
         _check_format(meta, s, p.name)
-        parts.append(load_audio(p, s["sample_rate"]))
+        parts.append(io.load_audio(p, s["sample_rate"]))
         hashes.append(f"{p.name} {io.sha256_file(p)}\n")
     # Stems of slightly different lengths are zero-padded to the longest.
     audio = np.zeros((2, max(a.shape[1] for a in parts)), dtype=np.float32)
@@ -444,60 +344,64 @@ def ingest(
     "demo" (a demo song's mixture or stems folder). Never raises for bad input: it writes
     an empty audio file and a failure status.
     """
-    s = settings
-    ids = {"track": track, "row": row, "kind": kind, "source": str(source)}
-    try:
-        info = {"ok": True, "stage": "ingest", **ids}
-        info.update(uploader=None, license=None, stems=None)
-        if kind == "url":
-            if resolved_tsv is None:
-                raise io.TrackError("kind url needs the resolved TSV")
-            entry = _find_track(resolved_tsv, track)
-            if entry["error"]:
-                raise io.TrackError(entry["error"])
-            if downloads_dir is None:
-                raise io.TrackError("kind url needs a downloads folder")
-            path, dl = download(entry["url"], downloads_dir, s)
-            audio, meta = _read_file(path, s)
-            info.update(
-                url=entry["url"],
-                title=entry["title"] or dl["title"],
-                uploader=dl["uploader"],
-                license=dl["license"],
-                sha256=io.sha256_file(path),
-            )
-        elif kind == "file" or (kind == "demo" and not Path(source).is_dir()):
-            path = Path(source)
-            if not path.is_file():
-                what = "not a file" if path.exists() else "file not found"
-                raise io.TrackError(f"{what}: {source}")
-            audio, meta = _read_file(path, s)
-            info.update(title=path.stem, sha256=io.sha256_file(path))
-        elif kind in ("stems", "demo"):
-            audio, meta = _ingest_stems(Path(source), s)
-            info.update(title=Path(source).name, sha256=meta["sha256"], stems=meta["stems"])
-        else:
-            raise io.TrackError(f"unknown ingest kind {kind!r} (url, file, stems or demo)")
-        if kind == "demo":
-            info.update(_demo_song(Path(source), track))
-        info.update(
-            duration=round(audio.shape[1] / s["sample_rate"], 3),
-            sample_rate=s["sample_rate"],
-            sample_rate_in=meta["sample_rate"],
-            channels_in=meta["channels"],
-        )
-        io.write_audio(audio_out, audio, s["sample_rate"])
-    except io.TrackError as err:
-        info = io.failed("ingest", str(err), **ids)
-    except Exception as err:  # one bad track must not stop the run
-        log.exception("ingest %s (%s %s) failed", track, kind, source)
-        info = io.failed("ingest", f"{type(err).__name__}: {err}", **ids)
-    if not info["ok"]:
-        log.warning("ingest %s failed: %s", track, info["reason"])
-        io.touch_empty(audio_out)
-    info["provenance"] = provenance
-    io.write_json(info_out, info)
+    files = {"ingest": {"audio": Path(audio_out), "status": Path(info_out)}}
+    job = {"track": track, "row": row, "kind": kind, "source": str(source),
+           "resolved": resolved_tsv}
+    return _ingest(Track(track, files, "ingest", provenance), job,
+                   settings | {"downloads": downloads_dir})
+
+
+def _ingest(track: Track, job: dict, settings: dict) -> dict:
+    ids = {k: job[k] for k in ("row", "kind", "source")}
+    return tracks.attempt(track, lambda: _read_source(track, job, settings), **ids)
+
+
+def _read_source(track: Track, job: dict, s: dict) -> dict:
+    """Decode the job's source into the track's audio file; its info."""
+    kind, source = job["kind"], job["source"]
+    info = {"ok": True, "stage": "ingest", "track": track.name, "row": job["row"],
+            "kind": kind, "source": source, "uploader": None, "license": None, "stems": None}
+    if kind == "url":
+        audio, meta = _read_url(track.name, job["resolved"], s, info)
+    elif kind == "file" or (kind == "demo" and not Path(source).is_dir()):
+        path = Path(source)
+        if not path.is_file():
+            what = "not a file" if path.exists() else "file not found"
+            raise io.TrackError(f"{what}: {source}")
+        audio, meta = _read_file(path, s)
+        info.update(title=path.stem, sha256=io.sha256_file(path))
+    elif kind in ("stems", "demo"):
+        audio, meta = _ingest_stems(Path(source), s)
+        info.update(title=Path(source).name, sha256=meta["sha256"], stems=meta["stems"])
+    else:
+        raise io.TrackError(f"unknown ingest kind {kind!r} (url, file, stems or demo)")
+    if kind == "demo":
+        info.update(_demo_song(Path(source), track.name))
+    info.update(
+        duration=round(audio.shape[1] / s["sample_rate"], 3),
+        sample_rate=s["sample_rate"],
+        sample_rate_in=meta["sample_rate"],
+        channels_in=meta["channels"],
+    )
+    io.write_audio(track.out["audio"], audio, s["sample_rate"])
     return info
+
+
+def _read_url(name: str, resolved_tsv: str | None, s: dict, info: dict
+              ) -> tuple[np.ndarray, dict]:
+    """Download the URL this track resolved to and decode it; fills ``info``."""
+    if resolved_tsv is None:
+        raise io.TrackError("kind url needs the resolved TSV")
+    entry = _find_track(resolved_tsv, name)
+    if entry["error"]:
+        raise io.TrackError(entry["error"])
+    if s["downloads"] is None:
+        raise io.TrackError("kind url needs a downloads folder")
+    path, dl = download(entry["url"], s["downloads"], s)
+    audio, meta = _read_file(path, s)
+    info.update(url=entry["url"], title=entry["title"] or dl["title"], uploader=dl["uploader"],
+                license=dl["license"], sha256=io.sha256_file(path))
+    return audio, meta
 
 
 def ingest_batch(jobs: list[dict], record: str | os.PathLike, settings: dict, shape: dict
@@ -505,18 +409,14 @@ def ingest_batch(jobs: list[dict], record: str | os.PathLike, settings: dict, sh
     """Ingest each job (track, row, kind, source, resolved) into the batch of ``record``
     (``tracks.LAYOUT``), keeping the tracks already ingested from the same source with the
     same ``shape`` (the settings that shape the audio). Returns the statuses in job order."""
-    out = Batch.of("ingest", record)
     by_track = {j["track"]: j for j in jobs}
     provenances = {j["track"]: provenance("ingest", shape, j, _source_state(j)) for j in jobs}
 
-    def work(todo: list[str]) -> None:
+    def work(todo: list[Track]) -> None:
         for track in tqdm(todo, desc="ingest", unit="track", disable=len(todo) < 2):
-            j, files = by_track[track], out.files(track)
-            ingest(track, j["row"], j["kind"], j["source"], files["audio"], files["status"],
-                   settings, settings["downloads"], resolved_tsv=j["resolved"],
-                   provenance=provenances[track])
+            _ingest(track, by_track[track.name], settings)
 
-    return run_batch(out, provenances, work)
+    return run_batch(Batch.of("ingest", record), provenances, work)
 
 
 def _source_state(job: dict) -> Any:

@@ -1,9 +1,7 @@
-"""Small helpers every stage shares: atomic writes, audio files, per-track status.
+"""Small helpers every stage shares: atomic writes, JSON/npy/audio files (any format
+ffmpeg decodes, FLAC written), status dicts, I/O thread pools and timing.
 
-Every per-track stage writes a status JSON next to its data. A track that failed
-upstream (or here) keeps flowing through the DAG with empty data files and a status
-that says where and why, so one bad recording never stops a run and shard can list
-it in ``results/failures.tsv``.
+The per-track contract that uses the status dicts lives in ``soloist.tracks``.
 """
 
 from __future__ import annotations
@@ -16,6 +14,8 @@ import json
 import logging
 import math
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -176,6 +176,102 @@ def _read(paths: list[str | os.PathLike], dtype: str, piece_seconds: float | Non
     return out
 
 
+AUDIO_EXTENSIONS = {
+    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac",
+    ".aif", ".aiff", ".wv", ".webm", ".mka", ".wma",
+}  # fmt: skip
+
+
+def _ff_message(stderr: str, path: str | os.PathLike) -> str:
+    """ffmpeg's stderr as one readable line (no '[mp3 @ 0x..]' or path prefixes)."""
+    lines = []
+    for line in stderr.splitlines():
+        line = re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", line.strip())
+        line = line.removeprefix(f"{path}: ").strip()
+        if line and line not in lines:
+            lines.append(line)
+    return "; ".join(lines)[:300] or "unknown ffmpeg error"
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """sample_rate, channels, duration (s, None if unknown) and codec of the first audio stream.
+
+    Raises TrackError with a readable message when ffprobe cannot read the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrackError(f"file not found: {path}")
+    cmd = [
+        "ffprobe", "-v", "error", "-select_streams", "a:0", "-of", "json",
+        "-show_entries", "stream=codec_name,sample_rate,channels,duration:format=duration",
+        str(path),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TrackError(f"cannot decode {path.name}: {_ff_message(result.stderr, path)}")
+    data = json.loads(result.stdout or "{}")
+    streams = data.get("streams") or []
+    if not streams:
+        raise TrackError(f"cannot decode {path.name}: no audio stream")
+    stream = streams[0]
+    # An ID3 tag before garbage still makes an "mp3" stream, one without rate or channels.
+    if not int(stream.get("sample_rate") or 0) or not int(stream.get("channels") or 0):
+        raise TrackError(f"cannot decode {path.name}: no audio stream ffprobe can read "
+                            f"(no frame of {stream.get('codec_name') or 'audio'} found)")
+
+    def seconds(value: Any) -> float | None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):  # "N/A" or absent
+            return None
+        return value if math.isfinite(value) else None
+
+    duration = seconds(data.get("format", {}).get("duration")) or seconds(stream.get("duration"))
+    return {
+        "sample_rate": int(stream.get("sample_rate") or 0),
+        "channels": int(stream.get("channels") or 0),
+        "duration": duration,
+        "codec": stream.get("codec_name"),
+    }
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Decode any file ffmpeg reads to float32 [2, N] at ``sample_rate``, without gain change.
+
+    Mono is duplicated to both channels here rather than by ffmpeg, whose upmix lowers
+    the level by 3 dB. More than two channels raise TrackError (no silent downmix).
+    """
+    path = Path(path)
+    channels = probe(path)["channels"]
+    if channels not in (1, 2):
+        raise TrackError(f"{channels} channels in {path.name}; only mono or stereo is read")
+    cmd = [
+        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+        "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True)
+    if result.returncode != 0:
+        message = _ff_message(result.stderr.decode(errors="replace"), path)
+        raise TrackError(f"cannot decode {path.name}: {message}")
+    audio = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, channels).T
+    if channels == 1:
+        audio = np.repeat(audio, 2, axis=0)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def stem_files(folder: Path) -> dict[str, Path]:
+    """{stem name: path} of the audio files in a stems folder, the mixture excluded."""
+    return {p.stem: p for p in audio_files(folder) if p.stem.lower() != "mixture"}
+
+
+def audio_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in AUDIO_EXTENSIONS
+    )
+
+
 def peak_db(audio: np.ndarray) -> float:
     """The peak level of ``audio`` in dBFS (-inf for silence or no samples)."""
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
@@ -199,15 +295,6 @@ def touch_empty(*paths: str | os.PathLike) -> None:
 
 def failed(stage: str, reason: str, **extra: Any) -> dict:
     return {"ok": False, "stage": stage, "reason": reason, **extra}
-
-
-def first_failure(*status_paths: str | os.PathLike) -> dict | None:
-    """The first failed upstream status among ``status_paths``, or None if all are ok."""
-    for p in status_paths:
-        status = read_json(p)
-        if not status.get("ok", False):
-            return status
-    return None
 
 
 # Every output made with random-init models says so (stats, metadata, logs, pages, report).

@@ -103,6 +103,19 @@ KIND_NAMES = {"demo": "synthesized by soloist's demo corpus", "url": "downloaded
               "file": "local audio files", "stems": "local multitracks (stems)"}
 
 
+def _card_tables(info: dict, metrics: dict, sources: Counter) -> tuple[str, str, str]:
+    """The model card's splits table, list of sources and table of test scores."""
+    splits = "\n".join(f"| {split} | {s['tracks']} | {s['windows']} | {s['hours']:.3f} |"
+                       for split, s in info["data"]["splits"].items())
+    kinds = "\n".join(
+        f"- {n} {'track' if n == 1 else 'tracks'} {KIND_NAMES.get(kind, kind)}: licence "
+        f"{licence_of or ('none (synthesized)' if kind == 'demo' else 'not known')}"
+        for (kind, licence_of), n in sorted(sources.items()))
+    scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()
+                       if isinstance(v, float) and not k.startswith(("ce_cb", "accuracy_cb")))
+    return splits, kinds, scores
+
+
 def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
                examples: list[str], repo_id: str | None) -> str:
     """The README.md of a model folder: Hub front matter, then what a user needs to know."""
@@ -115,14 +128,7 @@ def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
              + (["random-weights"] if random else [])}
     warning = f"\n> **{info['warning']}**\n" if random else ""
     where = repo_id or "results/publish"
-    splits = "\n".join(f"| {split} | {s['tracks']} | {s['windows']} | {s['hours']:.3f} |"
-                       for split, s in info["data"]["splits"].items())
-    kinds = "\n".join(
-        f"- {n} {'track' if n == 1 else 'tracks'} {KIND_NAMES.get(kind, kind)}: licence "
-        f"{licence_of or ('none (synthesized)' if kind == 'demo' else 'not known')}"
-        for (kind, licence_of), n in sorted(sources.items()))
-    scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()
-                       if isinstance(v, float) and not k.startswith(("ce_cb", "accuracy_cb")))
+    splits, kinds, scores = _card_tables(info, metrics, sources)
     listening = "\n".join(f"- [{e}]({e})" for e in examples) or "- (none)"
     loss = info["training"].get("best_val_loss")
     validation = "no validation split" if loss is None else f"validation loss {loss:.4f}"

@@ -24,7 +24,12 @@ def failed_jobs(run_log: str) -> list[dict]:
     jobs = []
     for block in re.split(r"^Error in rule ", run_log, flags=re.M)[1:]:
         rule, _, body = block.partition(":\n")
-        fields = dict(re.findall(r"^    (\w+): (.*)$", body.split("\n\n")[0], flags=re.M))
+        fields = {}
+        for line in body.splitlines():  # its own fields: the next job's may follow at once
+            field = re.match(r"^    (\w+): (.*)$", line)
+            if not field:
+                break
+            fields.setdefault(field[1], field[2])
         log = fields.get("log", "").removesuffix(" (check log file(s) for error details)")
         jobs.append({"rule": rule.strip(), "wildcards": fields.get("wildcards", ""),
                      "output": fields.get("output", ""),

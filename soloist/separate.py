@@ -1,8 +1,12 @@
-"""Stem separation: Demucs (or given stems) -> a context (backing) and a target (solo) track."""
+"""Stem separation: Demucs (or given stems) -> a context (backing) and a target (solo) track.
+
+A per-track stage (soloist.tracks): each track's mix is read from ingest's files and its
+context, target (and with ``keep_stems`` every stem) written where ``tracks.LAYOUT`` says.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import math
 import os
@@ -15,21 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from soloist.io import (
-    Background,
-    Clock,
-    failed,
-    first_failure,
-    io_pool,
-    io_workers,
-    prefetch,
-    read_audio,
-    read_json,
-    touch_empty,
-    write_audio,
-    write_json,
-)
-from soloist.tracks import Batch, provenance, run_batch
+from soloist import device as devices
+from soloist import io
+from soloist.io import Background, Clock, io_pool, read_json, write_audio
+from soloist.tracks import Batch, Track, attempt, fail, provenance, run_batch
 
 log = logging.getLogger("soloist.separate")
 Audio = np.ndarray | torch.Tensor
@@ -41,38 +34,6 @@ COMPILE_MIN_AUDIO = {"cuda": 20 * 3600, "cpu": 30 * 60}
 # batch_size: auto fits the GPU it gets: HTDemucs' peak memory per batch row, per sample of
 # its window, bf16 or fp32 alike (an H200, torch 2.11; BENCHMARKS.md)
 DEMUCS_PEAK_BYTES = 1380
-
-
-@dataclass
-class Item:
-    """One track to separate: its ingest outputs in, context/target/status out."""
-
-    track: str
-    audio: Path
-    info: Path
-    context: Path
-    target: Path
-    status: Path
-    stems_dir: Path | None = None  # where all stems go when keep_stems is set
-    provenance: str | None = None  # what made it (tracks.provenance), in its status
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def fit_batch(most: int, item_bytes: float, free_bytes: float) -> int:
-    """``most``, or as many items as fit in 70% of ``free_bytes`` when each one needs
-    ``item_bytes`` at the forward pass's peak; at least 1."""
-    return max(1, min(most, int(0.7 * free_bytes / item_bytes)))
-
-
-def out_of_memory(stage: str, batch_size: int) -> RuntimeError:
-    """The error for a batch the GPU had no room for, naming the setting to lower."""
-    return RuntimeError(f"the GPU ran out of memory for a batch of {batch_size}: set "
-                        f"{stage}.batch_size lower than {batch_size} (auto fits an idle GPU)")
 
 
 def mix_roles(stems: dict[str, Audio], context: list[str], target: list[str]
@@ -104,123 +65,99 @@ def separate_batch(ingested: str | os.PathLike, record: str | os.PathLike, setti
     model = read_json(weights) if weights else None
     provenances = {t: provenance("separate", shape, model, p)
                    for t, p in upstream.tracks().items()}
-
-    def item(track: str) -> Item:
-        i, o = upstream.files(track), out.files(track)
-        return Item(track, i["audio"], i["status"], o["context"], o["target"], o["status"],
-                    out.dir / track / "stems", provenances[track])
-
-    return run_batch(out, provenances, lambda todo: separate([item(t) for t in todo], settings,
-                                                             weights, sample_rate))
+    return run_batch(out, provenances, lambda todo: separate(todo, settings, weights,
+                                                             sample_rate), upstream)
 
 
-def separate(items: list[Item], settings: dict, weights: str | os.PathLike | None,
+def separate(tracks: list[Track], settings: dict, weights: str | os.PathLike | None,
              sample_rate: int) -> list[dict]:
-    """Separate ``items`` with one Demucs model, loaded once, when the first item needs it.
+    """Separate ``tracks`` (ingested, each with its ``separate`` files to write) with one
+    Demucs model, loaded once, when the first track needs it.
 
-    Items ingested from a stems folder use the given stems. ``settings`` is the config's
+    Tracks ingested from a stems folder use the given stems. ``settings`` is the config's
     ``separate`` section (roles, shifts, overlap, segment, batch_size, precision, compile,
     device, keep_stems). Segments of all tracks are batched through the model while the
     next tracks are read and the finished ones written in threads. Bad input never
-    raises: the item gets a failed status. Returns the statuses in item order.
+    raises: the track gets a failed status. Returns the statuses in track order.
     """
-    weights_random = weights is not None and read_json(weights)["random"]
-    label = "random" if weights_random else "pretrained"
     statuses: dict[str, dict] = {}
-    demucs_items = []
-    for item in items:
-        upstream = first_failure(item.info)
-        if upstream:
-            statuses[item.track] = _finish(item, upstream)
-        elif read_json(item.info).get("stems"):  # ingested from a stems folder
-            try:
-                stems = _given_stems(item, sample_rate)
-            except Exception as e:  # one bad track must not stop the others
-                statuses[item.track] = _fail(item, e)
-                continue
-            statuses[item.track] = _write(item, settings, sample_rate, "given stems", stems)
+    demucs = []
+    for track in tracks:
+        info = read_json(track["ingest"]["status"])
+        if info.get("stems"):  # ingested from a stems folder
+            statuses[track.name] = attempt(track, functools.partial(
+                _write_given, track, info["source"], settings, sample_rate))
         elif weights is None:
-            statuses[item.track] = _fail(item, ValueError(
+            statuses[track.name] = fail(track, ValueError(
                 "no Demucs weights given for a track that needs separation"))
         else:
-            demucs_items.append(item)
-    if demucs_items:
-        from soloist.fetch_weights import load_demucs
-
-        device, clock = pick_device(settings["device"]), Clock()
-        reads = prefetch(lambda i: read_audio(i.audio, PIECE_SECONDS), demucs_items)
-        with clock("model load"):  # while the first tracks are read
-            model = load_demucs(weights, device)
-        compiled = _compile(settings["compile"], device, demucs_items)
-        with Background(io_workers(), limit=io_workers()) as writer:
-            futures = {}
-            bar = tqdm(total=len(demucs_items), desc="separate", unit="track",
-                       disable=len(demucs_items) < 2)
-            for item, stems, error in demix(model, reads, settings, sample_rate, device,
-                                            clock, compiled):
-                if error is None:
-                    with clock("waiting for writes"):
-                        futures[item.track] = writer.submit(_write, item, settings, sample_rate,
-                                                            label, stems)
-                else:
-                    statuses[item.track] = _fail(item, error)
-                bar.update()
-            bar.close()
-            with clock("waiting for writes"):
-                writer.close()
-        log.info("separated %d tracks in %s", len(demucs_items), clock)
-        statuses |= {track: f.result() for track, f in futures.items()}
-    return [statuses[item.track] for item in items]
+            demucs.append(track)
+    if demucs:
+        statuses |= _with_demucs(demucs, settings, weights, sample_rate)
+    return [statuses[track.name] for track in tracks]
 
 
-def _write(item: Item, settings: dict, sample_rate: int, weights: str,
+def _with_demucs(tracks: list[Track], settings: dict, weights: str | os.PathLike,
+                 sample_rate: int) -> dict[str, dict]:
+    """Separate ``tracks`` with the Demucs model of ``weights``: {track: status}."""
+    from soloist.weights import load_demucs
+
+    label = "random" if read_json(weights)["random"] else "pretrained"
+    device, clock = devices.pick_device(settings["device"]), Clock()
+    reads = io.prefetch(lambda t: io.read_audio(t["ingest"]["audio"], PIECE_SECONDS), tracks)
+    with clock("model load"):  # while the first tracks are read
+        model = load_demucs(weights, device)
+    compiled = _compile(settings["compile"], device, tracks)
+    statuses, futures = {}, {}
+    with Background(io.io_workers(), limit=io.io_workers()) as writer:
+        bar = tqdm(total=len(tracks), desc="separate", unit="track", disable=len(tracks) < 2)
+        for track, stems, error in demix(model, reads, settings, sample_rate, device, clock,
+                                         compiled):
+            if error is None:
+                write = functools.partial(_write, track, settings, sample_rate, label, stems)
+                with clock("waiting for writes"):
+                    futures[track.name] = writer.submit(attempt, track, write)
+            else:
+                statuses[track.name] = fail(track, error)
+            bar.update()
+        bar.close()
+        with clock("waiting for writes"):
+            writer.close()
+    log.info("separated %d tracks in %s", len(tracks), clock)
+    return statuses | {name: f.result() for name, f in futures.items()}
+
+
+def _write(track: Track, settings: dict, sample_rate: int, weights: str,
            stems: dict[str, Audio]) -> dict:
-    """Mix ``stems`` into the roles and write them; the status (never raises)."""
-    try:
-        context, target = mix_roles(stems, settings["context"], settings["target"])
-        files = [(item.context, context), (item.target, target)]
-        if settings["keep_stems"] and item.stems_dir is not None:
-            files += [(item.stems_dir / f"{name}.flac", a) for name, a in stems.items()]
-        # FLAC encoding is the slow part of writing: one thread per file. The samples are
-        # made here: torch ops in the process-wide pool's threads would keep an OpenMP team
-        # alive in each, and on a CPU every later parallel region would wait on them
-        files = [(path, pcm16(audio)) for path, audio in files]
-        list(io_pool().map(lambda f: write_audio(f[0], f[1], sample_rate), files))
-        status = {"ok": True, "stage": "separate", "track": item.track, "stems": sorted(stems),
-                  "weights": weights,
-                  "unused_stems": sorted(set(stems) - set(settings["context"])
-                                         - set(settings["target"]))}
-    except Exception as e:  # one bad track must not stop the others
-        return _fail(item, e)
-    return _finish(item, status)
+    """Mix ``stems`` into the roles and write them; the status."""
+    out = track.out
+    context, target = mix_roles(stems, settings["context"], settings["target"])
+    files = [(out["context"], context), (out["target"], target)]
+    if settings["keep_stems"] and "stems" in out:
+        files += [(out["stems"] / f"{name}.flac", a) for name, a in stems.items()]
+    # FLAC encoding is the slow part of writing: one thread per file. The samples are
+    # made here: torch ops in the process-wide pool's threads would keep an OpenMP team
+    # alive in each, and on a CPU every later parallel region would wait on them
+    files = [(path, pcm16(audio)) for path, audio in files]
+    list(io_pool().map(lambda f: write_audio(f[0], f[1], sample_rate), files))
+    return {"ok": True, "stage": "separate", "track": track.name, "stems": sorted(stems),
+            "weights": weights,
+            "unused_stems": sorted(set(stems) - set(settings["context"])
+                                   - set(settings["target"]))}
 
 
-def _fail(item: Item, error: Exception) -> dict:
-    log.error("separate failed for %s: %s: %s", item.track, type(error).__name__, error)
-    return _finish(item, failed("separate", f"{type(error).__name__}: {error}",
-                                track=item.track))
-
-
-def _finish(item: Item, status: dict) -> dict:
-    if not status["ok"]:
-        touch_empty(item.context, item.target)
-    status = status | {"provenance": item.provenance}
-    write_json(item.status, status)
-    return status
-
-
-def _given_stems(item: Item, sample_rate: int) -> dict[str, np.ndarray]:
-    from soloist.ingest import load_audio, stem_files
-
-    folder = Path(read_json(item.info)["source"])
-    return {name: load_audio(path, sample_rate) for name, path in stem_files(folder).items()}
+def _write_given(track: Track, folder: str, settings: dict, sample_rate: int) -> dict:
+    """Mix and write the stems of a stems folder; the status."""
+    stems = {name: io.load_audio(path, sample_rate)
+             for name, path in io.stem_files(Path(folder)).items()}
+    return _write(track, settings, sample_rate, "given stems", stems)
 
 
 @dataclass
 class _Pass:
     """One pass of the model over one track: its (shifted) input and what has come back."""
 
-    track: _Track
+    song: _Song
     x: torch.Tensor       # [C, L] normalised mix, left-padded by ``pad`` zeros (the shift)
     pad: int
     out: torch.Tensor     # [S, C, L] weighted sum of segment outputs
@@ -229,8 +166,10 @@ class _Pass:
 
 
 @dataclass
-class _Track:
-    item: Item
+class _Song:
+    """One track being separated: the normalisation to undo and its passes (one a shift)."""
+
+    track: Track
     mean: torch.Tensor
     std: torch.Tensor
     n: int                # samples
@@ -240,11 +179,11 @@ class _Track:
 
 @torch.inference_mode()
 def demix(model: torch.nn.Module,
-          reads: Iterable[tuple[Item, tuple[np.ndarray, int] | None, Exception | None]],
+          reads: Iterable[tuple[Track, tuple[np.ndarray, int] | None, Exception | None]],
           settings: dict, sample_rate: int, device: torch.device, clock: Clock | None = None,
-          compiled: bool = False) -> Iterator[tuple[Item, dict | None, Exception | None]]:
-    """Yield ``(item, {stem: [C, N] float32 on device}, None)`` or ``(item, None, error)``
-    for each ``(item, (mix [C, N], sample rate), None)`` or ``(item, None, error)`` read.
+          compiled: bool = False) -> Iterator[tuple[Track, dict | None, Exception | None]]:
+    """Yield ``(track, {stem: [C, N] float32 on device}, None)`` or ``(track, None, error)``
+    for each ``(track, (mix [C, N], sample rate), None)`` or ``(track, None, error)`` read.
 
     The same arithmetic as ``demucs.apply.apply_model`` (the CLI's normalisation, random
     shifts drawn from ``random`` seeded by the track id, segments with ``overlap`` blended
@@ -254,96 +193,129 @@ def demix(model: torch.nn.Module,
     for that one shape (every batch, the last one too, is padded to ``batch_size``); if
     compiling fails, a warning says why and the eager model takes over.
     """
-    from demucs.apply import BagOfModels
+    demixer = _Demixer(model, settings, device, clock or Clock(), compiled)
+    for track, audio, error in demixer.clock.iter("waiting for audio", reads):
+        try:
+            if error is not None:
+                raise error
+            demixer.add(track, *audio, sample_rate)
+        except Exception as e:  # one bad track must not stop the others
+            yield track, None, e
+            continue
+        yield from demixer.full_batches()
+    yield from demixer.flush()
 
-    if isinstance(model, BagOfModels):  # what demucs' loaders return, here a bag of one
-        if len(model.models) != 1:
-            raise ValueError(f"a bag of {len(model.models)} Demucs models is not supported")
-        model = model.models[0]
-    seg = int(model.samplerate * (settings["segment"] or float(model.segment)))
-    stride = int((1 - settings["overlap"]) * seg)
-    window = model.valid_length(seg) if hasattr(model, "valid_length") else seg
-    ramp = torch.cat([torch.arange(1, seg // 2 + 1), torch.arange(seg - seg // 2, 0, -1)])
-    ramp = (ramp / ramp.max()).to(device)
-    batch_size = _batch_size(settings["batch_size"], device, window)
-    autocast = _autocast(settings["precision"], device)
-    max_shift = int(0.5 * model.samplerate)
-    clock = clock or Clock()
-    queue: list[tuple[_Pass, int, int]] = []  # (pass, segment offset, segment length)
-    forward = torch.compile(model, dynamic=False) if compiled else model
-    span = "compiling" if compiled else "model"  # the first compiled call compiles
 
-    def run(batch: list[tuple[_Pass, int, int]]) -> Iterator[_Track]:
-        """One forward pass; yields the tracks it completes."""
-        nonlocal forward, span
-        rows = batch_size if forward is not model else len(batch)
-        x = torch.zeros(rows, batch[0][0].x.shape[0], window, device=device)
+class _Demixer:
+    """One Demucs model's segments, queued across tracks and run in batches [B, C, W]."""
+
+    def __init__(self, model: torch.nn.Module, settings: dict, device: torch.device,
+                 clock: Clock, compiled: bool):
+        from demucs.apply import BagOfModels
+
+        if isinstance(model, BagOfModels):  # what demucs' loaders return, here a bag of one
+            if len(model.models) != 1:
+                raise ValueError(f"a bag of {len(model.models)} Demucs models is not supported")
+            model = model.models[0]
+        self.model, self.device, self.clock, self.shifts = model, device, clock, settings["shifts"]
+        self.seg = int(model.samplerate * (settings["segment"] or float(model.segment)))
+        self.stride = int((1 - settings["overlap"]) * self.seg)
+        self.window = model.valid_length(self.seg) if hasattr(model, "valid_length") else self.seg
+        seg = self.seg
+        ramp = torch.cat([torch.arange(1, seg // 2 + 1), torch.arange(seg - seg // 2, 0, -1)])
+        self.ramp = (ramp / ramp.max()).to(device)
+        self.batch_size = _batch_size(settings["batch_size"], device, self.window)
+        self.autocast = devices.autocast(settings["precision"], device)
+        self.forward = torch.compile(model, dynamic=False) if compiled else model
+        self.span = "compiling" if compiled else "model"  # the first compiled call compiles
+        self.queue: list[tuple[_Pass, int, int]] = []  # (pass, segment offset, length)
+
+    def add(self, track: Track, mix: np.ndarray, rate: int, sample_rate: int) -> None:
+        """Queue the segments of ``track``'s mix [C, N], normalised like the demucs CLI
+        (undone at the end), once per shift."""
+        path = track["ingest"]["audio"]
+        if mix.shape[1] == 0:
+            raise ValueError(f"{path} has no samples")
+        if rate != self.model.samplerate or rate != sample_rate:
+            raise ValueError(f"{path} is {rate} Hz; the model wants {self.model.samplerate} Hz")
+        mix = torch.from_numpy(mix).to(self.device)
+        ref = mix.mean(0)
+        song = _Song(track, ref.mean(), ref.std() + 1e-8, mix.shape[1], [], 0)
+        max_shift = int(0.5 * self.model.samplerate)
+        random.seed(track.name)  # demucs draws its shifts from `random`: reproducible
+        pads = [max_shift - random.randint(0, max_shift) for _ in range(self.shifts)] or [0]
+        mix = (mix - song.mean) / song.std
+        for pad in pads:
+            x = torch.nn.functional.pad(mix, (pad, 0))
+            offsets = range(0, x.shape[1], self.stride)
+            out = torch.zeros(len(self.model.sources), *x.shape, device=self.device)
+            p = _Pass(song, x, pad, out, torch.zeros(x.shape[1], device=self.device),
+                      len(offsets))
+            song.passes.append(p)
+            self.queue += [(p, o, min(self.seg, x.shape[1] - o)) for o in offsets]
+        song.left = len(pads)
+
+    def full_batches(self) -> Iterator[tuple[Track, dict, None]]:
+        """Run the full batches queued so far; yield the tracks they finish."""
+        while len(self.queue) >= self.batch_size:
+            batch, self.queue = self.queue[:self.batch_size], self.queue[self.batch_size:]
+            yield from ((s.track, self._stems(s), None) for s in self._run(batch))
+
+    def flush(self) -> Iterator[tuple[Track, dict, None]]:
+        """Run what is left in the queue; yield the tracks it finishes."""
+        queue, self.queue = self.queue, []
+        for b in range(0, len(queue), self.batch_size):
+            batch = queue[b:b + self.batch_size]
+            yield from ((s.track, self._stems(s), None) for s in self._run(batch))
+
+    def _run(self, batch: list[tuple[_Pass, int, int]]) -> Iterator[_Song]:
+        """One forward pass; yields the songs it completes."""
+        y = self._forward(self._inputs(batch))  # [B, S, C, W]
+        ramp = self.ramp
         for j, (p, offset, length) in enumerate(batch):
-            start = offset - (window - length) // 2  # centred in the window, as demucs pads
-            lo, hi = max(start, 0), min(start + window, p.x.shape[1])
-            x[j, :, lo - start:hi - start] = p.x[:, lo:hi]
-        with clock(span), autocast:
-            try:
-                y = forward(x).float()  # [B, S, C, W]
-            except torch.cuda.OutOfMemoryError as e:
-                raise out_of_memory("separate", batch_size) from e
-            except Exception as e:
-                if forward is model:
-                    raise
-                log.warning("torch.compile of Demucs failed, separating without it: %s: %s",
-                            type(e).__name__, e)
-                forward = model
-                y = model(x).float()
-        span = "model"
-        for j, (p, offset, length) in enumerate(batch):
-            trim = (window - length) // 2
+            trim = (self.window - length) // 2
             p.out[..., offset:offset + length] += ramp[:length] * y[j, ..., trim:trim + length]
             p.weight[offset:offset + length] += ramp[:length]
             p.left -= 1
             if p.left == 0:
-                p.track.left -= 1
-                if p.track.left == 0:
-                    yield p.track
+                p.song.left -= 1
+                if p.song.left == 0:
+                    yield p.song
 
-    def finished(track: _Track) -> dict[str, torch.Tensor]:
-        out = sum(p.out[..., p.pad:p.pad + track.n] / p.weight[p.pad:p.pad + track.n]
-                  for p in track.passes) / len(track.passes)
-        out = out * track.std + track.mean
-        return {name: out[i] for i, name in enumerate(model.sources)}
+    def _inputs(self, batch: list[tuple[_Pass, int, int]]) -> torch.Tensor:
+        """The batch's segments [B, C, W], each centred in the window as demucs pads it, and
+        zero rows up to ``batch_size`` for the compiled forward's one shape."""
+        window = self.window
+        rows = self.batch_size if self.forward is not self.model else len(batch)
+        x = torch.zeros(rows, batch[0][0].x.shape[0], window, device=self.device)
+        for j, (p, offset, length) in enumerate(batch):
+            start = offset - (window - length) // 2
+            lo, hi = max(start, 0), min(start + window, p.x.shape[1])
+            x[j, :, lo - start:hi - start] = p.x[:, lo:hi]
+        return x
 
-    for item, audio, error in clock.iter("waiting for audio", reads):
-        try:
-            if error is not None:
-                raise error
-            mix, rate = audio
-            if mix.shape[1] == 0:
-                raise ValueError(f"{item.audio} has no samples")
-            if rate != model.samplerate or rate != sample_rate:
-                raise ValueError(f"{item.audio} is {rate} Hz; the model wants "
-                                 f"{model.samplerate} Hz")
-            mix = torch.from_numpy(mix).to(device)
-            ref = mix.mean(0)  # normalised like the demucs CLI, undone at the end
-            track = _Track(item, ref.mean(), ref.std() + 1e-8, mix.shape[1], [], 0)
-            mix = (mix - track.mean) / track.std
-            random.seed(item.track)  # demucs draws its shifts from `random`: reproducible
-            pads = [max_shift - random.randint(0, max_shift)
-                    for _ in range(settings["shifts"])] or [0]
-        except Exception as e:  # one bad track must not stop the others
-            yield item, None, e
-            continue
-        for pad in pads:
-            x = torch.nn.functional.pad(mix, (pad, 0))
-            offsets = range(0, x.shape[1], stride)
-            p = _Pass(track, x, pad, torch.zeros(len(model.sources), *x.shape, device=device),
-                      torch.zeros(x.shape[1], device=device), len(offsets))
-            track.passes.append(p)
-            queue += [(p, o, min(seg, x.shape[1] - o)) for o in offsets]
-        track.left = len(pads)
-        while len(queue) >= batch_size:
-            batch, queue = queue[:batch_size], queue[batch_size:]
-            yield from ((done.item, finished(done), None) for done in run(batch))
-    for b in range(0, len(queue), batch_size):
-        yield from ((done.item, finished(done), None) for done in run(queue[b:b + batch_size]))
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.clock(self.span), self.autocast:
+            try:
+                y = self.forward(x).float()
+            except torch.cuda.OutOfMemoryError as e:
+                raise devices.out_of_memory("separate", self.batch_size) from e
+            except Exception as e:
+                if self.forward is self.model:
+                    raise
+                log.warning("torch.compile of Demucs failed, separating without it: %s: %s",
+                            type(e).__name__, e)
+                self.forward = self.model
+                y = self.model(x).float()
+        self.span = "model"
+        return y
+
+    def _stems(self, song: _Song) -> dict[str, torch.Tensor]:
+        n = song.n
+        out = sum(p.out[..., p.pad:p.pad + n] / p.weight[p.pad:p.pad + n]
+                  for p in song.passes) / len(song.passes)
+        out = out * song.std + song.mean
+        return {name: out[i] for i, name in enumerate(self.model.sources)}
 
 
 def _batch_size(setting: int | str, device: torch.device, window: int) -> int:
@@ -352,21 +324,15 @@ def _batch_size(setting: int | str, device: torch.device, window: int) -> int:
         return int(setting)
     if device.type != "cuda":
         return 1
-    size = fit_batch(16, window * DEMUCS_PEAK_BYTES, torch.cuda.mem_get_info(device)[0])
+    size = devices.fit_batch(16, window * DEMUCS_PEAK_BYTES, torch.cuda.mem_get_info(device)[0])
     log.info("batches of %d segments (separate.batch_size: auto)", size)
     return size
 
 
-def _compile(setting: bool | str, device: torch.device, items: list[Item]) -> bool:
+def _compile(setting: bool | str, device: torch.device, tracks: list[Track]) -> bool:
     """Whether to compile the forward: only when the job holds enough audio (ingest's
     durations) to pay for the compile (BENCHMARKS.md)."""
     if setting == "auto":
-        seconds = sum(read_json(i.info).get("duration", 0) for i in items)
+        seconds = sum(read_json(t["ingest"]["status"]).get("duration", 0) for t in tracks)
         return seconds >= COMPILE_MIN_AUDIO.get(device.type, math.inf)
     return bool(setting)
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, torch.bfloat16)
-    return contextlib.nullcontext()

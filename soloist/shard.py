@@ -15,7 +15,7 @@ import os
 import shutil
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soloist.io import RANDOM_WARNING, atomic_path, read_json, read_npy, write_json, write_png
-from soloist.tracks import Batch
+from soloist.tracks import Batch, Track, track_of
 
 log = logging.getLogger("soloist.shard")
 
@@ -41,37 +41,20 @@ CODEC_KEYS = ("model", "files", "sample_rate", "frame_rate", "bandwidth", "codeb
               "cardinality", "weights")
 
 
-@dataclass
-class TrackFiles:
-    """The per-track outputs shard reads."""
-
-    track: str
-    info: Path
-    clip_status: Path
-    windows: Path
-    tokens_status: Path
-    context: Path
-    target: Path
-
-
-def batch_files(ingested: list[str], clipped: list[str], tokenized: list[str]
-                ) -> list[TrackFiles]:
+def batch_files(ingested: list[str], clipped: list[str], tokenized: list[str]) -> list[Track]:
     """The files of every track of the batches, from their records (given batch by batch, in
     one order). A batch's tracks are the ones its ingest record lists."""
     tracks = []
     for records in zip(ingested, clipped, tokenized, strict=True):
-        ing, clp, tok = (Batch.of(stage, r) for stage, r in
-                         zip(("ingest", "clip", "tokenize"), records, strict=True))
-        names = list(ing.tracks())
-        for later in (clp, tok):
+        batches = [Batch.of(stage, r) for stage, r in
+                   zip(("ingest", "clip", "tokenize"), records, strict=True)]
+        names = list(batches[0].tracks())
+        for later in batches[1:]:
             if sorted(later.tracks()) != sorted(names):
-                raise RuntimeError(f"{later.record} lists other tracks than {ing.record}: "
-                                   f"rerun with -R {later.stage}")
-        for t in names:
-            c, k = clp.files(t), tok.files(t)
-            tracks.append(TrackFiles(t, ing.files(t)["status"], c["status"], c["windows"],
-                                     k["status"], k["context"], k["target"]))
-    return sorted(tracks, key=lambda f: f.track)
+                raise RuntimeError(f"{later.record} lists other tracks than "
+                                   f"{batches[0].record}: rerun with -R {later.stage}")
+        tracks += [track_of(t, *batches) for t in names]
+    return sorted(tracks, key=lambda t: t.name)
 
 
 def split_of(track: str, fractions: dict[str, float]) -> str:
@@ -117,59 +100,97 @@ def sample_key(track: str, window: int) -> str:
     return f"{track.replace('.', '~')}~{window:05d}"
 
 
-def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: str | os.PathLike,
+def shard(tracks: list[Track], out_dir: str | os.PathLike, failures_out: str | os.PathLike,
           explicit_splits: dict[str, str], settings: dict) -> dict:
-    """Write shards under ``out_dir/<split>/``, the manifest, stats, plots and failures."""
+    """Write shards under ``out_dir/<split>/``, the manifest, stats, plots and failures, from
+    ``tracks``' ingest, clip and tokenize files."""
     out_dir = Path(out_dir)
-    failures, samples, per_track = [], [], []
-    usable: list[tuple] = []  # what makes the samples of each track that has windows
-    hashed: set[str] = set()  # tracks whose split the hash chose, not the sheet
-    codec: dict = {}  # codebooks, cardinality, frame rate: from any tokenized track
-    windows_in_tables = 0
-    scores: list[dict] = []
-    for files in sorted(tracks, key=lambda f: f.track):
-        info = read_json(files.info)
-        row = info.get("row", files.track)
-        clip_status, tokens_status = read_json(files.clip_status), read_json(files.tokens_status)
-        windows = pq.read_table(files.windows).to_pylist()
-        windows_in_tables += len(windows)
-        bad = next((s for s in (clip_status, tokens_status) if not s["ok"]), None)
-        if bad is not None:
-            failures.append({"track": files.track, "row": row, "source": info.get("source", ""),
-                             "stage": bad["stage"], "reason": bad["reason"]})
-            windows_in_tables -= len(windows)
-            continue
-        codec = codec or tokens_status
-        split = explicit_splits.get(row) or split_of(files.track, settings["fractions"])
-        if not explicit_splits.get(row):
-            hashed.add(files.track)
-        per_track.append({"track": files.track, "split": split, "windows": len(windows),
-                          "duration": clip_status["duration"],
-                          "active_seconds": clip_status["active_seconds"]})
-        if info.get("solo_intervals") is not None:  # a demo song: its truth is known
-            scores.append(_selection_scores(files.track, clip_status["active_intervals"],
-                                            windows, info["solo_intervals"]))
-        if windows:
-            usable.append((files, info, row, windows, tokens_status))
-
+    found = _read(tracks, explicit_splits, settings["fractions"])
     # Only tracks that give samples fill a split: a track without windows trains nothing.
-    splits = {t["track"]: t["split"] for t in per_track if t["windows"]}
-    empty_splits = _fill_empty_splits(splits, hashed & set(splits), settings["fractions"])
-    for t in per_track:
+    splits = {t["track"]: t["split"] for t in found.per_track if t["windows"]}
+    empty_splits = _fill_empty_splits(splits, found.hashed & set(splits), settings["fractions"])
+    for t in found.per_track:
         t["split"] = splits.get(t["track"], t["split"])
-    for files, info, row, windows, tokens_status in usable:
-        samples.extend(_track_samples(files, info, row, splits[files.track], windows,
-                                      tokens_status))
-
+    samples = [sample for track, info, row, windows, tokens in found.usable
+               for sample in _track_samples(track, info, row, splits[track.name], windows,
+                                            tokens)]
     manifest_rows = _write_tars(samples, out_dir, settings)
     with atomic_path(out_dir / "manifest.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(manifest_rows, schema=MANIFEST_SCHEMA), tmp)
-    _write_failures(failures_out, failures)
+    _write_failures(failures_out, found.failures)
+    stats = _stats(len(tracks), found, samples, manifest_rows, empty_splits, settings)
+    if stats["weights"] == "random":
+        stats["warning"] = RANDOM_WARNING
+        log.warning(RANDOM_WARNING)
+    for warning in stats["warnings"]:
+        log.warning(warning)
+    # Every track is either ok or failed, and every window of an ok track is one sample.
+    if stats["tracks_in"] != stats["tracks_ok"] + stats["tracks_failed"] or \
+            stats["windows_in_clip_tables"] != stats["samples_in_manifest"]:
+        raise RuntimeError(f"counts do not reconcile: {json.dumps(stats)}")
+    write_json(out_dir / "stats.json", stats)
+    _plots(found.per_track, manifest_rows, out_dir / "plots")
+    _dataset_plot(stats, out_dir / "plots" / "dataset.png")
+    _failures_page(found.failures, out_dir / "failures.html")
+    for f in found.failures:
+        log.warning("failed: %s at %s: %s", f["track"], f["stage"], f["reason"])
+    log.info("%d tracks ok, %d failed, %d samples", len(found.per_track), len(found.failures),
+             len(samples))
+    return stats
 
+
+@dataclass
+class _Found:
+    """What the tracks' files say, before anything is written."""
+
+    failures: list[dict] = field(default_factory=list)
+    per_track: list[dict] = field(default_factory=list)  # the tracks that did not fail
+    usable: list[tuple] = field(default_factory=list)  # (track, info, row, windows, tokens)
+    hashed: set[str] = field(default_factory=set)  # tracks whose split the hash chose
+    codec: dict = field(default_factory=dict)  # codebooks, frame rate...: any tokens status
+    scores: list[dict] = field(default_factory=list)  # demo songs' clip scores
+    windows: int = 0  # in the clip tables of the tracks that did not fail
+
+
+def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[str, float]
+          ) -> _Found:
+    found = _Found()
+    for track in sorted(tracks, key=lambda t: t.name):
+        info = read_json(track["ingest"]["status"])
+        row = info.get("row", track.name)
+        clip_status = read_json(track["clip"]["status"])
+        tokens_status = read_json(track["tokenize"]["status"])
+        bad = next((s for s in (clip_status, tokens_status) if not s["ok"]), None)
+        if bad is not None:
+            found.failures.append({"track": track.name, "row": row,
+                                   "source": info.get("source", ""), "stage": bad["stage"],
+                                   "reason": bad["reason"]})
+            continue
+        windows = pq.read_table(track["clip"]["windows"]).to_pylist()
+        found.windows += len(windows)
+        found.codec = found.codec or tokens_status
+        split = explicit_splits.get(row) or split_of(track.name, fractions)
+        if not explicit_splits.get(row):
+            found.hashed.add(track.name)
+        found.per_track.append({"track": track.name, "split": split, "windows": len(windows),
+                                "duration": clip_status["duration"],
+                                "active_seconds": clip_status["active_seconds"]})
+        if info.get("solo_intervals") is not None:  # a demo song: its truth is known
+            found.scores.append(_selection_scores(track.name, clip_status["active_intervals"],
+                                                  windows, info["solo_intervals"]))
+        if windows:
+            found.usable.append((track, info, row, windows, tokens_status))
+    return found
+
+
+def _stats(tracks_in: int, found: _Found, samples: list[dict], manifest_rows: list[dict],
+           empty_splits: list[str], settings: dict) -> dict:
+    per_track, codec = found.per_track, found.codec
     weights = {s["weights"] for s in samples} or {"none"}
-    stats = {
-        "tracks_in": len(tracks), "tracks_ok": len(per_track), "tracks_failed": len(failures),
-        "windows_in_clip_tables": windows_in_tables, "samples_in_manifest": len(manifest_rows),
+    splits = {t["track"] for t in per_track if t["windows"]}
+    return {
+        "tracks_in": tracks_in, "tracks_ok": len(per_track), "tracks_failed": len(found.failures),
+        "windows_in_clip_tables": found.windows, "samples_in_manifest": len(manifest_rows),
         "tracks_without_windows": [t["track"] for t in per_track if t["windows"] == 0],
         "weights": "random" if "random" in weights else sorted(weights)[0],
         "codebooks": codec.get("codebooks"), "cardinality": codec.get("cardinality"),
@@ -186,29 +207,12 @@ def shard(tracks: list[TrackFiles], out_dir: str | os.PathLike, failures_out: st
             } for split in SPLITS
         },
         "per_track": per_track,
-        "clip_vs_truth": _total_scores(scores),
+        "clip_vs_truth": _total_scores(found.scores),
         "empty_splits": empty_splits,
         "warnings": [f"split {split!r} (fraction {settings['fractions'][split]:g}) has no "
                      f"track: too few tracks give samples ({len(splits)})"
                      for split in empty_splits],
     }
-    if stats["weights"] == "random":
-        stats["warning"] = RANDOM_WARNING
-        log.warning(RANDOM_WARNING)
-    for warning in stats["warnings"]:
-        log.warning(warning)
-    # Every track is either ok or failed, and every window of an ok track is one sample.
-    if stats["tracks_in"] != stats["tracks_ok"] + stats["tracks_failed"] or \
-            stats["windows_in_clip_tables"] != stats["samples_in_manifest"]:
-        raise RuntimeError(f"counts do not reconcile: {json.dumps(stats)}")
-    write_json(out_dir / "stats.json", stats)
-    _plots(per_track, manifest_rows, out_dir / "plots")
-    _dataset_plot(stats, out_dir / "plots" / "dataset.png")
-    _failures_page(failures, out_dir / "failures.html")
-    for f in failures:
-        log.warning("failed: %s at %s: %s", f["track"], f["stage"], f["reason"])
-    log.info("%d tracks ok, %d failed, %d samples", len(per_track), len(failures), len(samples))
-    return stats
 
 
 def _union(intervals: list[list[float]]) -> list[tuple[float, float]]:
@@ -256,17 +260,17 @@ def _total_scores(scores: list[dict]) -> dict | None:
             "per_track": [{"track": s["track"], **prf(s)} for s in scores]}
 
 
-def _track_samples(files: TrackFiles, info: dict, row: str, split: str, windows: list[dict],
+def _track_samples(track: Track, info: dict, row: str, split: str, windows: list[dict],
                    tokens_status: dict) -> list[dict]:
-    context, target = read_npy(files.context), read_npy(files.target)
+    context, target = (read_npy(track["tokenize"][role]) for role in ("context", "target"))
     rate = tokens_status["frame_rate"]
     samples = []
     for w in windows:
         frames = round((w["end"] - w["start"]) * rate)
         start = min(round(w["start"] * rate), context.shape[1] - frames)
-        meta = {**w, "key": sample_key(files.track, w["window"]), "row": row, "split": split,
+        meta = {**w, "key": sample_key(track.name, w["window"]), "row": row, "split": split,
                 "frame_start": start, "frames": frames, "frame_rate": rate,
-                "title": info.get("title") or files.track, "source": info.get("source", ""),
+                "title": info.get("title") or track.name, "source": info.get("source", ""),
                 "weights": tokens_status["weights"]}
         samples.append({**meta, "context": context[:, start:start + frames],
                         "target": target[:, start:start + frames]})

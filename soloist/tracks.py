@@ -1,17 +1,21 @@
-"""A batch job's tracks: where each stage puts their files, and which are already done.
+"""The per-track contract: where each stage puts a track's files, and how a stage runs.
 
-Per-track stages run in batch jobs. A batch job writes each track's files, then the
-track's status JSON, last and atomically; the status holds the track's provenance, a hash
-of everything that shapes its files (the stage's settings, its model's weights, the
-upstream track's provenance, the source). When Snakemake reruns the job (one of its
-tracks or settings changed, or the last attempt was killed) it redoes only the tracks
-whose status is missing or holds another provenance: a grown batch does its new track,
-a killed one the tracks it had not finished.
+Per-track stages (ingest, separate, clip, tokenize) run in batch jobs through ``run_batch``:
+it skips the tracks already done, finishes those whose upstream failed, and hands the rest
+to the stage's work, which ends each track with ``attempt`` (or ``finish``/``fail``). A
+track's status JSON is written last and atomically and holds its provenance, a hash of
+everything that shapes its files (the stage's settings, its model's weights, the upstream
+track's provenance, the source). When Snakemake reruns the job (one of its tracks or
+settings changed, or the last attempt was killed) only the tracks whose status is missing
+or holds another provenance are redone: a grown batch does its new track, a killed one the
+tracks it had not finished. A failed track gets empty data files and a status saying why;
+it never stops the others.
 
 The job's declared output is its record, ``results/<stage>/<batch>.json``, written last:
 it lists the batch's tracks, and consumers read their tracks from it, never from what a
 folder happens to hold (a track removed from the sheet keeps its files, unused, so that
-adding it back costs nothing).
+adding it back costs nothing). ``LAYOUT`` is the one place that names a track's files;
+producers, consumers and ``rules/common.smk`` ask it.
 """
 
 from __future__ import annotations
@@ -21,19 +25,20 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soloist.io import read_json, write_json
+from soloist.io import TrackError, failed, read_json, touch_empty, write_json
 
 log = logging.getLogger("soloist.tracks")
 
 # Where each stage puts one track's files, under its batch folder; "status" is written last.
+# A pattern ending in "/" is a folder that only some settings fill (separate.keep_stems).
 LAYOUT = {
     "ingest": {"audio": "audio/{track}.flac", "status": "info/{track}.json"},
     "separate": {"context": "{track}/context.flac", "target": "{track}/target.flac",
-                 "status": "{track}/separate.json"},
+                 "stems": "{track}/stems/", "status": "{track}/separate.json"},
     "clip": {"windows": "{track}/windows.parquet", "status": "{track}/clip.json"},
     "tokenize": {"context": "{track}/context.npy", "target": "{track}/target.npy",
                  "status": "{track}/tokens.json"},
@@ -59,16 +64,47 @@ def fingerprint(paths: Iterable[str | os.PathLike]) -> list:
     return out
 
 
+# How a failed track's data file of a role is left empty, where 0 bytes would not do
+# (clip's windows: an empty table, which readers read as no windows)
+Empty = dict[str, Callable[[Path], None]]
+
+
+@dataclass(frozen=True)
+class Track:
+    """One track's files by stage and role (``track["ingest"]["audio"]``), and, for the
+    stage that writes ``track.out``, the provenance its status will hold."""
+
+    name: str
+    files: dict[str, dict[str, Path]]
+    stage: str = ""
+    provenance: str | None = None
+    empty: Empty = field(default_factory=dict)
+
+    def __getitem__(self, stage: str) -> dict[str, Path]:
+        return self.files[stage]
+
+    @property
+    def out(self) -> dict[str, Path]:
+        """The files this track's stage writes, ``status`` among them."""
+        return self.files[self.stage]
+
+    def data(self) -> dict[str, Path]:
+        """The stage's data files by role (not its status, nor optional folders)."""
+        return {role: path for role, path in self.out.items()
+                if role != "status" and not LAYOUT[self.stage][role].endswith("/")}
+
+
 @dataclass(frozen=True)
 class Batch:
     """One batch job's outputs: its record ``<dir>.json`` and its tracks' files in ``<dir>/``."""
 
     stage: str
     record: Path
+    empty: Empty = field(default_factory=dict)
 
     @classmethod
-    def of(cls, stage: str, record: str | os.PathLike) -> Batch:
-        return cls(stage, Path(record))
+    def of(cls, stage: str, record: str | os.PathLike, empty: Empty | None = None) -> Batch:
+        return cls(stage, Path(record), empty or {})
 
     @property
     def dir(self) -> Path:
@@ -83,14 +119,14 @@ class Batch:
         """Track -> provenance, in record order, of a finished batch."""
         return {t["track"]: t["provenance"] for t in read_json(self.record)["tracks"]}
 
-    def done(self, track: str, expected: str) -> bool:
-        """Whether the track's files are complete and made from ``expected`` provenance."""
-        files = self.files(track)
+    def done(self, track: Track) -> bool:
+        """Whether the track's files are complete and made from its provenance."""
         try:
-            status = read_json(files["status"])
+            status = read_json(track.out["status"])
         except (OSError, ValueError):
             return False
-        return status.get("provenance") == expected and all(p.is_file() for p in files.values())
+        return status.get("provenance") == track.provenance and \
+            all(p.is_file() for p in track.data().values())
 
     def write_record(self, provenances: dict[str, str]) -> list[dict]:
         """The record of these tracks, each finished with its provenance; their statuses."""
@@ -105,18 +141,78 @@ class Batch:
         return statuses
 
 
-def run_batch(out: Batch, provenances: dict[str, str],
-              work: Callable[[list[str]], Any]) -> list[dict]:
-    """``work(todo)`` for the tracks of ``provenances`` (track -> expected provenance) not
-    already done, then the record; returns every track's status, in order.
+def track_of(name: str, *batches: Batch, provenance: str | None = None) -> Track:
+    """Track ``name``'s files in ``batches``; the last one's stage writes it."""
+    out = batches[-1]
+    return Track(name, {b.stage: b.files(name) for b in batches}, out.stage, provenance,
+                 out.empty)
 
-    ``work`` writes each track's files and then its status with that provenance.
-    """
-    todo = [t for t, prov in provenances.items() if not out.done(t, prov)]
-    kept = len(provenances) - len(todo)
+
+def finish(track: Track, status: dict) -> dict:
+    """Write the track's status with its provenance, last; a failed track's data files are
+    left empty (its status says why)."""
+    if not status["ok"]:
+        for role, path in track.data().items():
+            track.empty.get(role, touch_empty)(path)
+    status = status | {"provenance": track.provenance}
+    write_json(track.out["status"], status)
+    return status
+
+
+def fail(track: Track, error: BaseException, **ids: Any) -> dict:
+    """Finish ``track`` as failed with ``error`` as its reason (a TrackError's message is
+    the reason itself; anything else is named by its type)."""
+    if isinstance(error, TrackError):
+        reason = str(error)
+        log.warning("%s failed for %s: %s", track.stage, track.name, reason)
+    else:
+        reason = f"{type(error).__name__}: {error}"
+        log.error("%s failed for %s: %s", track.stage, track.name, reason, exc_info=error)
+    return finish(track, failed(track.stage, reason, **{"track": track.name, **ids}))
+
+
+def attempt(track: Track, work: Callable[[], dict], **ids: Any) -> dict:
+    """``work()`` writes the track's data files and returns its status; then the status is
+    written. Any error fails this track alone: one bad track must not stop the others."""
+    try:
+        status = work()
+    except Exception as e:
+        return fail(track, e, **ids)
+    return finish(track, status)
+
+
+def run_batch(out: Batch, provenances: dict[str, str], work: Callable[[list[Track]], Any],
+              upstream: Batch | None = None) -> list[dict]:
+    """Run a stage over the tracks of ``provenances`` (track -> expected provenance): those
+    already done are kept, those whose ``upstream`` status failed are finished with it, and
+    ``work(tracks)`` does the rest (ending each with ``attempt``, ``finish`` or ``fail``).
+    Then the record; returns every track's status, in order."""
+    batches = (upstream, out) if upstream else (out,)
+    tracks = [track_of(t, *batches, provenance=p) for t, p in provenances.items()]
+    todo = [t for t in tracks if not out.done(t)]
     log.info("%s %s: %d of %d tracks to do, %d unchanged kept", out.stage, out.dir.name,
-             len(todo), len(provenances), kept)
+             len(todo), len(tracks), len(tracks) - len(todo))
     if todo:
-        log.info("to do: %s", " ".join(todo))
-        work(todo)
+        log.info("to do: %s", " ".join(t.name for t in todo))
+    ready = [t for t in todo if not (upstream and _upstream_failed(t, upstream.stage))]
+    if ready:
+        work(ready)
     return out.write_record(provenances)
+
+
+def run_track(track: Track, work: Callable[[list[Track]], Any], upstream: str) -> dict:
+    """One track through a stage's ``work``, as ``run_batch`` runs each (a single call, not
+    a batch job: no record); its status."""
+    if not _upstream_failed(track, upstream):
+        work([track])
+    return read_json(track.out["status"])
+
+
+def _upstream_failed(track: Track, upstream: str) -> bool:
+    """Whether the track's ``upstream`` stage failed it; if so it is finished with that
+    status, which says where and why."""
+    failure = read_json(track[upstream]["status"])
+    if failure.get("ok", False):
+        return False
+    finish(track, failure)
+    return True

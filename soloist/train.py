@@ -16,11 +16,11 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -31,27 +31,12 @@ from tqdm import tqdm
 
 from soloist.data import eval_loader, train_loader
 from soloist.io import atomic_path, read_json, sha256_file, write_json, write_png, write_torch
+from soloist.launch import setup_distributed
 from soloist.model import PRESETS, ModelConfig, Soloist, peak_bf16_flops
 
 log = logging.getLogger("soloist.train")
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpoint saved on a signal; run again to resume
-
-
-def setup_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's variables, or from SLURM's under srun."""
-    env = os.environ
-    if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
-                               capture_output=True, text=True, check=True).stdout.split()
-        env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_NTASKS"],
-                   LOCAL_RANK=env["SLURM_LOCALID"], MASTER_ADDR=nodes[0])
-        env.setdefault("MASTER_PORT", str(29500 + int(env["SLURM_JOB_ID"]) % 1000))
-    world = int(env.get("WORLD_SIZE", "1"))
-    if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                init_method="env://")
-    return int(env.get("RANK", "0")), world, int(env.get("LOCAL_RANK", "0"))
 
 
 def lr_at(step: int, cfg: dict) -> float:
@@ -160,201 +145,261 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     drive this; all of it is logged as the run's parameters).
     """
     signals = _Signals()  # first: a signal during start-up still ends in a checkpoint
-    cfg, shards, out_dir = config["train"], Path(shards), Path(out_dir)
-    rank, world, local_rank = setup_distributed()
-    main = rank == 0
-    if cfg["device"] == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg["device"])
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch.manual_seed(cfg["seed"] + rank)
-    random.seed(cfg["seed"] + rank)
+    trainer = _Trainer(Path(shards), Path(out_dir), config, signals)
+    trainer.resume()
+    trainer.start()
+    trainer.loop()
+    return trainer.finish()
 
-    stats = read_json(shards / "stats.json")
-    if stats.get("weights") == "random" and main:
-        log.warning("training on tokens of RANDOM-INIT codec weights: not musically meaningful")
-    frame_rate, card, codebooks = stats["frame_rate"], stats["cardinality"], stats["codebooks"]
-    frames = round(cfg["seconds"] * frame_rate)
-    model_cfg = ModelConfig(**{**asdict(PRESETS[cfg["preset"]]), "codebooks": codebooks,
-                               "card": card, "context_dropout": cfg["context_dropout"]})
-    model = Soloist(model_cfg).to(device)
-    optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["lr"], (0.9, 0.95))
-    ema = [p.detach().clone() for p in model.parameters()] if cfg["ema"] else None
 
-    # Resume from the last checkpoint, unless it belongs to other data or settings.
-    ckpt_dir, key = out_dir / "checkpoints", run_key(shards, cfg)
-    state = {"step": 0, "best_val": math.inf, "evals_since_best": 0, "history": []}
-    saved = None
-    if (ckpt_dir / "last.pt").is_file():
-        # on the CPU: RNG states must stay CPU tensors; weights and optimizer state are
-        # copied to the model's device as they are loaded
-        saved = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
-        if saved["run_key"] != key:
-            saved = None
-            if main:
-                log.warning("the data or training settings changed since %s was written: "
-                            "starting a new training (old checkpoints in %s.old)",
-                            ckpt_dir / "last.pt", ckpt_dir)
-                shutil.rmtree(f"{ckpt_dir}.old", ignore_errors=True)
-                ckpt_dir.rename(f"{ckpt_dir}.old")
-                (out_dir / "mlflow_run_id").unlink(missing_ok=True)  # a new run, too
-    if world > 1:
-        dist.barrier()  # rank 0 may have moved the old checkpoints away
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if ema is not None and saved["ema"] is not None:
-            for e, s in zip(ema, saved["ema"], strict=True):
+class _Trainer:
+    """One training run's state, in the phases ``train`` calls in order."""
+
+    def __init__(self, shards: Path, out_dir: Path, config: dict, signals: _Signals):
+        """Build: device and seeds, the model for the data's codec and window, optimizer, EMA."""
+        cfg = config["train"]
+        self.cfg, self.config, self.shards, self.out_dir = cfg, config, shards, out_dir
+        self.signals = signals
+        self.rank, self.world, self.local_rank = setup_distributed()
+        self.main = self.rank == 0
+        self.device = _device(cfg["device"], self.local_rank)
+        self.peak_flops = peak_bf16_flops(self.device)
+        torch.manual_seed(cfg["seed"] + self.rank)
+        random.seed(cfg["seed"] + self.rank)
+        self.stats = stats = read_json(shards / "stats.json")
+        if stats.get("weights") == "random" and self.main:
+            log.warning("training on tokens of RANDOM-INIT codec weights: not musically "
+                        "meaningful")
+        self.frames = round(cfg["seconds"] * stats["frame_rate"])
+        model_cfg = ModelConfig(**{
+            **asdict(PRESETS[cfg["preset"]]), "codebooks": stats["codebooks"],
+            "card": stats["cardinality"], "context_dropout": cfg["context_dropout"],
+            "max_frames": self.frames})  # the window it generates in, too
+        self.raw = Soloist(model_cfg).to(self.device)
+        self.model: torch.nn.Module = self.raw  # compiled and DDP-wrapped by start()
+        self.optimizer = self.raw.configure_optimizers(cfg["weight_decay"], cfg["lr"],
+                                                       (0.9, 0.95))
+        self.ema = [p.detach().clone() for p in self.raw.parameters()] if cfg["ema"] else None
+        self.ckpt_dir, self.key = out_dir / "checkpoints", run_key(shards, cfg)
+        self.state = {"step": 0, "best_val": math.inf, "evals_since_best": 0, "history": []}
+        self.urls = [str(p) for p in sorted((shards / "train").glob("*.tar"))]
+        self.valid_urls = [str(p) for p in sorted((shards / "valid").glob("*.tar"))]
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if self.device.type == "cuda" else nullcontext())
+        self.skipped: dict[str, int] = {}  # loader worker -> corrupt items it skipped
+
+    def resume(self) -> None:
+        """Resume from the last checkpoint, unless it belongs to other data or settings."""
+        last, saved = self.ckpt_dir / "last.pt", None
+        if last.is_file():
+            # on the CPU: RNG states must stay CPU tensors; weights and optimizer state are
+            # copied to the model's device as they are loaded
+            saved = torch.load(last, map_location="cpu", weights_only=True)
+            if saved["run_key"] != self.key:
+                saved = None
+                if self.main:
+                    self._start_over(last)
+        if self.world > 1:
+            dist.barrier()  # rank 0 may have moved the old checkpoints away
+        if saved is None:
+            return
+        self.raw.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.ema is not None and saved["ema"] is not None:
+            for e, s in zip(self.ema, saved["ema"], strict=True):
                 e.copy_(s)
-        _set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
-        state = saved["state"]
-        if main:
-            log.info("resuming from step %d", state["step"])
+        rngs = saved["rng"]
+        _set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        self.state = saved["state"]
+        if self.main:
+            log.info("resuming from step %d", self.state["step"])
 
-    raw_model = model
-    if cfg["compile"]:
-        model = torch.compile(model)
-    if world > 1:
-        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else nullcontext())
-    run = _mlflow_run(out_dir, config["mlflow"], config) if main else None
-    urls = [str(p) for p in sorted((shards / "train").glob("*.tar"))]
-    valid_urls = [str(p) for p in sorted((shards / "valid").glob("*.tar"))]
-    if not urls:
-        raise RuntimeError(f"no training shards in {shards / 'train'}")
-    if not valid_urls and main:
-        log.warning("no validation shards in %s: no validation, early stopping off; "
-                    "model.safetensors will be the last checkpoint", shards / "valid")
+    def _start_over(self, last: Path) -> None:
+        ckpt_dir = self.ckpt_dir
+        log.warning("the data or training settings changed since %s was written: starting a "
+                    "new training (old checkpoints in %s.old)", last, ckpt_dir)
+        shutil.rmtree(f"{ckpt_dir}.old", ignore_errors=True)
+        ckpt_dir.rename(f"{ckpt_dir}.old")
+        (self.out_dir / "mlflow_run_id").unlink(missing_ok=True)  # a new run, too
 
-    def batches(start_micro: int):
+    def start(self) -> None:
+        """Compile and wrap the model for DDP; start (or continue) the MLflow run."""
+        if self.cfg["compile"]:
+            self.model = torch.compile(self.model)
+        if self.world > 1:
+            self.model = DDP(self.model, device_ids=[self.local_rank]
+                             if self.device.type == "cuda" else None)
+        self.run = _mlflow_run(self.out_dir, self.config["mlflow"], self.config) \
+            if self.main else None
+        if not self.urls:
+            raise RuntimeError(f"no training shards in {self.shards / 'train'}")
+        if not self.valid_urls and self.main:
+            log.warning("no validation shards in %s: no validation, early stopping off; "
+                        "model.safetensors will be the last checkpoint", self.shards / "valid")
+
+    def loop(self) -> None:
+        """Steps until the last, an early stop, or a signal (checkpoint, then exit)."""
+        cfg, state = self.cfg, self.state
+        data = self._batches(state["step"] * cfg["grad_accum"])
+        bar = tqdm(total=cfg["steps"], initial=state["step"], disable=not self.main,
+                   unit="step", dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 30)
+        self.model.train()
+        while state["step"] < cfg["steps"]:
+            metrics = self._step(data)
+            state["history"].append({"step": state["step"], "loss": metrics["train/loss"]})
+            if self.main:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
+                                tok_s=f"{metrics['tokens_per_s']:.0f}")
+                _log_metrics(metrics, state["step"])
+            if state["step"] % cfg["eval_every"] == 0 or state["step"] == cfg["steps"]:
+                self._validate_and_decide()
+            if self._checkpoint_or_stop():
+                break
+        bar.close()
+
+    def _batches(self, start_micro: int) -> Iterator[dict]:
         """Micro-batches from global micro-batch index ``start_micro`` on, across epochs."""
+        cfg = self.cfg
         epoch, skip = divmod(start_micro, cfg["epoch_batches"])
         while True:
-            loader = train_loader(urls, batch_size=cfg["batch_size"], frames=frames, pad=card,
-                                  seed=cfg["seed"], epoch=epoch, batches=cfg["epoch_batches"],
-                                  workers=cfg["workers"], shuffle_buffer=cfg["shuffle_buffer"],
-                                  skip=skip)
-            with signals.held():  # the first batch starts the workers
+            loader = train_loader(self.urls, batch_size=cfg["batch_size"], frames=self.frames,
+                                  pad=self.raw.cfg.card, seed=cfg["seed"], epoch=epoch,
+                                  batches=cfg["epoch_batches"], workers=cfg["workers"],
+                                  shuffle_buffer=cfg["shuffle_buffer"], skip=skip)
+            with self.signals.held():  # the first batch starts the workers
                 first = next(loader, None)
             if first is not None:
                 yield first
                 yield from loader
             epoch, skip = epoch + 1, 0
 
-    def checkpoint(name: str) -> None:
-        rngs = [None] * world
-        if world > 1:
-            dist.all_gather_object(rngs, _rng_state())
-        else:
-            rngs = [_rng_state()]
-        if main:
-            write_torch(ckpt_dir / name, {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema, "state": state, "rng": rngs, "run_key": key})
-
-    data = batches(state["step"] * cfg["grad_accum"])
-    skipped: dict[str, int] = {}  # loader worker -> corrupt items it skipped
-    peak = peak_bf16_flops(device)
-    flops_per_step = raw_model.flops_per_token(frames) * frames * cfg["batch_size"] * \
-        cfg["grad_accum"] * world
-    bar = tqdm(total=cfg["steps"], initial=state["step"], disable=not main, unit="step",
-               dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 30)
-    model.train()
-    while state["step"] < cfg["steps"]:
-        step, t0 = state["step"], time.perf_counter()
+    def _step(self, data: Iterator[dict]) -> dict:
+        """One optimizer step over ``grad_accum`` micro-batches; its metrics."""
+        cfg, world, step, t0 = self.cfg, self.world, self.state["step"], time.perf_counter()
         lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        per_codebook = torch.zeros(codebooks, device=device)
+        per_codebook = torch.zeros(self.raw.cfg.codebooks, device=self.device)
         for micro in range(cfg["grad_accum"]):
             batch = next(data)
-            skipped[batch["worker"]] = batch["skipped"]
+            self.skipped[batch["worker"]] = batch["skipped"]
             sync = micro == cfg["grad_accum"] - 1 or world == 1
-            with autocast, (nullcontext() if sync else model.no_sync()):
-                loss, losses, _ = model(*_inputs(batch, device))
+            with self.autocast, (nullcontext() if sync else self.model.no_sync()):
+                loss, losses, _ = self.model(*_inputs(batch, self.device))
                 (loss / cfg["grad_accum"]).backward()
             per_codebook += losses.detach().float() / cfg["grad_accum"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            raw_model.parameters(), cfg["grad_clip"] or math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(),
+                                                   cfg["grad_clip"] or math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
             with torch.no_grad():
-                for e, p in zip(ema, raw_model.parameters(), strict=True):
+                for e, p in zip(self.ema, self.raw.parameters(), strict=True):
                     e.lerp_(p.detach(), 1 - cfg["ema"])
         if world > 1:
             dist.all_reduce(per_codebook)
             per_codebook /= world
-        state["step"] = step + 1
-        dt = time.perf_counter() - t0
-        tokens_per_s = frames * cfg["batch_size"] * cfg["grad_accum"] * world / dt
-        metrics = {"train/loss": per_codebook.mean().item(), "lr": lr,
-                   "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s, "step_time": dt}
-        metrics |= {f"train/loss_cb{k}": v for k, v in enumerate(per_codebook.tolist())}
-        if peak:
-            metrics["mfu"] = flops_per_step / dt / (peak * world)
-        state["history"].append({"step": state["step"], "loss": metrics["train/loss"]})
-        if main:
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{tokens_per_s:.0f}")
-            _log_metrics(metrics, state["step"])
+        self.state["step"] = step + 1
+        return self._metrics(per_codebook, lr, grad_norm, time.perf_counter() - t0)
 
-        if state["step"] % cfg["eval_every"] == 0 or state["step"] == cfg["steps"]:
-            # rank 0 validates; every rank learns the result, so all decide alike
-            val = _validate(raw_model, valid_urls, cfg, frames, card, device, autocast) \
-                if main else None
-            val_loss = torch.tensor(val["val/loss"] if val else math.nan, device=device)
-            if world > 1:
-                dist.broadcast(val_loss, 0)
-            if main and val:
-                _log_metrics(val, state["step"])
-                log.info("step %d: validation loss %.4f", state["step"], val["val/loss"])
-            if not math.isnan(val_loss.item()):
-                if val_loss.item() < state["best_val"]:
-                    state["best_val"], state["evals_since_best"] = val_loss.item(), 0
-                    checkpoint("best.pt")
-                else:
-                    state["evals_since_best"] += 1
+    def _metrics(self, per_codebook: torch.Tensor, lr: float, grad_norm: torch.Tensor,
+                 dt: float) -> dict:
+        cfg, frames, world = self.cfg, self.frames, self.world
+        tokens = frames * cfg["batch_size"] * cfg["grad_accum"] * world
+        metrics = {"train/loss": per_codebook.mean().item(), "lr": lr,
+                   "grad_norm": float(grad_norm), "tokens_per_s": tokens / dt, "step_time": dt}
+        metrics |= {f"train/loss_cb{k}": v for k, v in enumerate(per_codebook.tolist())}
+        if self.peak_flops:
+            metrics["mfu"] = self.raw.flops_per_token(frames) * tokens / dt / \
+                (self.peak_flops * world)
+        return metrics
+
+    def _validate_and_decide(self) -> None:
+        """Rank 0 validates; every rank learns the result, so all decide alike whether this
+        is the best model so far."""
+        state = self.state
+        val = _validate(self.raw, self.valid_urls, self.cfg, self.frames, self.raw.cfg.card,
+                        self.device, self.autocast) if self.main else None
+        val_loss = torch.tensor(val["val/loss"] if val else math.nan, device=self.device)
+        if self.world > 1:
+            dist.broadcast(val_loss, 0)
+        if self.main and val:
+            _log_metrics(val, state["step"])
+            log.info("step %d: validation loss %.4f", state["step"], val["val/loss"])
+        if math.isnan(val_loss.item()):
+            return
+        if val_loss.item() < state["best_val"]:
+            state["best_val"], state["evals_since_best"] = val_loss.item(), 0
+            self._checkpoint("best.pt")
+        else:
+            state["evals_since_best"] += 1
+
+    def _checkpoint_or_stop(self) -> bool:
+        """Checkpoint when it is time to; exit on a signal; whether to stop early."""
+        cfg, state = self.cfg, self.state
         stop = cfg["patience"] and state["evals_since_best"] >= cfg["patience"]
-        received = torch.tensor(float(signals.received is not None))
-        if world > 1:  # every rank must agree to stop here
+        received = torch.tensor(float(self.signals.received is not None))
+        if self.world > 1:  # every rank must agree to stop here
             dist.all_reduce(received)
         if state["step"] % cfg["checkpoint_every"] == 0 or received.item() or stop or \
                 state["step"] == cfg["steps"]:
-            checkpoint("last.pt")
+            self._checkpoint("last.pt")
         if received.item():
             log.warning("signal received: checkpoint at step %d saved; exiting with %d so the "
                         "job is requeued and resumes", state["step"], EXIT_REQUEUE)
-            _finish(world)
+            _finish(self.world)
             sys.exit(EXIT_REQUEUE)
         if stop:
             log.info("early stop: no better validation loss in %d evaluations", cfg["patience"])
-            break
-    bar.close()
+        return bool(stop)
 
-    total_skipped = sum(skipped.values())
-    if world > 1:
-        _check_replicas(raw_model, world)
-        counts = torch.tensor(float(total_skipped))
-        dist.all_reduce(counts)
-        total_skipped = int(counts.item())
-    result = {"steps": state["step"], **_validation(state["best_val"]),
-              "skipped_samples": total_skipped, "world_size": world}
-    if main:
-        _export(out_dir, ckpt_dir, raw_model, frames, config, stats)
-        _log_metrics({"skipped_samples": total_skipped}, state["step"])
-        log.info("skipped %d corrupt samples or shards", total_skipped)
-        _loss_plot(state["history"], out_dir / "loss.png")
-        import mlflow
+    def _checkpoint(self, name: str) -> None:
+        rngs = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(rngs, _rng_state())
+        else:
+            rngs = [_rng_state()]
+        if self.main:
+            write_torch(self.ckpt_dir / name, {
+                "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema, "state": self.state, "rng": rngs, "run_key": self.key})
 
-        mlflow.log_artifact(str(out_dir / "loss.png"))
-        mlflow.end_run()
-        write_json(out_dir / "train.json", result | {"mlflow_run_id": run.info.run_id})
-    _finish(world)
-    return result
+    def finish(self) -> dict:
+        """Check the replicas, export the model folder, plot, end the MLflow run."""
+        state, world = self.state, self.world
+        total_skipped = sum(self.skipped.values())
+        if world > 1:
+            _check_replicas(self.raw, world)
+            counts = torch.tensor(float(total_skipped))
+            dist.all_reduce(counts)
+            total_skipped = int(counts.item())
+        result = {"steps": state["step"], **_validation(state["best_val"]),
+                  "skipped_samples": total_skipped, "world_size": world}
+        if self.main:
+            import mlflow
+
+            out_dir = self.out_dir
+            _export(out_dir, self.ckpt_dir, self.raw, self.config, self.stats)
+            _log_metrics({"skipped_samples": total_skipped}, state["step"])
+            log.info("skipped %d corrupt samples or shards", total_skipped)
+            _loss_plot(state["history"], out_dir / "loss.png")
+            mlflow.log_artifact(str(out_dir / "loss.png"))
+            mlflow.end_run()
+            write_json(out_dir / "train.json", result | {"mlflow_run_id": self.run.info.run_id})
+        _finish(world)
+        return result
+
+
+def _device(setting: str, local_rank: int) -> torch.device:
+    """auto: this rank's GPU if there is one, else the CPU."""
+    if setting == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(setting)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def _log_metrics(metrics: dict, step: int) -> None:
@@ -418,8 +463,7 @@ def _validation(best_val: float) -> dict:
     return {"validated": validated, "best_val_loss": best_val if validated else None}
 
 
-def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, frames: int, config: dict,
-            stats: dict) -> None:
+def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, config: dict, stats: dict) -> None:
     """The model folder: the best (else last) weights, EMA'd if EMA is on, as
     ``model.safetensors`` beside ``config.json``. Its max_frames is the training window:
     the window it generates in."""
@@ -431,11 +475,11 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, frames: int, config: 
         names = [n for n, _ in model.named_parameters()]
         weights = weights | {n: e.cpu() for n, e in zip(names, saved["ema"], strict=True)}
     with torch.device("meta"):  # no init: the weights are assigned
-        exported = Soloist(replace(model.cfg, max_frames=frames))
+        exported = Soloist(model.cfg)
     exported.load_state_dict(weights, assign=True)
     training = {"preset": config["train"]["preset"], "step": saved["state"]["step"],
                 "checkpoint": source.name, **_validation(saved["state"]["best_val"])}
-    exported.save_pretrained(out_dir, model_info(config, stats, frames, training))
+    exported.save_pretrained(out_dir, model_info(config, stats, model.cfg.max_frames, training))
 
 
 def model_info(config: dict, stats: dict, frames: int, training: dict) -> dict:

@@ -141,7 +141,7 @@ def media(tmp_path_factory):
     """Input files, served on loopback: (folder, base URL, a dead URL)."""
     from loopback import free_port_url, make_tone, serve_dir, write_rss
 
-    from soloist.demo_corpus import make_song
+    from soloist.synth import make_song
 
     media = tmp_path_factory.mktemp("media")
     for name, freq in (("ep1", 330), ("ep2", 440)):

@@ -15,8 +15,8 @@ from browser import BOXES, CHECK_AUDIO, assert_fits, in_browser
 from conftest import planned_jobs, snakemake, workflow_copy
 from loopback import make_tone, serve_dir
 
-from soloist.demo_corpus import make_song
 from soloist.io import read_json
+from soloist.synth import make_song
 
 SOLOIST = Path(sys.executable).parent / "soloist"  # the console script of the install
 

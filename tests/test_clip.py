@@ -6,8 +6,8 @@ import pytest
 
 from soloist import clip as cl
 from soloist.config import validate_config
-from soloist.demo_corpus import make_song
 from soloist.io import read_audio, read_json, write_audio, write_json
+from soloist.synth import make_song
 
 SETTINGS = validate_config({})["clip"]
 

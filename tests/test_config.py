@@ -19,12 +19,54 @@ def default_config() -> dict:
     return yaml.safe_load((ROOT / "config/config.yaml").read_text())
 
 
-def test_default_config_is_valid_and_complete():
+def schema_keys(schema: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, sub in schema.get("properties", {}).items():
+        keys.add(prefix + key)
+        keys |= schema_keys(sub, f"{prefix}{key}.")
+    return keys
+
+
+def config_keys(config: dict, schema: dict, prefix: str = "") -> set[str]:
+    """The keys of ``config`` down to the schema's settings (a mapping value is one key)."""
+    keys = set()
+    for key, value in config.items():
+        keys.add(prefix + key)
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and "properties" in sub:
+            keys |= config_keys(value, sub, f"{prefix}{key}.")
+    return keys
+
+
+def test_config_yaml_is_the_one_home_of_defaults():
     config = validate_config(default_config())
     assert config["clip"]["seconds"] == 10
     assert config["tokenize"]["bandwidth"] == 3.0
-    # every schema default is also spelled out in config.yaml, so users see it
-    assert validate_config({}) == config | {"tracks": "config/tracks.tsv"}
+    schema_text = (ROOT / "config/schemas/config.schema.yaml").read_text()
+    schema = yaml.safe_load(schema_text)
+    # config.yaml gives every setting the schema knows, and the schema gives no default
+    assert config_keys(default_config(), schema) == schema_keys(schema)
+    assert not re.search(r"(^|[{,]) *default: (?!\{type)", schema_text, re.M)
+    # a section given in part keeps config.yaml's other settings; a mapping value is whole
+    partial = validate_config({"clip": {"seconds": 12}})
+    assert partial["clip"] == default_config()["clip"] | {"seconds": 12}
+    assert partial["separate"] == default_config()["separate"]
+
+
+def test_every_window_fits_the_one_before():
+    with pytest.raises(ConfigError, match=re.escape(
+            "train.seconds (12) is longer than clip.seconds (10), the window every sample "
+            "has: set train.seconds to at most 10")):
+        validate_config({"train": {"seconds": 12}})
+    with pytest.raises(ConfigError, match=re.escape(
+            "evaluate.seconds (11) is longer than clip.seconds (10), the window every sample "
+            "has: set evaluate.seconds to at most 10")):
+        validate_config({"evaluate": {"seconds": 11}})
+    with pytest.raises(ConfigError, match="train.seconds .5. is longer than clip.seconds .4."):
+        validate_config({"clip": {"seconds": 4}})  # config.yaml's train.seconds is 5
+    assert validate_config({"train": {"seconds": 10}})["train"]["seconds"] == 10
+    assert validate_config({"evaluate": {"seconds": 10}})["evaluate"]["seconds"] == 10
+    assert validate_config({})["evaluate"]["seconds"] is None  # the model's window
 
 
 @pytest.mark.parametrize("change, message", [

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from soloist.demo_corpus import _plan, _sax_line, _solo_sections, make_song
 from soloist.io import read_audio, read_json
+from soloist.synth import _plan, _sax_line, _solo_sections, make_song
 
 SECONDS = 25.0
 SR = 44100

@@ -8,11 +8,12 @@ from loopback import free_port_url
 from safetensors.torch import save_file
 
 from soloist import fetch_weights as fw
+from soloist import weights
 from soloist.io import read_json, sha256_file
 
 
 def test_random_weights_load_with_the_real_loaders(random_weights):
-    demucs = fw.load_demucs(random_weights / "random/demucs/htdemucs_6s.json")
+    demucs = weights.load_demucs(random_weights / "random/demucs/htdemucs_6s.json")
     assert demucs.sources == ["drums", "bass", "other", "vocals", "guitar", "piano"]
     assert sum(p.numel() for p in demucs.parameters()) > 20e6  # the real architecture
     manifest = read_json(random_weights / "random/encodec/encodec_24khz.json")
@@ -21,7 +22,7 @@ def test_random_weights_load_with_the_real_loaders(random_weights):
 
 
 def test_random_encodec_codes_are_not_degenerate(random_weights):
-    model = fw.load_encodec(random_weights / "random/encodec/encodec_24khz.json", 3.0)
+    model = weights.load_encodec(random_weights / "random/encodec/encodec_24khz.json", 3.0)
     t = torch.arange(24000 * 2) / 24000
     audio = (0.3 * torch.sin(2 * torch.pi * 220 * t * (1 + t)) + 0.02 * torch.randn(t.shape))
     codes = model.encode(audio[None, None])[0][0][0]  # [K, T]
@@ -33,7 +34,7 @@ def test_random_encodec_codes_are_not_degenerate(random_weights):
 def test_random_encodec_codes_describe_the_sound_not_its_past(random_weights):
     """Like a trained codec's: silence has one code, and a sound gets the same codes after a
     second of silence whatever was played before it (a random LSTM would remember)."""
-    model = fw.load_encodec(random_weights / "random/encodec/encodec_24khz.json", 3.0)
+    model = weights.load_encodec(random_weights / "random/encodec/encodec_24khz.json", 3.0)
     t = torch.arange(24000) / 24000
     sound = 0.3 * torch.sin(2 * torch.pi * 330 * t) * torch.exp(-3 * t)
     pasts = [0.3 * torch.randn(24000, generator=torch.Generator().manual_seed(0)),
@@ -58,11 +59,11 @@ def test_tampered_weights_are_refused(tmp_path, random_weights):
         (folder / f.name).write_bytes(f.read_bytes())
     with open(folder / "encodec_24khz-d7cc33bc.th", "ab") as f:
         f.write(b"x")
-    with pytest.raises(fw.WeightsError, match="changed since it was fetched.*--forcerun"):
-        fw.load_encodec(folder / "encodec_24khz.json", 3.0)
+    with pytest.raises(weights.WeightsError, match="changed since it was fetched.*--forcerun"):
+        weights.load_encodec(folder / "encodec_24khz.json", 3.0)
     (folder / "encodec_24khz-d7cc33bc.th").unlink()
-    with pytest.raises(fw.WeightsError, match="is missing.*--forcerun"):
-        fw.load_encodec(folder / "encodec_24khz.json", 3.0)
+    with pytest.raises(weights.WeightsError, match="is missing.*--forcerun"):
+        weights.load_encodec(folder / "encodec_24khz.json", 3.0)
 
 
 def test_demucs_file_naming_a_foreign_class_is_refused(tmp_path):
@@ -74,13 +75,13 @@ def test_demucs_file_naming_a_foreign_class_is_refused(tmp_path):
     (tmp_path / "evil.json").write_text(json.dumps(
         {"family": "demucs", "name": "evil", "mode": "pretrained", "random": False,
          "files": files}))
-    with pytest.raises(fw.WeightsError, match="names model class 'os.system'"):
-        fw.load_demucs(tmp_path / "evil.json")
+    with pytest.raises(weights.WeightsError, match="names model class 'os.system'"):
+        weights.load_demucs(tmp_path / "evil.json")
 
 
 def test_offline_pretrained_fails_at_once_naming_both_ways_out(tmp_path, monkeypatch):
     monkeypatch.setattr(fw, "ENCODEC_URL", free_port_url("/{file}"))
-    with pytest.raises(fw.WeightsError) as err:
+    with pytest.raises(weights.WeightsError) as err:
         fw.fetch_weights("encodec", "encodec_24khz", "pretrained",
                          tmp_path / "pretrained/encodec/encodec_24khz.json")
     message = str(err.value)

@@ -172,7 +172,7 @@ def test_mono_22k_is_converted(tmp_path):
 
 
 def test_a_demo_song_enters_as_its_mixture_or_its_true_stems(tmp_path):
-    from soloist.demo_corpus import make_song
+    from soloist.synth import make_song
 
     truth = make_song("d", tmp_path / "d", seconds=5)
     mixture = run(tmp_path, "demo", tmp_path / "d/mixture.flac", track="m")
@@ -243,13 +243,13 @@ def test_mp3_whose_frames_are_garbage_cannot_decode(tmp_path):
 
 
 def test_probe_and_load_audio(tmp_path):
-    meta = ing.probe(make_tone(tmp_path / "p.flac", 1.0, 48000, channels=1))
+    meta = io.probe(make_tone(tmp_path / "p.flac", 1.0, 48000, channels=1))
     assert meta["sample_rate"] == 48000 and meta["channels"] == 1
     assert meta["duration"] == pytest.approx(1.0, abs=0.01)
-    audio = ing.load_audio(tmp_path / "p.flac", 44100)
+    audio = io.load_audio(tmp_path / "p.flac", 44100)
     assert audio.dtype == np.float32 and audio.shape == (2, 44100)
     with pytest.raises(io.TrackError, match="file not found"):
-        ing.probe(tmp_path / "missing.flac")
+        io.probe(tmp_path / "missing.flac")
 
 
 def test_unknown_kind_and_missing_tsv_line(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 from conftest import planned_jobs, set_config, snakemake, workflow_copy
 from loopback import make_tone, serve_dir, write_rss
 
-from soloist.demo_corpus import make_song
+from soloist.synth import make_song
 
 # tokenize.batch_size 2: one track's chunks at a time, so that tracks finish one by one
 CONFIG = {"tracks": "tracks.tsv", "weights": "random", "batches": 1,

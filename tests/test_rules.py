@@ -11,8 +11,8 @@ from loopback import make_tone, serve_dir, write_rss
 
 from soloist.clip import clip
 from soloist.config import batch_of
-from soloist.demo_corpus import make_song
 from soloist.io import read_json, read_npy, write_audio, write_json
+from soloist.synth import make_song
 from soloist.tokenize import tokenize
 from soloist.tracks import Batch
 

@@ -41,3 +41,31 @@ def test_a_log_without_an_error_record_gives_its_last_lines(tmp_path):
     log.write_text("".join(f"line {i}\n" for i in range(20)))
     assert reason(log)[-1] == "line 19" and len(reason(log)) == 8
     assert reason(tmp_path / "none.log") == ["(no log file)"]
+
+
+def test_a_job_started_between_two_failures_is_not_read_as_theirs():
+    # as Snakemake 9 wrote it: the sheet job starts right after the first failure's log
+    run_log = """Error in rule fetch_weights:
+    message: None
+    jobid: 5
+    output: resources/weights/pretrained/demucs/htdemucs_6s.json
+    log: results/logs/fetch_weights/demucs.log (check log file(s) for error details)
+Logfile results/logs/fetch_weights/demucs.log:
+================================================================================
+Execute 1 jobs...
+[Fri Dec  4 22:48:56 2026]
+localrule sheet:
+    output: results/sheet/tracks.tsv
+    log: results/logs/sheet/sheet.log
+    jobid: 1
+Error in rule fetch_weights:
+    message: None
+    jobid: 7
+    output: resources/weights/pretrained/encodec/encodec_24khz.json
+    log: results/logs/fetch_weights/encodec.log (check log file(s) for error details)
+"""
+    assert [(j["output"], j["log"]) for j in failed_jobs(run_log)] == [
+        ("resources/weights/pretrained/demucs/htdemucs_6s.json",
+         "results/logs/fetch_weights/demucs.log"),
+        ("resources/weights/pretrained/encodec/encodec_24khz.json",
+         "results/logs/fetch_weights/encodec.log")]

@@ -9,9 +9,9 @@ import torch
 from demucs.apply import apply_model
 
 from soloist import separate as sp
-from soloist.fetch_weights import load_demucs
 from soloist.io import read_audio, read_json, write_audio, write_json
-from soloist.tracks import Batch
+from soloist.tracks import Batch, Track
+from soloist.weights import load_demucs
 
 RATE = 44100
 SETTINGS = {"context": ["drums", "bass", "piano", "guitar"], "target": ["other", "vocals"],
@@ -82,12 +82,12 @@ def test_bad_track_fails_alone(tmp_path, demucs_manifest):
 
 
 def test_compile_auto_waits_for_a_job_long_enough_to_repay_it(tmp_path):
-    items = []
+    tracks = []
     for track, seconds in {"a": 1000.0, "b": 900.0}.items():
         write_json(tmp_path / f"{track}.json", {"ok": True, "duration": seconds})
-        items.append(sp.Item(track, *[tmp_path / f"{track}.json"] * 5))
+        tracks.append(Track(track, {"ingest": {"status": tmp_path / f"{track}.json"}}))
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert sp._compile("auto", cpu, items)  # 1900 s of audio on a CPU
-    assert not sp._compile("auto", cpu, items[:1])
-    assert not sp._compile("auto", gpu, items)  # a GPU needs hours to repay the compile
-    assert sp._compile(True, cpu, items[:1]) and not sp._compile(False, cpu, items)
+    assert sp._compile("auto", cpu, tracks)  # 1900 s of audio on a CPU
+    assert not sp._compile("auto", cpu, tracks[:1])
+    assert not sp._compile("auto", gpu, tracks)  # a GPU needs hours to repay the compile
+    assert sp._compile(True, cpu, tracks[:1]) and not sp._compile(False, cpu, tracks)

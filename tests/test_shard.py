@@ -15,6 +15,7 @@ import webdataset as wds
 from soloist import shard as sh
 from soloist.clip import WINDOW_SCHEMA
 from soloist.io import failed, write_json, write_npy
+from soloist.tracks import Track
 
 SETTINGS = {"fractions": {"train": 0.8, "valid": 0.1, "test": 0.1}, "max_samples": 3,
             "max_bytes": 10**8}
@@ -38,8 +39,10 @@ def make_track(root, track, windows, ok=True, row=None, frames=2000):
     codes = (np.arange(4 * frames).reshape(4, frames) % 1024).astype(np.int16)
     write_npy(d / "c.npy", codes)
     write_npy(d / "t.npy", codes + 1)
-    return sh.TrackFiles(track, d / "info.json", d / "clip.json", d / "w.parquet",
-                         d / "tokens.json", d / "c.npy", d / "t.npy")
+    return Track(track, {"ingest": {"status": d / "info.json"},
+                         "clip": {"status": d / "clip.json", "windows": d / "w.parquet"},
+                         "tokenize": {"status": d / "tokens.json", "context": d / "c.npy",
+                                      "target": d / "t.npy"}})
 
 
 @pytest.fixture

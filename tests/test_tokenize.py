@@ -7,11 +7,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from soloist import codec
 from soloist import tokenize as tk
-from soloist.fetch_weights import load_encodec
+from soloist.device import fit_batch
 from soloist.io import read_json, read_npy, write_audio, write_json
-from soloist.separate import fit_batch
 from soloist.tracks import Batch
+from soloist.weights import load_encodec
 
 SETTINGS = {"bandwidth": 3.0, "chunk_seconds": 2.0, "warmup_seconds": 0.5, "batch_size": 3,
             "device": "cpu"}
@@ -32,8 +33,8 @@ def music(seconds: float, sample_rate: int = 44100, seed: int = 0) -> np.ndarray
 
 def test_chunked_codes_equal_whole_track_codes_away_from_seams(encodec):
     tracks = [music(7.3), music(3.1, seed=1)]
-    chunked = tk.encode(encodec, tracks, 44100, chunk_seconds=2.0, batch_size=3)
-    whole = tk.encode(encodec, tracks, 44100, chunk_seconds=60.0, batch_size=1)
+    chunked = codec.encode(encodec, tracks, 44100, chunk_seconds=2.0, batch_size=3)
+    whole = codec.encode(encodec, tracks, 44100, chunk_seconds=60.0, batch_size=1)
     for track, a, b in zip(tracks, chunked, whole, strict=True):
         frames = math.ceil(round(track.size * 24000 / 44100) / 320)
         assert a.shape == b.shape == (4, frames) and a.dtype == np.int16
@@ -51,10 +52,10 @@ def test_chunked_codes_equal_whole_track_codes_away_from_seams(encodec):
 
 def test_warmup_makes_codes_after_a_seam_match_the_whole_track(encodec):
     track = music(7.3)
-    whole = tk.encode(encodec, [track], 44100, chunk_seconds=60.0, batch_size=1)[0]
+    whole = codec.encode(encodec, [track], 44100, chunk_seconds=60.0, batch_size=1)[0]
     after_seams = {}
     for warmup, first_seam in ((0.0, 150), (0.5, 150 + 37)):  # 0.5 s = 37 frames of 320
-        codes = tk.encode(encodec, [track], 44100, chunk_seconds=2.0, batch_size=3,
+        codes = codec.encode(encodec, [track], 44100, chunk_seconds=2.0, batch_size=3,
                           warmup_seconds=warmup)[0]
         assert codes.shape == whole.shape
         # the 0.3 s after each seam: there a chunk without warm-up starts from nothing
@@ -124,7 +125,7 @@ def test_batch_of_tracks_shares_forward_passes_and_isolates_bad_ones(tmp_path, r
     # each track's codes come from its own audio, though its chunks shared batches with
     # the other track's: compare with that track encoded on its own
     for track, status in (("a", a), ("b", b)):
-        alone = tk.encode(encodec, [songs[track]], 44100, chunk_seconds=2.0, batch_size=3,
+        alone = codec.encode(encodec, [songs[track]], 44100, chunk_seconds=2.0, batch_size=3,
                           warmup_seconds=0.5)[0]
         got = read_npy(tmp_path / "out" / track / "context.npy")
         assert got.shape == alone.shape == (4, status["frames"])
@@ -134,14 +135,14 @@ def test_batch_of_tracks_shares_forward_passes_and_isolates_bad_ones(tmp_path, r
 def test_gpu_batches_fit_the_free_memory_and_the_kernels_index_range():
     # the GPU paths that never ask a GPU for its free memory, so they run here too
     cuda, chunk = torch.device("cuda"), round(10.5 * 24000)  # config.yaml's chunk + warm-up
-    row = chunk * tk.ENCODE_PEAK_BYTES
+    row = chunk * codec.ENCODE_PEAK_BYTES
     assert fit_batch(64, row, 139 * 2**30) == 64  # an idle H200
     assert fit_batch(64, row, 11 * 2**30) == 42   # a 12 GB card with the model on it
     assert fit_batch(64, row, 2**20) == 1
     # EnCodec's widest activation [B, 32, samples] must stay under 2**31 elements
-    assert tk._batch_size(266, cuda, chunk, 32) == 266
+    assert codec.chunk_batch(266, cuda, chunk, 32) == 266
     with pytest.raises(ValueError, match="tokenize.batch_size: 267 .* at most 266"):
-        tk._batch_size(267, cuda, chunk, 32)
-    assert tk._batch_size(267, torch.device("cpu"), chunk, 32) == 267
+        codec.chunk_batch(267, cuda, chunk, 32)
+    assert codec.chunk_batch(267, torch.device("cpu"), chunk, 32) == 267
     with pytest.raises(ValueError, match="tokenize.chunk_seconds"):
-        tk._batch_size("auto", cuda, 3000 * 24000, 32)
+        codec.chunk_batch("auto", cuda, 3000 * 24000, 32)

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from soloist.demo_corpus import make_song
 from soloist.io import setup_logging
+from soloist.synth import make_song
 
 setup_logging(snakemake.log[0])
 make_song(snakemake.wildcards.name, Path(snakemake.output.mixture).parent,

@@ -1,10 +1,11 @@
-"""Synthetic jazz-quartet songs with a known saxophone solo.
+"""The demo synthesizer: jazz-quartet songs with a known saxophone solo.
 
 ``make_song`` renders drums, walking bass, piano comping and a sax solo that follows the
 chords and the swing of the backing, in pure numpy, and writes the stems, their mixture and
 a ``truth.json`` (chords, solo sections, sax notes, band stops). The pipeline and the models
 get songs with a known answer without downloading any music, and the same (seed, name)
-always gives byte-identical files.
+always gives byte-identical files. The demo_corpus rule writes its songs with it, and
+fetch_weights gives a random-init codec its codebooks from one of them.
 
 The band stops whenever the soloist breathes for a beat or more inside a solo, and comes
 back with them. So the backing says when the solo plays, frame by frame: a relation that
@@ -127,7 +128,15 @@ def make_song(
     for stem in STEMS:
         write_audio(out_dir / "stems" / f"{stem}.flac", stems[stem] * gain, sr)
 
-    truth = {
+    truth = _truth(name, seed, seconds, sr, song, solos, stops)
+    write_json(out_dir / "truth.json", truth)
+    return truth
+
+
+def _truth(name: str, seed: int, seconds: float, sr: int, song: _Song, solos: list[list[tuple]],
+           stops: list[tuple[int, int]]) -> dict:
+    """What truth.json says of a song: its plan, and where the solos and notes are (s)."""
+    return {
         "name": name,
         "seed": seed,
         "seconds": seconds,
@@ -148,8 +157,6 @@ def make_song(
         "band_stops": [[round(a / sr, 4), round(b / sr, 4)] for a, b in stops],
         "stems": dict(STEMS),
     }
-    write_json(out_dir / "truth.json", truth)
-    return truth
 
 
 # ----------------------------------------------------------------------------- the score
