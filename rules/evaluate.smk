@@ -6,6 +6,7 @@ rule evaluate:
         info="results/train/config.json",
         summary="results/train/train.json",
         manifest="results/shards/manifest.parquet",
+        shards="results/shards/test",  # what it scores
         weights=weights_manifest("encodec"),
     output:
         metrics="results/evaluate/metrics.json",

@@ -4,6 +4,7 @@ rule train:
     input:
         manifest="results/shards/manifest.parquet",
         stats="results/shards/stats.json",
+        shards=expand("results/shards/{split}", split=["train", "valid"]),  # what it reads
     output:
         model="results/train/model.safetensors",  # the model folder: weights and config.json
         info="results/train/config.json",
