@@ -72,10 +72,14 @@ def kill_when(path: Path, pattern: str, sig: int) -> set[str]:
     Snakemake and its jobs at once (SIGKILL: what a node failure or the OOM killer does;
     SIGINT: Ctrl-C). Returns the tracks whose status existed once all had stopped."""
     stage = pattern.split("/")[1]
+    # A suite started in the background (as CI starts it) has Ctrl-C ignored, and an ignored
+    # signal stays ignored in every process it starts; a terminal's Ctrl-C reaches its run
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     with open(path / "killed.log", "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "shard"],
                                 cwd=path, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 600
     while not list(path.glob(pattern)):
         assert proc.poll() is None, (path / "killed.log").read_text()
