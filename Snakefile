@@ -1,4 +1,4 @@
-# soloist: music recordings -> (backing, solo) EnCodec tokens -> a model that plays along.
+# soloist: music recordings -> (backing, solo) codec tokens -> a model that plays along.
 # Run: snakemake --cores all     (offline, on the demo sheet, with random-init weights)
 # Dataset only: snakemake --cores all shard
 # Play along with config/accompany.tsv: snakemake --cores all accompany
@@ -23,11 +23,14 @@ include: "rules/demo_corpus.smk"
 include: "rules/fetch_weights.smk"
 include: "rules/ingest.smk"
 include: "rules/separate.smk"
+include: "rules/augment.smk"
 include: "rules/clip.smk"
 include: "rules/tokenize.smk"
 include: "rules/shard.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/train_codec.smk"
+include: "rules/evaluate_codec.smk"
 include: "rules/accompany.smk"
 include: "rules/publish.smk"
 

@@ -28,15 +28,15 @@ from soloist.synth import make_song
 
 def model_folder(folder: Path, weights: Path, preset: str) -> None:
     """A random-init model folder of ``preset`` that reads the random codec's tokens."""
-    codec = fetch_weights("encodec", "encodec_24khz", "random",
-                          weights / "random/encodec/encodec_24khz.json")
+    codec = fetch_weights("codec", "encodec_24khz", "random",
+                          weights / "random/codec/encodec_24khz.json")
     fetch_weights("demucs", "htdemucs_6s", "random", weights / "random/demucs/htdemucs_6s.json")
     torch.manual_seed(0)
     model = Soloist(replace(PRESETS[preset], max_frames=750))
     model.save_pretrained(folder, {
         "weights": "random", "warning": RANDOM_WARNING, "window_seconds": 10.0,
         "codec": {"model": "encodec_24khz", "files": codec["files"], "sample_rate": 24000,
-                  "frame_rate": 75.0, "bandwidth": 3.0, "codebooks": 4, "cardinality": 1024,
+                  "frame_rate": 75.0, "codebooks": 4, "cardinality": 1024,
                   "weights": "random"},
         "separator": {"model": "htdemucs_6s", "context": ["drums", "bass", "piano", "guitar"],
                       "target": ["other", "vocals"]}})

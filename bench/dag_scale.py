@@ -47,7 +47,7 @@ def make_workflow(dest: Path, tracks: int) -> None:
         lines.append(f"t{i:05d}\t{audio}/t{i:05d}.wav")
     (dest / "tracks.tsv").write_text("\n".join(lines) + "\n")
     weights = dest / "resources/weights/random"
-    for family, name in (("demucs", "htdemucs_6s"), ("encodec", "encodec_24khz")):
+    for family, name in (("demucs", "htdemucs_6s"), ("codec", "encodec_24khz")):
         (weights / family).mkdir(parents=True)
         (weights / family / f"{name}.json").touch()
 

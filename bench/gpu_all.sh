@@ -8,8 +8,9 @@
 #
 # torch.compile starts from an empty cache (TORCHINDUCTOR_CACHE_DIR): separation's compiled
 # variant compiles cold, demucs_compile after it warm. ONLY="separate tokenize" runs those.
-# All six scripts no longer fit one device call: run ONLY="separate compile tokenize" and
-# ONLY="loader generate train" in two, each with BUDGET=560.
+# All the scripts no longer fit one device call: run ONLY="separate compile tokenize",
+# ONLY="loader generate train" and ONLY="tokenize augment codec" in three, each with
+# BUDGET=560.
 #
 #     bash bench/gpu_all.sh      (from anywhere; PYTHON=python3, BUDGET=470, SMOKE=0 by default)
 set -u
@@ -33,7 +34,7 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, "
       f"cuda {torch.version.cuda}, device "
       f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
 versions = []
-for pkg in ("torchaudio", "demucs", "encodec", "webdataset", "soundfile", "numpy", "PyYAML",
+for pkg in ("torchaudio", "demucs", "transformers", "auraloss", "webdataset", "soundfile", "numpy", "PyYAML",
             "safetensors", "tqdm"):
     try:
         versions.append(f"{pkg} {md.version(pkg)}")
@@ -76,7 +77,10 @@ run() {  # run CAP_SECONDS NAME SCRIPT ARGS...
 # SMOKE=1: tiny sizes and the tiny preset, to check the whole chain on a CPU in minutes.
 if [[ ${SMOKE:-0} == 1 ]]; then
     run 300 separate bench/separate_gpu.py --seconds 2 1 --variants fp32 fp32-compiled
-    run 120 tokenize bench/tokenize_gpu.py --seconds 6 3
+    run 120 tokenize bench/tokenize_gpu.py --seconds 6 3 --repeat 1
+    run 120 augment bench/augment.py --seconds 5
+    run 120 codec bench/codec_gpu.py --minutes 0.5 --songs 3 --seconds 10 --held-out 1 \
+        --set channels=8 dimension=32 lstm_layers=1 codebook_size=64
     run 150 loader bench/loader_gpu.py --workers 0 2 --batch 8 --frames 150 --batches 20 \
         --shards 2 --samples 100 --preset tiny --steps 3 --compile no
     run 90 generate bench/generate_gpu.py --preset tiny --batch 1 4 --frames 40
@@ -86,7 +90,9 @@ else
     run 270 separate bench/separate_gpu.py --seconds 240 180 120 90 60 30 \
         --variants bf16 fp32 bf16-compiled
     run 150 compile bench/demucs_compile.py --batch 16 --modes default
-    run 120 tokenize bench/tokenize_gpu.py --seconds 240 180 120 90 60 30
+    run 200 tokenize bench/tokenize_gpu.py --seconds 240 180 120 90 60 30
+    run 120 augment bench/augment.py --devices cuda cpu
+    run 240 codec bench/codec_gpu.py --minutes 2.5
     run 150 loader bench/loader_gpu.py --batch 32 --frames 750 --compile both
     run 220 generate bench/generate_gpu.py --preset base --batch 1 64 --frames 750
     run 120 train bench/train_throughput.py --preset base --batch 32 --frames 750 --compile yes

@@ -4,6 +4,7 @@ rule clip:
     input:
         separated=record("separate"),
         **kept_audio("audio", audio_folder("separate")),
+        **variants_input(),
     output:
         record("clip"),  # its tracks; their <track>/windows.parquet, clip.json beside it
     params:

@@ -8,7 +8,7 @@ from soloist.config import batch_of, read_tracks, row_of, validate_config, write
 from soloist.synth import STEMS
 from soloist.fetch_weights import weights_mode
 from soloist.launch import resources as train_resources
-from soloist.tracks import LAYOUT
+from soloist.tracks import LAYOUT, split_of
 
 # Scripts import soloist from this checkout, also inside --sdm conda environments.
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (workflow.basedir, os.getenv("PYTHONPATH")))))
@@ -28,7 +28,9 @@ def resolve_weights():
     if config["weights"] != "auto":
         return config["weights"]
     if not os.environ.get(AUTO_WEIGHTS):
-        models = {"demucs": config["separate"]["model"], "encodec": config["tokenize"]["model"]}
+        models = {"demucs": config["separate"]["model"]}
+        if config["tokenize"]["model"] != "own":  # our own codec is trained, not fetched
+            models["codec"] = config["tokenize"]["model"]
         demo_only = all(row.kind == "demo" for row in ROWS.values())
         mode, why = weights_mode("auto", models, "resources/weights", demo_only)
         print(why, file=sys.stderr)
@@ -55,9 +57,12 @@ SPEED = {
     "ingest": {"downloads"},
     "ytdlp": {"retries", "socket_timeout", "rate_limit"},
     "separate": {"batch_size", "compile", "device", "threads", "gpus"},
+    "augment": {"device", "threads", "gpus"},
     "tokenize": {"batch_size", "device", "threads", "gpus"},
     # gpus and nodes stay: they set the global batch
     "train": {"device", "compile", "checkpoint_every"},
+    # gpus stays: it sets the global batch
+    "codec": {"device", "checkpoint_every", "log_every", "workers"},
     "accompany": {"batch_size", "compile", "device", "threads", "gpus"},
 }
 
@@ -79,6 +84,8 @@ def _outputs_depend_on(name, value):
 
 def weights_manifest(family):
     name = config["separate"]["model"] if family == "demucs" else config["tokenize"]["model"]
+    if name == "own":
+        return "results/train_codec/own.json"  # train_codec's codec
     return f"resources/weights/{WEIGHTS}/{family}/{name}.json"
 
 
@@ -106,9 +113,11 @@ def kept_audio(name, path):
     return {} if config["keep_intermediates"] else {name: path}
 
 
+VARIANTS = bool(config["augment"]["variants"])  # pitch/tempo variants of the tracks
 # What each per-track stage's tracks are made from, besides its own settings.
-UPSTREAM = {"ingest": [], "separate": ["ingest"], "clip": ["ingest", "separate"],
-            "tokenize": ["ingest", "separate"]}
+UPSTREAM = {"ingest": [], "separate": ["ingest"], "augment": ["ingest", "separate"],
+            "clip": ["ingest", "separate"] + ["augment"] * VARIANTS,
+            "tokenize": ["ingest", "separate"] + ["augment"] * VARIANTS}
 
 
 def shaped_by(stage):
@@ -146,6 +155,25 @@ def _group(tracks):
 
 def batch_tracks(wildcards):
     return tracks_by_batch().get(wildcards.batch, [])
+
+
+def in_splits(tracks, splits):
+    """Those of ``tracks`` whose split (the sheet's, or else the hash's) is one of ``splits``."""
+    fractions = config["shard"]["fractions"]
+    return [t for t in tracks if (row_of(t, ROWS).split or split_of(t, fractions)) in splits]
+
+
+def augmented_tracks(wildcards):
+    """The batch's tracks whose split gets variants."""
+    return in_splits(batch_tracks(wildcards), config["augment"]["splits"])
+
+
+def variants_input():
+    """The input clip and tokenize read of a batch's variants (none without variants)."""
+    if not VARIANTS:
+        return {}
+    return {"augmented": record("augment"),
+            **kept_audio("variant_audio", audio_folder("augment"))}
 
 
 def ingest_jobs(wildcards):
@@ -210,7 +238,7 @@ def accompany_input(wildcards):
     """The trained model, the weights of its codec (and separator), and the files the sheet
     names that exist (a missing one becomes an error line, not a DAG error)."""
     inputs = {"model": "results/train/model.safetensors", "info": "results/train/config.json",
-              "summary": "results/train/train.json", "codec": weights_manifest("encodec")}
+              "summary": "results/train/train.json", "codec": weights_manifest("codec")}
     if config["accompany"]["separate"]:
         inputs["separator"] = weights_manifest("demucs")
     inputs["sources"] = [b["source"] for b in accompany_backings() if b["kind"] == "demo"

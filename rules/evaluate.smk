@@ -7,7 +7,7 @@ rule evaluate:
         summary="results/train/train.json",
         manifest="results/shards/manifest.parquet",
         shards="results/shards/test",  # what it scores
-        weights=weights_manifest("encodec"),
+        weights=weights_manifest("codec"),
     output:
         metrics="results/evaluate/metrics.json",
         page="results/evaluate/index.html",

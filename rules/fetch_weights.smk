@@ -10,7 +10,7 @@ rule fetch_weights:
         "resources/weights/{mode}/{family}/{name}.json",
     wildcard_constraints:
         mode="pretrained|random",
-        family="demucs|encodec",
+        family="demucs|codec",
     params:
         seed=config["seed"],
     log:

@@ -6,6 +6,7 @@ rule shard:
         ingested=per_batch(record("ingest", "{batch}")),
         clipped=per_batch(record("clip", "{batch}")),
         tokenized=per_batch(record("tokenize", "{batch}")),
+        augmented=per_batch(record("augment", "{batch}")) if VARIANTS else [],
         resolved=[f"results/resolve/{r.track}.tsv" for r in ROWS.values() if r.kind == "url"],
     output:
         shards=directory(expand("results/shards/{split}", split=["train", "valid", "test"])),
@@ -22,6 +23,7 @@ rule shard:
     params:
         splits={r.track: r.split for r in ROWS.values() if r.split},
         settings=settings("shard"),
+        variant_splits=config["augment"]["splits"] if VARIANTS else [],
     log:
         "results/logs/shard/shard.log",
     benchmark:

@@ -44,7 +44,7 @@ from soloist.io import (
 )
 from soloist.model import Soloist
 from soloist.tracks import Batch, track_of
-from soloist.weights import load_encodec
+from soloist.weights import load_codec
 
 log = logging.getLogger("soloist.accompany")
 # compile: auto compiles the decode step for jobs of at least this many steps (about one per
@@ -93,7 +93,7 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
 
     ``model`` (``load_model``'s) runs on its device. ``config`` is the validated workflow
     config (its ingest, separate and tokenize sections say how to read, run and batch; never
-    which roles or codec). ``weights``: the ``demucs`` and ``encodec`` manifests of the
+    which roles or codec). ``weights``: the ``demucs`` and ``codec`` manifests of the
     model's separator and codec. ``overlap`` and ``seconds`` (only the first seconds of each
     backing) are in seconds; ``compile`` (auto: for jobs long enough to repay it) fuses the
     decode step with torch.compile; ``name`` names the model on the page.
@@ -120,8 +120,8 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
     result = {"model": name, "sampling": asdict(sampling), "seed": seed,
               "overlap_seconds": overlap, "separate": separate, "weights": model.info["weights"]}
     if ok:
-        _check_codec(weights["encodec"], codec_info)
-        codec = load_encodec(weights["encodec"], codec_info["bandwidth"], device)
+        _check_codec(weights["codec"], codec_info)
+        codec = load_codec(weights["codec"], codec_info["codebooks"], device)
         with clock("tokenize"):
             s = config["tokenize"]
             codes = encode(codec, [backings[t.name][0].mean(0) for t in ok],

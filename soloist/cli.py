@@ -32,11 +32,19 @@ def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Pat
     """Manifests of the model's separator and codec under ``root``, fetched where missing
     (downloaded, or rebuilt from ``seed`` when the model was trained on random weights)."""
     from soloist.fetch_weights import fetch_weights
+    from soloist.weights import WeightsError
 
-    wanted = {"encodec": info["codec"]["model"]}
+    wanted = {"codec": info["codec"]["model"]}
     if separate:
         wanted["demucs"] = info["separator"]["model"]
     manifests = {}
+    if wanted["codec"] == "own":  # train_codec's, in the workflow folder that trained it
+        manifests["codec"] = Path("results/train_codec/own.json")
+        if not manifests["codec"].is_file():
+            raise WeightsError("the model reads tokens of soloist's own codec: run soloist "
+                               "accompany in the workflow folder whose train_codec made it "
+                               f"({manifests['codec']})")
+        del wanted["codec"]
     for family, name in wanted.items():
         manifest = root / info["weights"] / family / f"{name}.json"
         if not manifest.is_file():

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from soloist.io import TrackError, atomic_path, read_audio
-from soloist.tracks import Batch, Track, attempt, provenance, run_batch, run_track
+from soloist.tracks import Batch, Track, attempt, made_from, provenance, run_batch, run_track
 
 log = logging.getLogger("soloist.clip")
 
@@ -106,17 +106,19 @@ def clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
     upstream = {"context": context, "target": target, "status": upstream_status}
     files = {"separate": {k: Path(p) for k, p in upstream.items()},
              "clip": {"windows": Path(windows_out), "status": Path(status_out)}}
-    t = Track(track, files, "clip", provenance, EMPTY)
-    return run_track(t, lambda todo: clip_tracks(todo, settings), "separate")
+    t = Track(track, files, "clip", provenance, EMPTY, "separate")
+    return run_track(t, lambda todo: clip_tracks(todo, settings))
 
 
-def clip_batch(separated: str | os.PathLike, record: str | os.PathLike, settings: dict,
-               shape: dict) -> list[dict]:
-    """Clip every track of a separate batch (its record) into the batch of ``record``,
-    keeping the tracks already clipped from the same stems with the same ``shape``."""
-    upstream, out = Batch.of("separate", separated), Batch.of("clip", record, EMPTY)
-    provenances = {t: provenance("clip", shape, p) for t, p in upstream.tracks().items()}
-    return run_batch(out, provenances, lambda todo: clip_tracks(todo, settings), upstream)
+def clip_batch(separated: str | os.PathLike, augmented: str | os.PathLike | None,
+               record: str | os.PathLike, settings: dict, shape: dict) -> list[dict]:
+    """Clip every track of a separate batch (its record), and its variants (augment's
+    record, if any), into the batch of ``record``, keeping the tracks already clipped from
+    the same audio with the same ``shape``."""
+    upstream, made = made_from(separated, augmented)
+    provenances = {t: provenance("clip", shape, p) for t, p in made.items()}
+    return run_batch(Batch.of("clip", record, EMPTY), provenances,
+                     lambda todo: clip_tracks(todo, settings), upstream)
 
 
 def clip_tracks(todo: list[Track], settings: dict) -> None:
@@ -136,8 +138,8 @@ EMPTY = {"windows": lambda path: _write_windows(path, [])}
 
 def _clip(track: Track, settings: dict) -> dict:
     """Select and write ``track``'s windows; its status."""
-    target_audio, rate = read_audio(track["separate"]["target"])
-    context_audio, _ = read_audio(track["separate"]["context"])
+    target_audio, rate = read_audio(track.inputs["target"])
+    context_audio, _ = read_audio(track.inputs["context"])
     duration = target_audio.shape[1] / rate
     if duration < settings["seconds"]:
         raise TrackError(f"track is {duration:.1f} s, shorter than one window "

@@ -1,9 +1,12 @@
-"""The codec: EnCodec codes of whole tracks of any length, and audio from codes.
+"""The codec: codes of whole tracks of any length, and audio from codes.
 
-Shared by tokenize (the dataset's tokens), evaluate and accompany (encoding backings,
-decoding solos). Audio is cut into chunks that are encoded in batches across tracks, each
-with a warm-up of the audio before it, so that codes at chunk seams stay close to those of
-encoding the whole track at once; decoding does the same with frames.
+One code path for every codec (EnCodec 24 and 32 kHz and DAC 44.1 kHz, through
+transformers): ``Codec`` says what its codes are (K, cardinality, frame rate) and turns a
+batch of audio into codes and back. Shared by tokenize (the dataset's tokens), evaluate and
+accompany (encoding backings, decoding solos). Audio is cut into chunks that are encoded in
+batches across tracks, each with a warm-up of the audio before it (and, for a codec that
+looks ahead, as much after it), so that codes at chunk seams stay close to those of encoding
+the whole track at once; decoding does the same with frames.
 """
 
 from __future__ import annotations
@@ -24,38 +27,119 @@ from soloist.device import fit_batch, out_of_memory
 from soloist.io import Clock
 
 log = logging.getLogger("soloist.codec")
-# batch_size: auto fits the GPU it gets: EnCodec's peak memory per batch row, per sample it
-# reads (an H200, torch 2.11; BENCHMARKS.md): 11.6 GiB for 64 chunks of 10.5 s
-ENCODE_PEAK_BYTES = 780
+
+
+@dataclass(eq=False)
+class Codec:
+    """A loaded codec (a transformers ``EncodecModel`` or ``DacModel``, or our own
+    ``soloist.own_codec.OwnCodec``) that writes its first ``codebooks`` codebooks: codes
+    [B, K, T] of audio [B, 1, N] at ``sample_rate``, T = ceil(N / hop), and back (our own
+    codec with a VAE bottleneck writes latents [B, D, T] instead). ``soloist.weights
+    .load_codec`` loads one."""
+
+    name: str
+    model: torch.nn.Module
+    codebooks: int
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.sampling_rate)
+
+    @property
+    def hop(self) -> int:
+        return int(self.config.hop_length)
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames a second, exact (transformers' own ``frame_rate`` rounds DAC's 86.13 up)."""
+        return self.sample_rate / self.hop
+
+    @property
+    def cardinality(self) -> int:
+        return int(self.config.codebook_size)
+
+    @property
+    def continuous(self) -> bool:
+        """Whether its tokens are latents [D, T] (float16 on disk), not codes."""
+        return getattr(self.config, "bottleneck", "rvq") == "vae"
+
+    @property
+    def peak_bytes(self) -> float:
+        """GPU memory per batch row and input sample at the encoder's peak (batch_size:
+        auto): measured for the published codecs, scaled by width for our own."""
+        from soloist.weights import CODECS
+
+        if self.name in CODECS:
+            return CODECS[self.name].peak_bytes
+        return CODECS["encodec_24khz"].peak_bytes * self.channels / 32
+
+    @property
+    def causal(self) -> bool:
+        """Whether a frame's code depends on no later audio (then chunks need no lookahead)."""
+        return bool(getattr(self.config, "use_causal_conv", False))
+
+    @property
+    def channels(self) -> int:
+        """Channels of the widest activation, [B, channels, N]: the first convolution's."""
+        return int(getattr(self.config, "num_filters", None) or self.config.encoder_hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Codes int64 [B, K, T] of mono audio [B, 1, N] at ``sample_rate``."""
+        if self.config.model_type == "soloist_codec":
+            return self.model.encode(audio, self.codebooks)
+        if self.config.model_type == "dac":  # pads to whole frames itself, as DAC's own code
+            audio = torch.nn.functional.pad(audio, (0, -audio.shape[-1] % self.hop))
+            return self.model.encode(audio, n_quantizers=self.codebooks).audio_codes
+        embeddings = self.model.encoder(audio)
+        quantizer = self.model.quantizer
+        # the bandwidth of exactly K codebooks (half a codebook more keeps float rounding out)
+        bits = math.log2(self.cardinality) * quantizer.frame_rate
+        codes = quantizer.encode(embeddings, (self.codebooks + 0.5) * bits / 1000)
+        return codes.transpose(0, 1)  # [K, B, T] -> [B, K, T]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Mono audio [B, T * hop] of codes [B, K, T]."""
+        if self.config.model_type == "soloist_codec":
+            return self.model.decode(codes)
+        if self.config.model_type == "dac":
+            return self.model.decode(audio_codes=codes).audio_values
+        return self.model.decoder(self.model.quantizer.decode(codes.transpose(0, 1)))[:, 0]
 
 
 @torch.inference_mode()
-def encode_stream(model: torch.nn.Module,
-                  tracks: Iterable[tuple[Any, np.ndarray | torch.Tensor, int]],
+def encode_stream(codec: Codec, tracks: Iterable[tuple[Any, np.ndarray | torch.Tensor, int]],
                   chunk_seconds: float, batch_size: int, warmup_seconds: float = 0.0,
                   clock: Clock | None = None) -> Iterator[tuple[Any, np.ndarray]]:
-    """EnCodec codes of mono tracks ``(key, audio [N] float, sample_rate)``: yields
-    ``(key, codes)``, int16 [K, T], as each track's last chunk comes back (chunks of
-    consecutive tracks share batches [B, 1, warmup + chunk]).
+    """Codes of mono tracks ``(key, audio [N] float, sample_rate)``: yields ``(key, codes)``,
+    int16 [K, T] (latents: float16 [D, T]), as each track's last chunk comes back (chunks
+    of consecutive tracks share batches [B, 1, warmup + chunk + lookahead]).
 
     Every chunk after the first also reads the ``warmup_seconds`` before it and drops the
     codes of those: the encoder's convolutions and LSTM then start a chunk in the state the
     whole track would have left them in, so the codes match whole-track encoding at seams.
-    T = ceil(N' / hop) where N' is the length at the model's rate and hop its frame hop.
+    A codec that is not causal also reads as much after the chunk (its lookahead).
+    T = ceil(N' / hop) where N' is the length at the codec's rate.
     """
-    device = next(model.parameters()).device
-    hop = int(np.prod(model.encoder.ratios))
-    chunk = max(hop, round(chunk_seconds * model.sample_rate) // hop * hop)
-    warm = round(warmup_seconds * model.sample_rate) // hop * hop
-    length = warm + chunk  # samples each batch row reads
-    batches = _Batches(model, batch_size, warm // hop, clock or Clock())
+    rate, hop = codec.sample_rate, codec.hop
+    chunk = max(hop, round(chunk_seconds * rate) // hop * hop)
+    warm = round(warmup_seconds * rate) // hop * hop
+    length = warm + chunk + (0 if codec.causal else warm)  # samples each batch row reads
+    batches = _Batches(codec, batch_size, warm // hop, chunk // hop, clock or Clock())
     queue: list[tuple[_Codes, int]] = []  # (track, chunk index)
-    for key, audio, rate in tracks:
+    for key, audio, sample_rate in tracks:
         with batches.clock("resampling"):
-            x = resampler(rate, model.sample_rate, device)(torch.as_tensor(audio).to(device))
+            x = resampler(sample_rate, rate, codec.device)(torch.as_tensor(audio).to(codec.device))
         if x.numel() == 0:
             raise ValueError(f"track {key!r} has no samples")
-        n = 1 + math.ceil(max(0, x.numel() - length) / chunk)
+        n = 1 + math.ceil(max(0, x.numel() - warm - chunk) / chunk)
         # chunk i reads samples [i * chunk, i * chunk + length), zeros past the end
         windows = torch.nn.functional.pad(x, (0, (n - 1) * chunk + length - x.numel()))
         t = _Codes(key, windows.unfold(0, length, chunk), n, math.ceil(x.numel() / hop))
@@ -71,7 +155,7 @@ def encode_stream(model: torch.nn.Module,
 @dataclass(eq=False)  # told apart by identity
 class _Codes:
     key: Any
-    windows: torch.Tensor  # [chunks, warmup + chunk]: each chunk's samples at the model's rate
+    windows: torch.Tensor  # [chunks, warmup + chunk + lookahead]: samples at the codec's rate
     left: int              # chunks still to come back
     frames: int
     parts: list[np.ndarray] = field(default_factory=list)  # [K, T_i] int16, in time order
@@ -84,9 +168,10 @@ class _Batches:
     """Encodes batches of chunks with one batch in flight: the GPU encodes it while this
     thread appends the previous one's codes and gathers the next one's chunks."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, skip: int, clock: Clock):
-        self.model, self.batch_size, self.skip, self.clock = model, batch_size, skip, clock
-        self.cuda = next(model.parameters()).device.type == "cuda"
+    def __init__(self, codec: Codec, batch_size: int, skip: int, keep: int, clock: Clock):
+        self.codec, self.batch_size, self.clock = codec, batch_size, clock
+        self.skip, self.keep = skip, keep  # frames of warm-up dropped, of the chunk kept
+        self.cuda = codec.device.type == "cuda"
         self.pending: tuple | None = None
 
     def run(self, batch: list[tuple[_Codes, int]] | None) -> Iterator[tuple[Any, np.ndarray]]:
@@ -107,10 +192,11 @@ class _Batches:
         x = torch.cat([t.windows[first:first + n] for t, first, n in runs])[:, None]
         with self.clock("encoding"):
             try:
-                frames = self.model.encode(x)
+                codes = self.codec.encode(x)
             except torch.cuda.OutOfMemoryError as e:
                 raise out_of_memory("tokenize", self.batch_size) from e
-        out = torch.cat([f[0] for f in frames], dim=-1).to(torch.int16)
+        out = codes[:, :, :self.skip + self.keep]
+        out = out.half() if out.is_floating_point() else out.to(torch.int16)
         if not self.cuda:
             return runs, out, None
         # copied now, before the next batch's kernels join the stream: then waiting for
@@ -142,61 +228,63 @@ def resampler(orig: int, new: int, device: torch.device) -> torch.nn.Module:
     return Resample(orig, new).to(device)
 
 
-def encode(model: torch.nn.Module, tracks: list[np.ndarray], sample_rate: int,
-           chunk_seconds: float, batch_size: int | str = "auto", warmup_seconds: float = 0.0
-           ) -> list[np.ndarray]:
-    """EnCodec codes of each mono track [N] at ``sample_rate``: one int16 [K, T] per track.
+def encode(codec: Codec, tracks: list[np.ndarray], sample_rate: int, chunk_seconds: float,
+           batch_size: int | str = "auto", warmup_seconds: float = 0.0) -> list[np.ndarray]:
+    """Codes of each mono track [N] at ``sample_rate``: one int16 [K, T] per track.
     ``batch_size`` is chunks per forward pass, or auto (tokenize.batch_size's)."""
-    device = next(model.parameters()).device
-    chunk = round((chunk_seconds + warmup_seconds) * model.sample_rate)
-    batch = chunk_batch(batch_size, device, chunk, model.encoder.n_filters)
-    codes = dict(encode_stream(model, ((i, t, sample_rate) for i, t in enumerate(tracks)),
+    batch = chunk_batch(batch_size, codec, chunk_seconds, warmup_seconds)
+    codes = dict(encode_stream(codec, ((i, t, sample_rate) for i, t in enumerate(tracks)),
                                chunk_seconds, batch, warmup_seconds))
     return [codes[i] for i in range(len(tracks))]
 
 
 @torch.inference_mode()
-def decode(model: torch.nn.Module, codes: np.ndarray | torch.Tensor, chunk_frames: int = 750,
-           warmup_frames: int = 38, batch_size: int = 16) -> np.ndarray:
+def decode(codec: Codec, codes: np.ndarray | torch.Tensor, chunk_seconds: float = 10.0,
+           warmup_seconds: float = 0.5, batch_size: int = 16) -> np.ndarray:
     """Mono audio float32 [T * hop] at the codec's rate of codes [K, T], any T.
 
-    Decoded in chunks of ``chunk_frames`` (one batch for up to ``batch_size`` of them), each
-    decoding the ``warmup_frames`` before it too and dropping their audio: the causal
+    Decoded in chunks of ``chunk_seconds`` (one batch for up to ``batch_size`` of them),
+    each decoding the ``warmup_seconds`` before it too and dropping their audio: the
     decoder's convolutions and LSTM then start a chunk in the state the whole sequence
     would have left them in.
     """
-    device = next(model.parameters()).device
-    codes = torch.as_tensor(codes, device=device).long()
+    codes = torch.as_tensor(codes, device=codec.device)
+    codes = codes.float() if codec.continuous else codes.long()
     K, T = codes.shape
-    hop = int(np.prod(model.encoder.ratios))
-    length = warmup_frames + chunk_frames
-    n = max(1, math.ceil((T - warmup_frames) / chunk_frames))
+    hop, chunk = codec.hop, max(1, round(chunk_seconds * codec.frame_rate))
+    warm = round(warmup_seconds * codec.frame_rate)
+    length = warm + chunk
+    n = max(1, math.ceil((T - warm) / chunk))
     # chunk i reads frames [i * chunk, i * chunk + length); the first keeps all of its audio
-    padded = torch.nn.functional.pad(codes, (0, (n - 1) * chunk_frames + length - T))
-    windows = padded.unfold(1, length, chunk_frames).transpose(0, 1)  # [n, K, length]
+    padded = torch.nn.functional.pad(codes, (0, (n - 1) * chunk + length - T))
+    windows = padded.unfold(1, length, chunk).transpose(0, 1)  # [n, K, length]
     parts = []
     for b in range(0, n, batch_size):
-        audio = model.decode([(windows[b:b + batch_size], None)])[:, 0]  # [B, length * hop]
-        parts += [a[warmup_frames * hop if b + j else 0:] for j, a in enumerate(audio)]
+        audio = codec.decode(windows[b:b + batch_size])  # [B, length * hop]
+        parts += [a[warm * hop if b + j else 0:] for j, a in enumerate(audio)]
     return torch.cat(parts)[:T * hop].float().cpu().numpy()
 
 
-def chunk_batch(setting: int | str, device: torch.device, samples: int, channels: int) -> int:
-    """Chunks per batch of ``samples`` each, for an encoder whose widest activation is
-    [B, channels, samples]: torch's CUDA kernels index it with 32-bit ints."""
+def chunk_batch(setting: int | str, codec: Codec, chunk_seconds: float,
+                warmup_seconds: float) -> int:
+    """Chunks per batch for ``encode_stream``'s rows: the setting, checked against the 32-bit
+    index range of torch's CUDA kernels (the widest activation is [B, channels, samples]),
+    or on a GPU as many as fit its free memory."""
+    seconds = chunk_seconds + warmup_seconds * (1 if codec.causal else 2)
+    samples, device = round(seconds * codec.sample_rate), codec.device
     # + 64: the convolutions pad their input by a few samples
-    most = (2**31 - 1) // (channels * (samples + 64)) if device.type == "cuda" else math.inf
+    most = (2**31 - 1) // (codec.channels * (samples + 64)) if device.type == "cuda" else math.inf
     if setting != "auto":
         if int(setting) > most:
             raise ValueError(f"tokenize.batch_size: {setting} chunks of {samples} samples are "
-                             f"more than EnCodec takes in one pass on a GPU; at most {most}")
+                             f"more than {codec.name} takes in one pass on a GPU; at most {most}")
         return int(setting)
     if device.type != "cuda":
         return 16
     if most < 1:
         raise ValueError(f"tokenize.chunk_seconds: a chunk of {samples} samples is more than "
-                         "EnCodec takes in one pass on a GPU")
-    size = fit_batch(min(64, most), samples * ENCODE_PEAK_BYTES,
+                         f"{codec.name} takes in one pass on a GPU")
+    size = fit_batch(min(64, most), samples * codec.peak_bytes,
                      torch.cuda.mem_get_info(device)[0])
     log.info("batches of %d chunks (tokenize.batch_size: auto)", size)
     return size

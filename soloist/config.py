@@ -123,6 +123,8 @@ def validate_config(config: dict) -> dict:
     if abs(sum(config["shard"]["fractions"].values()) - 1.0) > 1e-6:
         raise ConfigError(f"shard.fractions must sum to 1, got {config['shard']['fractions']}")
     _check_windows(config)
+    _check_codebooks(config["tokenize"], config["codec"])
+    _check_variants(config["augment"]["variants"])
     return config
 
 
@@ -135,6 +137,25 @@ def _check_windows(config: dict) -> None:
                 if (config[key]["seconds"] or 0) > window]
     if too_long:
         raise ConfigError("invalid config:\n  " + "\n  ".join(too_long))
+
+
+def _check_codebooks(tokenize: dict, own: dict) -> None:
+    """The codec has the codebooks asked for (our own: those the codec section gives it)."""
+    from soloist.weights import CODECS
+
+    most = own["codebooks"] if tokenize["model"] == "own" else \
+        CODECS[tokenize["model"]].max_codebooks
+    if (tokenize["codebooks"] or 0) > most:
+        raise ConfigError(f"invalid config:\n  tokenize.codebooks: {tokenize['model']} has "
+                          f"{most} codebooks, not {tokenize['codebooks']}")
+
+
+def _check_variants(variants: list[dict]) -> None:
+    """No variant is the track itself."""
+    for i, v in enumerate(variants):
+        if v["semitones"] == 0 and v["tempo"] == 1:
+            raise ConfigError(f"invalid config:\n  augment.variants.{i}: 0 semitones at tempo "
+                              "1 is the track itself, not a variant")
 
 
 def source_kind(source: str) -> str:

@@ -1,6 +1,7 @@
-"""Where a model runs: picking the device, fitting batches to its memory, bf16 autocast.
+"""Where a model runs: picking the device, fitting batches to its memory, bf16 autocast,
+samples back to the host.
 
-Shared by the GPU stages (separate, tokenize, accompany), so that each says ``auto``,
+Shared by the GPU stages (separate, augment, tokenize, accompany), so that each says ``auto``,
 sizes its batches and reports running out of memory the same way.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 
@@ -35,3 +37,11 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def pcm16(audio: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Host samples for ``io.write_audio``: a tensor is clipped and rounded to int16 where it
+    is (as libsndfile would round it), so a GPU sends a quarter of the float32 audio."""
+    if isinstance(audio, np.ndarray):
+        return audio
+    return (audio.clamp(-1, 1) * 32767).round().to(torch.int16).cpu().numpy()

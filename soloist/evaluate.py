@@ -29,7 +29,7 @@ from soloist.io import (
     write_spectrograms,
 )
 from soloist.model import Soloist
-from soloist.weights import load_encodec
+from soloist.weights import load_codec
 
 log = logging.getLogger("soloist.evaluate")
 
@@ -99,7 +99,7 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     log.info("test CE %.4f (shuffled backing %.4f, ratio %.3f), accuracy %.3f", metrics["ce"],
              metrics["ce_shuffled_backing"], metrics["listen_ratio"], metrics["accuracy"])
 
-    codec = load_encodec(codec_weights, model.info["codec"]["bandwidth"])
+    codec = load_codec(codec_weights, model.info["codec"]["codebooks"])
     sampling = Sampling(cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg["cfg_scale"])
     examples = []
     for i in range(min(cfg["examples"], n)):

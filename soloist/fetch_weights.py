@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -19,13 +21,14 @@ import numpy as np
 import torch
 import yaml
 
-from soloist.io import RANDOM_WARNING, atomic_path, sha256_file, write_json, write_torch
-from soloist.weights import ENCODEC_FILES, WeightsError, encodec_24khz
+from soloist.io import RANDOM_WARNING, atomic_path, read_audio, sha256_file, write_json
+from soloist.synth import make_song
+from soloist.weights import CODECS, HF_FILES, WeightsError, codec_model
 
 log = logging.getLogger("soloist.fetch_weights")
 
 
-DEMUCS_HF = "https://huggingface.co/adefossez/{repo}/resolve/main/{file}"
+HUB = "https://huggingface.co/{repo}/resolve/main/{file}"
 # Architectures we can build with random weights: (the published signature, HTDemucs kwargs).
 DEMUCS_ARCH = {
     "htdemucs_6s": ("5c90dfd2", {
@@ -34,18 +37,18 @@ DEMUCS_ARCH = {
         "depth": 4, "dconv_mode": 3, "t_layers": 5,
     }),
 }
-ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/{file}"
 
 
 def pretrained_files(family: str, name: str) -> dict[str, str]:
     """{file: URL} of the pretrained weights of a model, as far as known in advance (a
     Demucs bag not listed here names its other files in its yaml: only the yaml)."""
-    if family == "encodec":
-        return {ENCODEC_FILES[name]: ENCODEC_URL.format(file=ENCODEC_FILES[name])}
+    if family == "codec":
+        return {f"{name}/{f}": HUB.format(repo=CODECS[name].repo, file=f) for f in HF_FILES}
     sigs = [DEMUCS_ARCH[name][0]] if name in DEMUCS_ARCH else []  # the published signature
-    repo = "HTDemucs" if name == "htdemucs" else "HTDemucs-" + name.removeprefix("htdemucs_")
+    repo = "adefossez/" + ("HTDemucs" if name == "htdemucs"
+                           else "HTDemucs-" + name.removeprefix("htdemucs_"))
     files = [f"{name}.yaml"] + [f"{s}.safetensors" for s in sigs]
-    return {f: DEMUCS_HF.format(repo=repo, file=f) for f in files}
+    return {f: HUB.format(repo=repo, file=f) for f in files}
 
 
 def _reachable(url: str, timeout: float) -> bool:
@@ -85,14 +88,14 @@ def weights_mode(setting: str, models: dict[str, str], root: str | os.PathLike,
 
 def fetch_weights(family: str, name: str, mode: str, manifest: str | os.PathLike,
                   seed: int = 0) -> dict:
-    """Put model ``name`` of ``family`` (demucs|encodec) beside ``manifest`` and write it."""
+    """Put model ``name`` of ``family`` (demucs|codec) beside ``manifest`` and write it."""
     folder = Path(manifest).parent
     folder.mkdir(parents=True, exist_ok=True)
     if mode == "random":
         log.warning(RANDOM_WARNING)
-        files = (_random_demucs if family == "demucs" else _random_encodec)(name, folder, seed)
+        files = (_random_demucs if family == "demucs" else _random_codec)(name, folder, seed)
     elif mode == "pretrained":
-        files = (_pretrained_demucs if family == "demucs" else _pretrained_encodec)(name, folder)
+        files = (_pretrained_demucs if family == "demucs" else _pretrained_codec)(name, folder)
     else:
         raise ValueError(f"weights mode must be pretrained or random, not {mode!r}")
     info = {
@@ -137,8 +140,9 @@ def _pretrained_demucs(name: str, folder: Path) -> list[str]:
     return _download(urls, folder)
 
 
-def _pretrained_encodec(name: str, folder: Path) -> list[str]:
-    return _download(pretrained_files("encodec", name), folder)
+def _pretrained_codec(name: str, folder: Path) -> list[str]:
+    (folder / name).mkdir(exist_ok=True)
+    return _download(pretrained_files("codec", name), folder)
 
 
 def _random_demucs(name: str, folder: Path, seed: int) -> list[str]:
@@ -161,9 +165,10 @@ def _random_demucs(name: str, folder: Path, seed: int) -> list[str]:
     return [f"{name}.yaml", f"{sig}.safetensors"]
 
 
-def _random_encodec(name: str, folder: Path, seed: int) -> list[str]:
+def _random_codec(name: str, folder: Path, seed: int) -> list[str]:
+    """Codec ``name`` with random weights, saved as the Hub has it (``save_pretrained``)."""
     torch.manual_seed(seed)
-    model = encodec_24khz()
+    model = codec_model(name).eval()
     # A random LSTM carries the past into every frame: silence got dozens of codes. Zeroed,
     # each LSTM adds nothing to its skip connection, so like a trained codec's the codes
     # describe the sound around their frame and the same sound gives the same codes.
@@ -173,42 +178,54 @@ def _random_encodec(name: str, folder: Path, seed: int) -> list[str]:
                 for p in module.parameters():
                     p.zero_()
     _init_codebooks(model, seed)
-    write_torch(folder / ENCODEC_FILES[name], model.state_dict())
-    return [ENCODEC_FILES[name]]
+    tmp = folder / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(folder / name, ignore_errors=True)
+    os.replace(tmp, folder / name)
+    return [f"{name}/{f}" for f in HF_FILES]
 
 
 @torch.no_grad()
 def _init_codebooks(model: torch.nn.Module, seed: int) -> None:
-    """Give a random EnCodec usable codebooks.
+    """Give a random codec usable codebooks.
 
-    A random-init EnCodec has all-zero codebooks (they are set by k-means on the first
-    training batch), so every code would be 0. Instead each quantizer layer, in order,
-    takes 1024 vectors sampled from the current residual of the encoder's output on music
-    (a demo song's mixture and stems at levels from -30 to 0 dB), then subtracts its own
-    quantized output from the residual.
+    A random-init EnCodec has all-zero codebooks (training sets them by k-means on its first
+    batch), so every code would be 0, and DAC's random ones fit no encoder output. Instead
+    each quantizer layer, in order, takes vectors sampled from the current residual of the
+    encoder's output on music (2 s pieces of a demo song's mixture and stems at levels from
+    -30 to 0 dB), then subtracts its own quantized output from the residual.
     """
-    import tempfile
-
     import torchaudio.functional as AF
 
-    from soloist.io import read_audio
-    from soloist.synth import make_song
-
     g = torch.Generator().manual_seed(seed)
+    size, rate = model.config.codebook_size, model.config.sampling_rate
     with tempfile.TemporaryDirectory() as tmp:
         make_song("codebooks", tmp, seconds=12, seed=seed)
         signals = [read_audio(p)[0].mean(0) for p in sorted(Path(tmp).rglob("*.flac"))]
-    audio = AF.resample(torch.from_numpy(np.stack(signals)), 44100, model.sample_rate)
-    segment = 6 * model.sample_rate
-    pieces = audio[:, : audio.shape[1] // segment * segment].reshape(-1, 1, segment)
+    audio = AF.resample(torch.from_numpy(np.stack(signals)), 44100, rate)
+    pieces = audio[:, : audio.shape[1] // (2 * rate) * 2 * rate].reshape(-1, 1, 2 * rate)
+    # the fewest pieces whose frames fill a codebook twice over
+    frames = 2 * rate // model.config.hop_length
+    pieces = pieces[torch.randperm(len(pieces), generator=g)[: -(-2 * size // frames)]]
     gains = 10 ** (-torch.rand(len(pieces), 1, 1, generator=g) * 1.5)  # -30..0 dB
     residual = model.encoder(pieces / pieces.abs().amax((1, 2), keepdim=True).clamp(1e-4) * gains)
-    for layer in model.quantizer.vq.layers:
-        vectors = layer.project_in(residual.transpose(1, 2).reshape(-1, residual.shape[1]))
-        codebook = layer._codebook
-        pick = torch.randperm(vectors.shape[0], generator=g)[: codebook.codebook_size]
-        codebook.embed.copy_(vectors[pick])
-        codebook.embed_avg.copy_(vectors[pick])
-        codebook.cluster_size.fill_(1.0)
-        codebook.inited.fill_(1.0)
-        residual = residual - layer.decode(layer.encode(residual))
+    layers = getattr(model.quantizer, "layers", None) or model.quantizer.quantizers
+    for layer in layers:
+        if hasattr(layer, "in_proj"):  # DAC: codes of a projection, by cosine similarity
+            vectors = layer.in_proj(residual)
+            layer.codebook.weight.copy_(_sample(vectors, size, g))
+            residual = residual - layer(residual)[0]
+        else:  # EnCodec: codes of the residual itself
+            book = layer.codebook
+            book.embed.copy_(_sample(residual, size, g))
+            book.embed_avg.copy_(book.embed)
+            book.cluster_size.fill_(1.0)
+            book.inited.fill_(1.0)
+            residual = residual - layer.decode(layer.encode(residual))
+
+
+def _sample(x: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` of the frame vectors of ``x`` [B, D, T], drawn without replacement: [n, D]."""
+    vectors = x.transpose(1, 2).reshape(-1, x.shape[1])
+    return vectors[torch.randperm(len(vectors), generator=g)[:n]]

@@ -299,7 +299,7 @@ def failed(stage: str, reason: str, **extra: Any) -> dict:
 
 # Every output made with random-init models says so (stats, metadata, logs, pages, report).
 RANDOM_WARNING = (
-    "RANDOM-INIT WEIGHTS: these outputs come from randomly initialised Demucs/EnCodec models "
+    "RANDOM-INIT WEIGHTS: these outputs come from randomly initialised Demucs/codec models "
     "(weights=random). They exercise the pipeline but are NOT musically meaningful."
 )
 

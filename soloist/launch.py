@@ -1,9 +1,10 @@
 """How training is launched: one process, one torchrun per node, or srun over several nodes.
 
-The train rule asks ``resources`` for its SLURM resources and hands its job to ``run``,
-which starts the trainer (``python -m soloist.train``) the way those resources call for;
-each trainer process then joins the others in ``setup_distributed``. The rendezvous port
-is ``rendezvous_port`` for every path.
+The train and train_codec rules ask ``resources`` for their SLURM resources and hand their
+job to ``run``, which starts the trainer (``python -m soloist.train`` or
+``soloist.train_codec``) the way those resources call for; each trainer process then joins
+the others in ``setup_distributed``. The rendezvous port is ``rendezvous_port`` for every
+path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,10 +24,11 @@ from soloist.io import write_json
 
 
 def resources(train: dict) -> dict:
-    """The train rule's resources. One node: ``gpus`` GPUs for one torchrun. More nodes: one
-    srun task per node, each starting a torchrun on its node's ``gpus`` GPUs."""
+    """A training rule's resources (its config section: ``gpus``, ``workers``, ``nodes`` if
+    any). One node: ``gpus`` GPUs for one torchrun. More nodes: one srun task per node, each
+    starting a torchrun on its node's ``gpus`` GPUs."""
     cpus = max(2, train["gpus"] * (train["workers"] + 1))  # a process and its loaders per GPU
-    if train["nodes"] == 1:
+    if train.get("nodes", 1) == 1:
         return {"gpu": train["gpus"], "cpus_per_task": cpus}
     # gres (per node), not gpu: with tasks, gpu would become --ntasks-per-gpu
     return {"nodes": train["nodes"], "tasks": train["nodes"], "tasks_per_gpu": 0,
@@ -37,9 +40,10 @@ def rendezvous_port(job_id: int | str) -> int:
     return 29500 + int(job_id) % 1000
 
 
-def command(shards: Path, out: Path, gpus: int, resources: dict) -> list[str] | None:
-    """The launcher command for these resources, or None to train in this process."""
-    trainer = ["-m", "soloist.train", str(shards), str(out), str(out / "run-config.json")]
+def command(trainer: list[str], gpus: int, resources: dict) -> list[str] | None:
+    """The launcher command of ``python -m *trainer`` for these resources, or None to train
+    in this process."""
+    trainer = ["-m", *trainer]
     if "mpi" in resources:  # one srun task per node, each a torchrun over its GPUs
         job = os.environ["SLURM_JOB_ID"]
         return [*shlex.split(resources["mpi"]), f"--nodes={resources['nodes']}",
@@ -54,14 +58,15 @@ def command(shards: Path, out: Path, gpus: int, resources: dict) -> list[str] | 
     return None
 
 
-def run(shards: Path, out: Path, config: dict, resources: dict, log_file: str) -> int:
-    """Train on ``shards`` into ``out`` as ``resources`` say; the exit code (EXIT_REQUEUE
-    when a signal stopped it at a checkpoint)."""
-    cmd = command(shards, out, config["train"]["gpus"], resources)
+def run(trainer: list[str], here: Callable[[], object], out: Path, config: dict, gpus: int,
+        resources: dict, log_file: str) -> int:
+    """Train into ``out`` as ``resources`` say: ``python -m *trainer`` in a process per GPU
+    (``trainer`` names ``out/run-config.json``, where ``config`` is written for them), or
+    ``here()`` in this process. The exit code (EXIT_REQUEUE when a signal stopped it at a
+    checkpoint)."""
+    cmd = command(trainer, gpus, resources)
     if cmd is None:
-        from soloist.train import train
-
-        train(shards, out, config)
+        here()
         return 0
     write_json(out / "run-config.json", config)
     # SLURM signals every process of the job step, the launcher and its trainers included:

@@ -19,12 +19,16 @@ import yaml
 from soloist.io import atomic_path, read_json
 from soloist.model import Soloist
 from soloist.tracks import Batch
+from soloist.weights import CODECS
 
 log = logging.getLogger("soloist.publish")
 
-# Licences of the codecs' pretrained weights: what a model trained on their tokens inherits
-CODEC_LICENCES = {"encodec_24khz": ("cc-by-nc-4.0", "EnCodec's pretrained weights are "
-                                    "CC-BY-NC 4.0, and so is the encodec package's code")}
+# What a model trained on a codec's tokens inherits from the licence of its weights
+INHERITED = {"cc-by-nc-4.0": "whose pretrained weights are CC-BY-NC 4.0, so this model is for "
+                             "non-commercial use",
+             "mit": "whose pretrained weights are MIT, so the codec puts no limit on its use",
+             "yours": "a codec soloist trained on your recordings, so the codec puts no "
+                      "limit on its use"}
 
 
 class PublishError(RuntimeError):
@@ -116,12 +120,19 @@ def _card_tables(info: dict, metrics: dict, sources: Counter) -> tuple[str, str,
     return splits, kinds, scores
 
 
+def _codec_licence(name: str) -> tuple[str, str]:
+    """(the Hub's licence id, what a model trained on the tokens of codec ``name`` inherits)."""
+    licence = CODECS[name].licence if name in CODECS else "other"
+    return licence, INHERITED.get("yours" if name == "own" else licence,
+                                  "see the codec's licence")
+
+
 def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
                examples: list[str], repo_id: str | None) -> str:
     """The README.md of a model folder: Hub front matter, then what a user needs to know."""
     info = model.info
     codec = info["codec"]
-    licence, why = CODEC_LICENCES.get(codec["model"], ("other", "see the codec's licence"))
+    licence, why = _codec_licence(codec["model"])
     random = info["weights"] == "random"
     front = {"license": licence, "library_name": "soloist", "pipeline_tag": "audio-to-audio",
              "tags": ["music", "accompaniment", "saxophone", "soloist", codec["model"]]
@@ -180,9 +191,9 @@ that given their own: above 1 when the model uses the backing.
 
 ## Licence
 
-`{licence}`: trained on {codec['model']} tokens; {why}, so this model is for
-non-commercial use. The separator, Demucs, is MIT. The recordings it learned from keep their
-own licences (above).
+`{licence}`: trained on {codec['model']} tokens, {why}. The separator, Demucs, is MIT code;
+its pretrained weights are "provided only for scientific purposes". The recordings it learned
+from keep their own licences (above).
 
 ## Examples
 

@@ -47,14 +47,6 @@ def mix_roles(stems: dict[str, Audio], context: list[str], target: list[str]
     return pick[0], pick[1]
 
 
-def pcm16(audio: Audio) -> np.ndarray:
-    """Host samples for ``write_audio``: a tensor is clipped and rounded to int16 where it
-    is (as libsndfile would round it), so a GPU sends a quarter of the float32 stems."""
-    if isinstance(audio, np.ndarray):
-        return audio
-    return (audio.clamp(-1, 1) * 32767).round().to(torch.int16).cpu().numpy()
-
-
 def separate_batch(ingested: str | os.PathLike, record: str | os.PathLike, settings: dict,
                    shape: dict, weights: str | os.PathLike | None, sample_rate: int
                    ) -> list[dict]:
@@ -138,7 +130,7 @@ def _write(track: Track, settings: dict, sample_rate: int, weights: str,
     # FLAC encoding is the slow part of writing: one thread per file. The samples are
     # made here: torch ops in the process-wide pool's threads would keep an OpenMP team
     # alive in each, and on a CPU every later parallel region would wait on them
-    files = [(path, pcm16(audio)) for path, audio in files]
+    files = [(path, devices.pcm16(audio)) for path, audio in files]
     list(io_pool().map(lambda f: write_audio(f[0], f[1], sample_rate), files))
     return {"ok": True, "stage": "separate", "track": track.name, "stems": sorted(stems),
             "weights": weights,

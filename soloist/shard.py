@@ -7,7 +7,6 @@ metadata (mtime 0, uid 0), and nothing records the time of the run.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -23,11 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from soloist.io import RANDOM_WARNING, atomic_path, read_json, read_npy, write_json, write_png
-from soloist.tracks import Batch, Track, track_of
+from soloist.tracks import SPLITS, Batch, Track, original_of, split_of, track_of
 
 log = logging.getLogger("soloist.shard")
 
-SPLITS = ("train", "valid", "test")
 MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()), ("track", pa.string()), ("row", pa.string()), ("split", pa.string()),
     ("shard", pa.string()), ("window", pa.int32()), ("start", pa.float64()),
@@ -35,37 +33,33 @@ MANIFEST_SCHEMA = pa.schema([
     ("active_fraction", pa.float32()), ("context_active_fraction", pa.float32()),
     ("target_rms_db", pa.float32()), ("context_rms_db", pa.float32()),
     ("title", pa.string()), ("source", pa.string()), ("weights", pa.string()),
+    ("codec", pa.string()), ("variant", pa.string()), ("original_track", pa.string()),
 ])
 FAILURE_COLUMNS = ["track", "row", "source", "stage", "reason"]
-CODEC_KEYS = ("model", "files", "sample_rate", "frame_rate", "bandwidth", "codebooks",
+CODEC_KEYS = ("model", "files", "sample_rate", "frame_rate", "codebooks",
               "cardinality", "weights")
 
 
-def batch_files(ingested: list[str], clipped: list[str], tokenized: list[str]) -> list[Track]:
+def batch_files(ingested: list[str], clipped: list[str], tokenized: list[str],
+                augmented: list[str] | None = None) -> list[Track]:
     """The files of every track of the batches, from their records (given batch by batch, in
-    one order). A batch's tracks are the ones its ingest record lists."""
+    one order). A batch's tracks are the ones its ingest record lists, and their variants
+    the ones its augment record lists (a variant's ingest files are its original's)."""
     tracks = []
-    for records in zip(ingested, clipped, tokenized, strict=True):
-        batches = [Batch.of(stage, r) for stage, r in
-                   zip(("ingest", "clip", "tokenize"), records, strict=True)]
-        names = list(batches[0].tracks())
-        for later in batches[1:]:
-            if sorted(later.tracks()) != sorted(names):
-                raise RuntimeError(f"{later.record} lists other tracks than "
-                                   f"{batches[0].record}: rerun with -R {later.stage}")
-        tracks += [track_of(t, *batches) for t in names]
+    for i, records in enumerate(zip(ingested, clipped, tokenized, strict=True)):
+        ingest, clip, tokenize = (Batch.of(stage, r) for stage, r in
+                                  zip(("ingest", "clip", "tokenize"), records, strict=True))
+        names = list(ingest.tracks())
+        variants = list(Batch.of("augment", augmented[i]).tracks()) if augmented else []
+        for later in (clip, tokenize):
+            if sorted(later.tracks()) != sorted(names + variants):
+                raise RuntimeError(f"{later.record} lists other tracks than {ingest.record}"
+                                   f"{' and its variants' if variants else ''}: rerun with "
+                                   f"-R {later.stage}")
+        tracks += [track_of(t, ingest, clip, tokenize) for t in names]
+        tracks += [Track(v, {"ingest": ingest.files(original_of(v)[0]), "clip": clip.files(v),
+                             "tokenize": tokenize.files(v)}) for v in variants]
     return sorted(tracks, key=lambda t: t.name)
-
-
-def split_of(track: str, fractions: dict[str, float]) -> str:
-    """Deterministic split from a hash of the track id (stable across runs and machines)."""
-    u = int(hashlib.sha256(track.encode()).hexdigest()[:12], 16) / 16**12
-    edge = 0.0
-    for split in SPLITS:
-        edge += fractions[split]
-        if u < edge:
-            return split
-    return SPLITS[-1]
 
 
 def _fill_empty_splits(splits: dict[str, str], hashed: set[str], fractions: dict[str, float]
@@ -95,48 +89,66 @@ def _fill_empty_splits(splits: dict[str, str], hashed: set[str], fractions: dict
 
 
 def sample_key(track: str, window: int) -> str:
-    # WebDataset takes everything after the first dot as the extension; '~' is not
-    # allowed in track ids, so this mapping stays one-to-one.
-    return f"{track.replace('.', '~')}~{window:05d}"
+    # WebDataset takes everything after the first dot as the extension. '~' and '=' are in
+    # no track id, so this mapping stays one-to-one: a.b -> a~b, a~p+2t0.90 -> a=p+2t0_90.
+    original, variant = original_of(track)
+    variant = "=" + variant.replace(".", "_") if variant else ""
+    return f"{original.replace('.', '~')}{variant}~{window:05d}"
 
 
 def shard(tracks: list[Track], out_dir: str | os.PathLike, failures_out: str | os.PathLike,
-          explicit_splits: dict[str, str], settings: dict) -> dict:
+          explicit_splits: dict[str, str], settings: dict,
+          variant_splits: tuple[str, ...] = ("train",)) -> dict:
     """Write shards under ``out_dir/<split>/``, the manifest, stats, plots and failures, from
-    ``tracks``' ingest, clip and tokenize files."""
+    ``tracks``' ingest, clip and tokenize files. A variant goes where its original goes, and
+    only into ``variant_splits`` (augment.splits)."""
     out_dir = Path(out_dir)
     found = _read(tracks, explicit_splits, settings["fractions"])
     # Only tracks that give samples fill a split: a track without windows trains nothing.
-    splits = {t["track"]: t["split"] for t in found.per_track if t["windows"]}
+    splits = {t["track"]: t["split"] for t in found.per_track if t["windows"] and not t["variant"]}
     empty_splits = _fill_empty_splits(splits, found.hashed & set(splits), settings["fractions"])
     for t in found.per_track:
-        t["split"] = splits.get(t["track"], t["split"])
+        t["split"] = splits.get(t["original"], found.first_split[t["original"]])
+    split_of_track = {t["track"]: t["split"] for t in found.per_track}
+    dropped = [t for t in found.per_track if t["variant"] and t["split"] not in variant_splits]
+    for t in found.per_track:
+        t["kept"] = t not in dropped
+    out = {t["track"] for t in dropped}
     samples = [sample for track, info, row, windows, tokens in found.usable
-               for sample in _track_samples(track, info, row, splits[track.name], windows,
-                                            tokens)]
+               if track.name not in out
+               for sample in _track_samples(track, info, row, split_of_track[track.name],
+                                            windows, tokens)]
     manifest_rows = _write_tars(samples, out_dir, settings)
     with atomic_path(out_dir / "manifest.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(manifest_rows, schema=MANIFEST_SCHEMA), tmp)
     _write_failures(failures_out, found.failures)
-    stats = _stats(len(tracks), found, samples, manifest_rows, empty_splits, settings)
+    stats = _stats(tracks, found, samples, manifest_rows, empty_splits, dropped, settings)
     if stats["weights"] == "random":
         stats["warning"] = RANDOM_WARNING
         log.warning(RANDOM_WARNING)
     for warning in stats["warnings"]:
         log.warning(warning)
-    # Every track is either ok or failed, and every window of an ok track is one sample.
-    if stats["tracks_in"] != stats["tracks_ok"] + stats["tracks_failed"] or \
-            stats["windows_in_clip_tables"] != stats["samples_in_manifest"]:
-        raise RuntimeError(f"counts do not reconcile: {json.dumps(stats)}")
+    _reconcile(stats)
     write_json(out_dir / "stats.json", stats)
     _plots(found.per_track, manifest_rows, out_dir / "plots")
-    _dataset_plot(stats, out_dir / "plots" / "dataset.png")
+    _dataset_plot(stats, manifest_rows, out_dir / "plots" / "dataset.png")
     _failures_page(found.failures, out_dir / "failures.html")
     for f in found.failures:
         log.warning("failed: %s at %s: %s", f["track"], f["stage"], f["reason"])
-    log.info("%d tracks ok, %d failed, %d samples", len(found.per_track), len(found.failures),
-             len(samples))
+    log.info("%d tracks ok, %d failed, %d variants ok, %d samples", stats["tracks_ok"],
+             stats["tracks_failed"], stats["variants"]["ok"], len(samples))
     return stats
+
+
+def _reconcile(stats: dict) -> None:
+    """Every track and variant is either ok or failed, and every window of an ok one is one
+    sample, but for the windows of variants kept out of their original's split."""
+    variants = stats["variants"]
+    if stats["tracks_in"] != stats["tracks_ok"] + stats["tracks_failed"] or \
+            variants["in"] != variants["ok"] + variants["failed"] or \
+            stats["windows_in_clip_tables"] - variants["windows_dropped"] != \
+            stats["samples_in_manifest"]:
+        raise RuntimeError(f"counts do not reconcile: {json.dumps(stats)}")
 
 
 @dataclass
@@ -147,6 +159,7 @@ class _Found:
     per_track: list[dict] = field(default_factory=list)  # the tracks that did not fail
     usable: list[tuple] = field(default_factory=list)  # (track, info, row, windows, tokens)
     hashed: set[str] = field(default_factory=set)  # tracks whose split the hash chose
+    first_split: dict[str, str] = field(default_factory=dict)  # sheet's or hash's, by track
     codec: dict = field(default_factory=dict)  # codebooks, frame rate...: any tokens status
     scores: list[dict] = field(default_factory=list)  # demo songs' clip scores
     windows: int = 0  # in the clip tables of the tracks that did not fail
@@ -156,8 +169,14 @@ def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[
           ) -> _Found:
     found = _Found()
     for track in sorted(tracks, key=lambda t: t.name):
+        original, variant = original_of(track.name)
         info = read_json(track["ingest"]["status"])
-        row = info.get("row", track.name)
+        row = info.get("row", original)
+        if not variant:
+            found.first_split[original] = explicit_splits.get(row) or split_of(original,
+                                                                              fractions)
+            if not explicit_splits.get(row):
+                found.hashed.add(original)
         clip_status = read_json(track["clip"]["status"])
         tokens_status = read_json(track["tokenize"]["status"])
         bad = next((s for s in (clip_status, tokens_status) if not s["ok"]), None)
@@ -169,13 +188,11 @@ def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[
         windows = pq.read_table(track["clip"]["windows"]).to_pylist()
         found.windows += len(windows)
         found.codec = found.codec or tokens_status
-        split = explicit_splits.get(row) or split_of(track.name, fractions)
-        if not explicit_splits.get(row):
-            found.hashed.add(track.name)
-        found.per_track.append({"track": track.name, "split": split, "windows": len(windows),
+        found.per_track.append({"track": track.name, "original": original, "variant": variant,
+                                "split": found.first_split[original], "windows": len(windows),
                                 "duration": clip_status["duration"],
                                 "active_seconds": clip_status["active_seconds"]})
-        if info.get("solo_intervals") is not None:  # a demo song: its truth is known
+        if info.get("solo_intervals") is not None and not variant:  # a demo song's truth
             found.scores.append(_selection_scores(track.name, clip_status["active_intervals"],
                                                   windows, info["solo_intervals"]))
         if windows:
@@ -183,13 +200,16 @@ def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[
     return found
 
 
-def _stats(tracks_in: int, found: _Found, samples: list[dict], manifest_rows: list[dict],
-           empty_splits: list[str], settings: dict) -> dict:
+def _stats(tracks: list[Track], found: _Found, samples: list[dict], manifest_rows: list[dict],
+           empty_splits: list[str], dropped: list[dict], settings: dict) -> dict:
     per_track, codec = found.per_track, found.codec
     weights = {s["weights"] for s in samples} or {"none"}
-    splits = {t["track"] for t in per_track if t["windows"]}
+    splits = {t["track"] for t in per_track if t["windows"] and not t["variant"]}
+    is_variant = {t.name: bool(original_of(t.name)[1]) for t in tracks}
+    failed = [f for f in found.failures if not is_variant[f["track"]]]
     return {
-        "tracks_in": tracks_in, "tracks_ok": len(per_track), "tracks_failed": len(found.failures),
+        "tracks_in": sum(not v for v in is_variant.values()),
+        "tracks_ok": sum(not t["variant"] for t in per_track), "tracks_failed": len(failed),
         "windows_in_clip_tables": found.windows, "samples_in_manifest": len(manifest_rows),
         "tracks_without_windows": [t["track"] for t in per_track if t["windows"] == 0],
         "weights": "random" if "random" in weights else sorted(weights)[0],
@@ -199,12 +219,22 @@ def _stats(tracks_in: int, found: _Found, samples: list[dict], manifest_rows: li
         "codec": {k: codec.get(k) for k in CODEC_KEYS},
         "splits": {
             split: {
-                "tracks": sum(t["split"] == split for t in per_track),
+                "tracks": sum(t["split"] == split and not t["variant"] for t in per_track),
                 "samples": sum(r["split"] == split for r in manifest_rows),
+                "variant_samples": sum(r["split"] == split and bool(r["variant"])
+                                       for r in manifest_rows),
                 "seconds": round(sum(r["end"] - r["start"] for r in manifest_rows
                                      if r["split"] == split), 3),
                 "shards": len({r["shard"] for r in manifest_rows if r["split"] == split}),
             } for split in SPLITS
+        },
+        "variants": {
+            "in": sum(is_variant.values()), "ok": sum(bool(t["variant"]) for t in per_track),
+            "failed": len(found.failures) - len(failed),
+            # a variant of a track that went to a split without variants (a split left empty
+            # by the hash takes a track: its variants were made before that was known)
+            "dropped": [{"track": t["track"], "split": t["split"]} for t in dropped],
+            "windows_dropped": sum(t["windows"] for t in dropped),
         },
         "per_track": per_track,
         "clip_vs_truth": _total_scores(found.scores),
@@ -268,10 +298,12 @@ def _track_samples(track: Track, info: dict, row: str, split: str, windows: list
     for w in windows:
         frames = round((w["end"] - w["start"]) * rate)
         start = min(round(w["start"] * rate), context.shape[1] - frames)
+        original, variant = original_of(track.name)
         meta = {**w, "key": sample_key(track.name, w["window"]), "row": row, "split": split,
                 "frame_start": start, "frames": frames, "frame_rate": rate,
-                "title": info.get("title") or track.name, "source": info.get("source", ""),
-                "weights": tokens_status["weights"]}
+                "title": info.get("title") or original, "source": info.get("source", ""),
+                "weights": tokens_status["weights"], "codec": tokens_status["model"],
+                "variant": variant, "original_track": original}
         samples.append({**meta, "context": context[:, start:start + frames],
                         "target": target[:, start:start + frames]})
     return samples
@@ -334,10 +366,23 @@ def _plots(per_track: list[dict], rows: list[dict], folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    names = [t["track"] for t in per_track]
+    names = sorted({t["original"] for t in per_track})
+    kinds = {"the track": Counter(), "its pitch/tempo variants": Counter(),
+             "variants left out (their track left the split)": Counter()}
+    for t in per_track:
+        kind = list(kinds)[0 if not t["variant"] else 1 if t["kept"] else 2]
+        kinds[kind][t["original"]] += t["windows"]
 
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(names)), 4))
-    ax.bar(range(len(names)), [t["windows"] for t in per_track])
+    bottom = [0] * len(names)
+    for (label, counts), color in zip(kinds.items(), ("#1f77b4", "#e8a33d", "#bbbbbb"),
+                                      strict=True):
+        if counts or label == "the track":
+            heights = [counts[n] for n in names]
+            ax.bar(range(len(names)), heights, bottom=bottom, label=label, color=color)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    if len(kinds["its pitch/tempo variants"]) or len(kinds[list(kinds)[2]]):
+        ax.legend(fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set(title="Clips per track", ylabel="windows")
     write_png(folder / "clips_per_track.png", fig)
@@ -357,8 +402,9 @@ def _plots(per_track: list[dict], rows: list[dict], folder: Path) -> None:
     write_png(folder / "durations.png", fig)
 
 
-def _dataset_plot(stats: dict, path: Path) -> None:
-    """Tracks in, ok and failed; hours per split; clip selection against the demo truth."""
+def _dataset_plot(stats: dict, rows: list[dict], path: Path) -> None:
+    """Tracks in, ok and failed; hours per split (of tracks and of their variants); clip
+    selection against the demo truth."""
     import matplotlib.pyplot as plt
 
     scores = stats["clip_vs_truth"]
@@ -366,8 +412,13 @@ def _dataset_plot(stats: dict, path: Path) -> None:
     bars = {k: stats[f"tracks_{k}"] for k in ("in", "ok", "failed")}
     axes[0].bar(list(bars), list(bars.values()), color=["#888", "#2a7", "#c33"])
     axes[0].set(title="Tracks", ylabel="tracks")
-    hours = {split: s["seconds"] / 3600 for split, s in stats["splits"].items()}
-    axes[1].bar(list(hours), list(hours.values()))
+    hours = {kind: [sum(r["end"] - r["start"] for r in rows
+                        if r["split"] == split and bool(r["variant"]) == kind) / 3600
+                    for split in SPLITS] for kind in (False, True)}
+    axes[1].bar(SPLITS, hours[False], label="tracks")
+    if any(hours[True]):
+        axes[1].bar(SPLITS, hours[True], bottom=hours[False], label="variants", color="#e8a33d")
+        axes[1].legend(fontsize=7)
     axes[1].set(title="Hours of windows per split", ylabel="hours")
     if scores:
         names = [t["track"] for t in scores["per_track"]]

@@ -24,7 +24,7 @@ from soloist.codec import chunk_batch, encode_stream, resampler
 from soloist.device import pick_device
 from soloist.io import Background, Clock, prefetch, read_json, read_pcm16, write_npy
 from soloist.tracks import Batch, Track, provenance, run_batch
-from soloist.weights import ENCODEC_RATES, load_encodec
+from soloist.weights import load_codec
 
 log = logging.getLogger("soloist.tokenize")
 ROLES = ("context", "target")
@@ -37,49 +37,50 @@ def tokenize(track: str, context: str | os.PathLike, target: str | os.PathLike,
              upstream_status: str | os.PathLike, context_out: str | os.PathLike,
              target_out: str | os.PathLike, status_out: str | os.PathLike,
              weights: str | os.PathLike, settings: dict) -> dict:
-    """Tokenize one track's context and target; write both [K, T] int16 .npy and a status."""
+    """Tokenize one track's context and target; write both [K, T] int16 .npy (latents:
+    [D, T] float16) and a status."""
     upstream = {"context": context, "target": target, "status": upstream_status}
     out = {"context": context_out, "target": target_out, "status": status_out}
     t = Track(track, {"separate": {k: Path(p) for k, p in upstream.items()},
-                      "tokenize": {k: Path(p) for k, p in out.items()}}, "tokenize")
-    return tracks.run_track(t, lambda todo: tokenize_tracks(todo, weights, settings),
-                            "separate")
+                      "tokenize": {k: Path(p) for k, p in out.items()}}, "tokenize",
+              upstream="separate")
+    return tracks.run_track(t, lambda todo: tokenize_tracks(todo, weights, settings))
 
 
-def tokenize_batch(separated: str | os.PathLike, record: str | os.PathLike,
-                   weights: str | os.PathLike, settings: dict, shape: dict) -> list[dict]:
-    """Tokenize every track of a separate batch (its record) into the batch of ``record``,
-    keeping the tracks already tokenized from the same stems with the same ``shape`` and
-    weights."""
-    upstream = Batch.of("separate", separated)
+def tokenize_batch(separated: str | os.PathLike, augmented: str | os.PathLike | None,
+                   record: str | os.PathLike, weights: str | os.PathLike, settings: dict,
+                   shape: dict) -> list[dict]:
+    """Tokenize every track of a separate batch (its record), and its variants (augment's
+    record, if any), into the batch of ``record``, keeping the tracks already tokenized
+    from the same audio with the same ``shape`` and weights."""
+    upstream, made = tracks.made_from(separated, augmented)
     model = read_json(weights)
-    provenances = {t: provenance("tokenize", shape, model, p)
-                   for t, p in upstream.tracks().items()}
+    provenances = {t: provenance("tokenize", shape, model, p) for t, p in made.items()}
     return run_batch(Batch.of("tokenize", record), provenances,
                      lambda todo: tokenize_tracks(todo, weights, settings), upstream)
 
 
 def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dict) -> None:
-    """Tokenize ``todo`` (separated, not failed upstream) with one EnCodec, loaded once,
+    """Tokenize ``todo`` (separated, not failed upstream) with one codec, loaded once,
     reading the next tracks in threads while the GPU encodes. A bad track gets a failed
     status; the others go on."""
     clock, device = Clock(), pick_device(settings["device"])
     # Loaded before the reads start: beside 16 reader threads it took 4x as long (0.45
     # vs 0.11 s on an H200 host), more than the reading it hid (BENCHMARKS.md)
     with clock("model load"):
-        model = load_encodec(weights, settings["bandwidth"], device)
-    manifest = read_json(weights)
-    rate = ENCODEC_RATES[manifest["name"]]
-    seconds = settings["chunk_seconds"] + settings["warmup_seconds"]
-    batch = chunk_batch(settings["batch_size"], device, round(seconds * model.sample_rate),
-                        model.encoder.n_filters)
+        codec = load_codec(weights, settings["codebooks"], device)
+    manifest, rate = read_json(weights), codec.sample_rate
+    batch = chunk_batch(settings["batch_size"], codec, settings["chunk_seconds"],
+                        settings["warmup_seconds"])
     # 4 tracks read at once and 8 ahead (their mono audio waits on the GPU): with fewer,
     # short tracks left the I/O threads idle
     reads = prefetch(lambda t: read_roles(t, device, rate), todo, workers=4, ahead=8)
-    info = {"stage": "tokenize", "model": manifest["name"], "files": manifest["files"],
-            "sample_rate": rate, "frame_rate": float(model.frame_rate),
-            "bandwidth": settings["bandwidth"], "cardinality": int(model.quantizer.bins),
-            "weights": "random" if manifest["random"] else "pretrained"}
+    info = {"stage": "tokenize", "model": codec.name, "files": manifest["files"],
+            "sample_rate": rate, "frame_rate": codec.frame_rate,
+            "cardinality": None if codec.continuous else codec.cardinality,
+            "weights": "random" if manifest["random"] else manifest["mode"]}
+    if codec.continuous:  # our own codec's VAE: float16 latents [D, T], not codes
+        info["latents"] = True
     by_name = {t.name: t for t in todo}
     codes: dict[str, dict[str, np.ndarray]] = {}
     written: list[Future] = []
@@ -97,7 +98,7 @@ def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dic
                 yield (t.name, role), mono, rate
 
     with Background() as writer:
-        for (name, role), c in encode_stream(model, audio(), settings["chunk_seconds"],
+        for (name, role), c in encode_stream(codec, audio(), settings["chunk_seconds"],
                                              batch, settings["warmup_seconds"], clock):
             codes.setdefault(name, {})[role] = c
             if len(codes[name]) == len(ROLES):
@@ -118,8 +119,7 @@ def read_roles(track: Track, device: torch.device, sample_rate: int) -> list[tor
     """Each role's mono mix [N'] at ``sample_rate`` on ``device`` (``read_audio(...).mean(0)``
     resampled). On a GPU the copy, the mix and the resampling run here, in the reader
     thread, on a stream of its own: they overlap the encoding instead of waiting for it."""
-    pairs = read_pcm16([track["separate"]["context"], track["separate"]["target"]],
-                       PIECE_SECONDS)
+    pairs = read_pcm16([track.inputs["context"], track.inputs["target"]], PIECE_SECONDS)
     if min(len(pcm) for pcm, _ in pairs) == 0:
         raise ValueError("no samples in the separated audio")
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None

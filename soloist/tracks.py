@@ -33,16 +33,47 @@ from soloist.io import TrackError, failed, read_json, touch_empty, write_json
 
 log = logging.getLogger("soloist.tracks")
 
+SPLITS = ("train", "valid", "test")
+
 # Where each stage puts one track's files, under its batch folder; "status" is written last.
 # A pattern ending in "/" is a folder that only some settings fill (separate.keep_stems).
 LAYOUT = {
     "ingest": {"audio": "audio/{track}.flac", "status": "info/{track}.json"},
     "separate": {"context": "{track}/context.flac", "target": "{track}/target.flac",
                  "stems": "{track}/stems/", "status": "{track}/separate.json"},
+    "augment": {"context": "{track}/context.flac", "target": "{track}/target.flac",
+                "status": "{track}/augment.json"},
     "clip": {"windows": "{track}/windows.parquet", "status": "{track}/clip.json"},
     "tokenize": {"context": "{track}/context.npy", "target": "{track}/target.npy",
                  "status": "{track}/tokens.json"},
 }
+
+
+# A variant of a track (augment: its pitch and tempo changed) is a track of its own, named
+# `<track>~p<semitones>t<tempo>`; '~' is in no track id, so the name says its original.
+VARIANT = "~"
+
+
+def variant_name(track: str, semitones: float, tempo: float) -> str:
+    """``song~p+2t0.90``: the name of ``track`` shifted by ``semitones`` at ``tempo``."""
+    return f"{track}{VARIANT}p{semitones:+g}t{tempo:.2f}"
+
+
+def original_of(name: str) -> tuple[str, str]:
+    """(original track, variant) of a track name; the variant is "" for an original."""
+    original, _, variant = name.partition(VARIANT)
+    return original, variant
+
+
+def split_of(track: str, fractions: dict[str, float]) -> str:
+    """Deterministic split from a hash of the track id (stable across runs and machines)."""
+    u = int(hashlib.sha256(track.encode()).hexdigest()[:12], 16) / 16**12
+    edge = 0.0
+    for split in SPLITS:
+        edge += fractions[split]
+        if u < edge:
+            return split
+    return SPLITS[-1]
 
 
 def provenance(*parts: Any) -> str:
@@ -72,13 +103,15 @@ Empty = dict[str, Callable[[Path], None]]
 @dataclass(frozen=True)
 class Track:
     """One track's files by stage and role (``track["ingest"]["audio"]``), and, for the
-    stage that writes ``track.out``, the provenance its status will hold."""
+    stage that writes ``track.out`` from the files of ``track.inputs``, the provenance its
+    status will hold."""
 
     name: str
     files: dict[str, dict[str, Path]]
     stage: str = ""
     provenance: str | None = None
     empty: Empty = field(default_factory=dict)
+    upstream: str = ""  # the stage whose files ``stage`` reads: separate, or augment's variants
 
     def __getitem__(self, stage: str) -> dict[str, Path]:
         return self.files[stage]
@@ -87,6 +120,11 @@ class Track:
     def out(self) -> dict[str, Path]:
         """The files this track's stage writes, ``status`` among them."""
         return self.files[self.stage]
+
+    @property
+    def inputs(self) -> dict[str, Path]:
+        """The files this track's stage reads, ``status`` among them."""
+        return self.files[self.upstream]
 
     def data(self) -> dict[str, Path]:
         """The stage's data files by role (not its status, nor optional folders)."""
@@ -141,11 +179,44 @@ class Batch:
         return statuses
 
 
-def track_of(name: str, *batches: Batch, provenance: str | None = None) -> Track:
-    """Track ``name``'s files in ``batches``; the last one's stage writes it."""
-    out = batches[-1]
-    return Track(name, {b.stage: b.files(name) for b in batches}, out.stage, provenance,
-                 out.empty)
+def track_of(name: str, *batches: Batch, provenance: str | None = None,
+             source: str | None = None) -> Track:
+    """Track ``name``'s files in ``batches``; the last one's stage writes it from the files
+    of the one before, which are ``source``'s (default: its own; a variant is made from
+    its original's)."""
+    out, upstream = batches[-1], batches[-2].stage if len(batches) > 1 else ""
+    files = {b.stage: b.files(source if b.stage == upstream and source else name)
+             for b in batches}
+    return Track(name, files, out.stage, provenance, out.empty, upstream)
+
+
+def ingested_audio(records: list[str | os.PathLike], split: str,
+                   explicit_splits: dict[str, str], fractions: dict[str, float]) -> list[Path]:
+    """The ingested audio of the tracks of ``split`` that ingest's batch ``records`` list as
+    ok: the split the sheet gives their row (``explicit_splits``), or else the hash's."""
+    files = []
+    for record in records:
+        batch = Batch.of("ingest", record)
+        for t in read_json(record)["tracks"]:
+            if not t["ok"]:
+                continue
+            row = read_json(batch.files(t["track"])["status"]).get("row", t["track"])
+            if (explicit_splits.get(row) or split_of(t["track"], fractions)) == split:
+                files.append(batch.files(t["track"])["audio"])
+    return sorted(files)
+
+
+def made_from(separated: str | os.PathLike, augmented: str | os.PathLike | None = None
+              ) -> tuple[dict[str, Batch], dict[str, str]]:
+    """What clip and tokenize read: the batch each track comes from (a separate batch's
+    record, and augment's record of its variants if given), and its provenance there."""
+    batches, provenances = {}, {}
+    for stage, record in (("separate", separated), ("augment", augmented)):
+        if record:
+            batch = Batch.of(stage, record)
+            for track, p in batch.tracks().items():
+                batches[track], provenances[track] = batch, p
+    return batches, provenances
 
 
 def finish(track: Track, status: dict) -> dict:
@@ -182,36 +253,45 @@ def attempt(track: Track, work: Callable[[], dict], **ids: Any) -> dict:
 
 
 def run_batch(out: Batch, provenances: dict[str, str], work: Callable[[list[Track]], Any],
-              upstream: Batch | None = None) -> list[dict]:
+              upstream: Batch | dict[str, Batch] | None = None,
+              sources: dict[str, str] | None = None) -> list[dict]:
     """Run a stage over the tracks of ``provenances`` (track -> expected provenance): those
-    already done are kept, those whose ``upstream`` status failed are finished with it, and
+    already done are kept, those whose upstream status failed are finished with it, and
     ``work(tracks)`` does the rest (ending each with ``attempt``, ``finish`` or ``fail``).
-    Then the record; returns every track's status, in order."""
-    batches = (upstream, out) if upstream else (out,)
-    tracks = [track_of(t, *batches, provenance=p) for t, p in provenances.items()]
+    Then the record; returns every track's status, in order.
+
+    ``upstream`` is the batch the tracks are made from, or a batch per track; ``sources``
+    names, for a track made from another one's files (a variant), that track.
+    """
+    def made_from(track: str) -> tuple[Batch, ...]:
+        batch = upstream.get(track) if isinstance(upstream, dict) else upstream
+        return (batch, out) if batch else (out,)
+
+    tracks = [track_of(t, *made_from(t), provenance=p, source=(sources or {}).get(t))
+              for t, p in provenances.items()]
     todo = [t for t in tracks if not out.done(t)]
     log.info("%s %s: %d of %d tracks to do, %d unchanged kept", out.stage, out.dir.name,
              len(todo), len(tracks), len(tracks) - len(todo))
     if todo:
         log.info("to do: %s", " ".join(t.name for t in todo))
-    ready = [t for t in todo if not (upstream and _upstream_failed(t, upstream.stage))]
+    ready = [t for t in todo if not (t.upstream and _upstream_failed(t))]
     if ready:
         work(ready)
     return out.write_record(provenances)
 
 
-def run_track(track: Track, work: Callable[[list[Track]], Any], upstream: str) -> dict:
+def run_track(track: Track, work: Callable[[list[Track]], Any]) -> dict:
     """One track through a stage's ``work``, as ``run_batch`` runs each (a single call, not
     a batch job: no record); its status."""
-    if not _upstream_failed(track, upstream):
+    if not _upstream_failed(track):
         work([track])
     return read_json(track.out["status"])
 
 
-def _upstream_failed(track: Track, upstream: str) -> bool:
-    """Whether the track's ``upstream`` stage failed it; if so it is finished with that
-    status, which says where and why."""
-    failure = read_json(track[upstream]["status"])
+def _upstream_failed(track: Track) -> bool:
+    """Whether the track's upstream stage failed it; if so it is finished with that status,
+    which says where and why."""
+    failure = read_json(track.inputs["status"])
     if failure.get("ok", False):
         return False
     finish(track, failure)

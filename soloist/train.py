@@ -15,11 +15,10 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -30,24 +29,24 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from soloist.data import eval_loader, train_loader
-from soloist.io import atomic_path, read_json, sha256_file, write_json, write_png, write_torch
+from soloist.io import read_json, sha256_file, write_json, write_torch
 from soloist.launch import setup_distributed
 from soloist.model import PRESETS, ModelConfig, Soloist, peak_bf16_flops
+from soloist.training import (
+    EXIT_REQUEUE,
+    Signals,
+    check_replicas,
+    finish,
+    gathered_rng_states,
+    log_metrics,
+    loss_plot,
+    lr_at,
+    mlflow_run,
+    pick_device,
+    set_rng_state,
+)
 
 log = logging.getLogger("soloist.train")
-
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpoint saved on a signal; run again to resume
-
-
-def lr_at(step: int, cfg: dict) -> float:
-    """Linear warmup, then cosine decay from lr to min_lr at the last step."""
-    if step < cfg["warmup_steps"]:
-        return cfg["lr"] * (step + 1) / cfg["warmup_steps"]
-    progress = (step - cfg["warmup_steps"]) / max(1, cfg["steps"] - cfg["warmup_steps"])
-    return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (
-        cfg["lr"] - cfg["min_lr"])
-
-
 # Settings that may change between a run and its continuation without starting over.
 CONTINUABLE = ("steps", "eval_every", "eval_batches", "checkpoint_every", "patience", "workers",
                "gpus", "device", "compile")
@@ -65,78 +64,6 @@ def run_key(shards: Path, cfg: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = str(value)
-    return out
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _Signals:
-    """Remembers SIGTERM/SIGUSR1 so the loop can checkpoint at the end of the step."""
-
-    SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
-
-    def __init__(self):
-        self.received: int | None = None
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-
-    @contextmanager
-    def held(self):
-        """Processes forked in here (data loader workers) never see these signals. SLURM
-        signals every process of a job step, and PyTorch lets a worker die of a SIGTERM not
-        sent by its parent, which would crash the trainer before it checkpoints. Here they
-        wait until the block ends, then reach the trainer's handler."""
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _mlflow_run(out_dir: Path, mlflow_cfg: dict, config: dict):
-    """Start (or, on resume, continue) this training's MLflow run; its id is kept in out_dir."""
-    import mlflow
-
-    mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
-    experiment = mlflow.get_experiment_by_name(mlflow_cfg["experiment"])
-    if experiment is None:
-        artifacts = None
-        if mlflow_cfg["tracking_uri"].startswith("sqlite:"):  # keep artifacts beside the db
-            db = Path(mlflow_cfg["tracking_uri"].removeprefix("sqlite:///"))
-            artifacts = (db.parent / "mlruns").resolve().as_uri()
-        mlflow.create_experiment(mlflow_cfg["experiment"], artifact_location=artifacts)
-    mlflow.set_experiment(mlflow_cfg["experiment"])
-    id_file = out_dir / "mlflow_run_id"
-    if id_file.is_file():
-        return mlflow.start_run(run_id=id_file.read_text().strip())
-    run = mlflow.start_run()
-    mlflow.log_params(flatten(config))
-    mlflow.log_dict(config, "config.yaml")  # the whole resolved config, as one file
-    with atomic_path(id_file) as tmp:
-        tmp.write_text(run.info.run_id + "\n")
-    return run
-
-
 def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -> dict:
     """Train on ``shards/train`` (validating on ``shards/valid``); writes the model folder
     ``out_dir/{model.safetensors,config.json}``.
@@ -144,7 +71,7 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
     ``config`` is the whole resolved workflow config (its ``train`` and ``mlflow`` sections
     drive this; all of it is logged as the run's parameters).
     """
-    signals = _Signals()  # first: a signal during start-up still ends in a checkpoint
+    signals = Signals()  # first: a signal during start-up still ends in a checkpoint
     trainer = _Trainer(Path(shards), Path(out_dir), config, signals)
     trainer.resume()
     trainer.start()
@@ -155,14 +82,14 @@ def train(shards: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -
 class _Trainer:
     """One training run's state, in the phases ``train`` calls in order."""
 
-    def __init__(self, shards: Path, out_dir: Path, config: dict, signals: _Signals):
+    def __init__(self, shards: Path, out_dir: Path, config: dict, signals: Signals):
         """Build: device and seeds, the model for the data's codec and window, optimizer, EMA."""
         cfg = config["train"]
         self.cfg, self.config, self.shards, self.out_dir = cfg, config, shards, out_dir
         self.signals = signals
         self.rank, self.world, self.local_rank = setup_distributed()
         self.main = self.rank == 0
-        self.device = _device(cfg["device"], self.local_rank)
+        self.device = pick_device(cfg["device"], self.local_rank)
         self.peak_flops = peak_bf16_flops(self.device)
         torch.manual_seed(cfg["seed"] + self.rank)
         random.seed(cfg["seed"] + self.rank)
@@ -209,7 +136,7 @@ class _Trainer:
             for e, s in zip(self.ema, saved["ema"], strict=True):
                 e.copy_(s)
         rngs = saved["rng"]
-        _set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.state = saved["state"]
         if self.main:
             log.info("resuming from step %d", self.state["step"])
@@ -229,7 +156,7 @@ class _Trainer:
         if self.world > 1:
             self.model = DDP(self.model, device_ids=[self.local_rank]
                              if self.device.type == "cuda" else None)
-        self.run = _mlflow_run(self.out_dir, self.config["mlflow"], self.config) \
+        self.run = mlflow_run(self.out_dir, self.config["mlflow"], self.config) \
             if self.main else None
         if not self.urls:
             raise RuntimeError(f"no training shards in {self.shards / 'train'}")
@@ -251,7 +178,7 @@ class _Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
-                _log_metrics(metrics, state["step"])
+                log_metrics(metrics, state["step"])
             if state["step"] % cfg["eval_every"] == 0 or state["step"] == cfg["steps"]:
                 self._validate_and_decide()
             if self._checkpoint_or_stop():
@@ -325,7 +252,7 @@ class _Trainer:
         if self.world > 1:
             dist.broadcast(val_loss, 0)
         if self.main and val:
-            _log_metrics(val, state["step"])
+            log_metrics(val, state["step"])
             log.info("step %d: validation loss %.4f", state["step"], val["val/loss"])
         if math.isnan(val_loss.item()):
             return
@@ -339,27 +266,21 @@ class _Trainer:
         """Checkpoint when it is time to; exit on a signal; whether to stop early."""
         cfg, state = self.cfg, self.state
         stop = cfg["patience"] and state["evals_since_best"] >= cfg["patience"]
-        received = torch.tensor(float(self.signals.received is not None))
-        if self.world > 1:  # every rank must agree to stop here
-            dist.all_reduce(received)
-        if state["step"] % cfg["checkpoint_every"] == 0 or received.item() or stop or \
+        received = self.signals.agreed(self.world)  # every rank must agree to stop here
+        if state["step"] % cfg["checkpoint_every"] == 0 or received or stop or \
                 state["step"] == cfg["steps"]:
             self._checkpoint("last.pt")
-        if received.item():
+        if received:
             log.warning("signal received: checkpoint at step %d saved; exiting with %d so the "
                         "job is requeued and resumes", state["step"], EXIT_REQUEUE)
-            _finish(self.world)
+            finish(self.world)
             sys.exit(EXIT_REQUEUE)
         if stop:
             log.info("early stop: no better validation loss in %d evaluations", cfg["patience"])
         return bool(stop)
 
     def _checkpoint(self, name: str) -> None:
-        rngs = [None] * self.world
-        if self.world > 1:
-            dist.all_gather_object(rngs, _rng_state())
-        else:
-            rngs = [_rng_state()]
+        rngs = gathered_rng_states(self.world)
         if self.main:
             write_torch(self.ckpt_dir / name, {
                 "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -370,7 +291,7 @@ class _Trainer:
         state, world = self.state, self.world
         total_skipped = sum(self.skipped.values())
         if world > 1:
-            _check_replicas(self.raw, world)
+            check_replicas(self.raw, world, "parameters")
             counts = torch.tensor(float(total_skipped))
             dist.all_reduce(counts)
             total_skipped = int(counts.item())
@@ -381,32 +302,15 @@ class _Trainer:
 
             out_dir = self.out_dir
             _export(out_dir, self.ckpt_dir, self.raw, self.config, self.stats)
-            _log_metrics({"skipped_samples": total_skipped}, state["step"])
+            log_metrics({"skipped_samples": total_skipped}, state["step"])
             log.info("skipped %d corrupt samples or shards", total_skipped)
-            _loss_plot(state["history"], out_dir / "loss.png")
+            loss_plot(state["history"], out_dir / "loss.png", "train loss (mean CE over codebooks)",
+                      "Training loss")
             mlflow.log_artifact(str(out_dir / "loss.png"))
             mlflow.end_run()
             write_json(out_dir / "train.json", result | {"mlflow_run_id": self.run.info.run_id})
-        _finish(world)
+        finish(world)
         return result
-
-
-def _device(setting: str, local_rank: int) -> torch.device:
-    """auto: this rank's GPU if there is one, else the CPU."""
-    if setting == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(setting)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
-
-
-def _log_metrics(metrics: dict, step: int) -> None:
-    import mlflow
-
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                        if isinstance(v, (int, float)) and math.isfinite(v)}, step=step)
 
 
 def _inputs(batch: dict, device: torch.device) -> tuple:
@@ -442,18 +346,6 @@ def _validate(model: Soloist, urls: list[str], cfg: dict, frames: int, card: int
     per_codebook = (totals / n).tolist()
     return {"val/loss": sum(per_codebook) / len(per_codebook)} | {
         f"val/loss_cb{k}": v for k, v in enumerate(per_codebook)}
-
-
-def _check_replicas(model: torch.nn.Module, world: int) -> None:
-    """DDP keeps replicas identical; verify it once at the end (cheap, catches real bugs)."""
-    local = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
-    gathered = [torch.zeros_like(local) for _ in range(world)]
-    dist.all_gather(gathered, local.to(next(model.parameters()).device)
-                    if dist.get_backend() == "nccl" else local)
-    if not all(torch.equal(gathered[0].cpu(), g.cpu()) for g in gathered):
-        raise RuntimeError("DDP replicas diverged: parameters differ across ranks")
-    if dist.get_rank() == 0:
-        log.info("parameters identical across %d ranks", world)
 
 
 def _validation(best_val: float) -> dict:
@@ -498,23 +390,6 @@ def model_info(config: dict, stats: dict, frames: int, training: dict) -> dict:
     if stats["weights"] == "random":
         info["warning"] = stats["warning"]
     return info
-
-
-def _loss_plot(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    ax.set(xlabel="step", ylabel="train loss (mean CE over codebooks)", title="Training loss")
-    write_png(path, fig)
-
-
-def _finish(world: int) -> None:
-    if world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def main() -> None:

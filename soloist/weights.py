@@ -1,12 +1,14 @@
-"""Loading the models soloist runs (Demucs, EnCodec) from the folders ``fetch_weights`` fills.
+"""Loading the models soloist runs (Demucs, the codecs) from the folders ``fetch_weights`` fills.
 
 Layouts (what the real loaders read):
 - Demucs: the HuggingFace layout, ``<name>.yaml`` (the bag: model signatures) beside one
   ``<sig>.safetensors`` per model, class and init arguments in the safetensors metadata.
   We load it with demucs' own safetensors loader after checking the class against an
   allowlist, so no pickle is ever read.
-- EnCodec: the state dict ``encodec_24khz-d7cc33bc.th`` torch.hub downloads, read with
-  ``torch.load(weights_only=True)``.
+- Codecs (EnCodec 24 and 32 kHz, DAC 44.1 kHz): the Hugging Face layout, a folder
+  ``<name>/`` holding ``config.json`` and ``model.safetensors``, which transformers'
+  ``from_pretrained`` reads (safetensors only). Our own codec (``train_codec``'s
+  ``results/train_codec/own/``) has the same two files.
 
 Each model has a manifest ``resources/weights/<mode>/<family>/<name>.json`` with the sha256
 of its files; loaders verify them, and say so when the weights are random-init.
@@ -16,22 +18,56 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from soloist.io import RANDOM_WARNING, read_json, sha256_file
 
+if TYPE_CHECKING:  # torch loads with the first model, not with the config check
+    import torch
+
+    from soloist.codec import Codec
+
 log = logging.getLogger("soloist.weights")
 
 DEMUCS_ALLOWED = {"demucs.htdemucs.HTDemucs", "demucs.hdemucs.HDemucs", "demucs.demucs.Demucs"}
-ENCODEC_FILES = {"encodec_24khz": "encodec_24khz-d7cc33bc.th"}
-ENCODEC_RATES = {"encodec_24khz": 24_000}  # Hz, known before the model loads
+HF_FILES = ("config.json", "model.safetensors")  # a Hugging Face model folder
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """A codec soloist tokenizes with: where its pretrained weights are and what they are."""
+
+    repo: str  # Hugging Face repo of the pretrained weights
+    family: str  # encodec | dac: the transformers class
+    config: dict  # the published config.json's architecture, for random-init weights
+    codebooks: int  # K by default ...
+    max_codebooks: int  # ... and at most
+    licence: str  # of the pretrained weights, as the Hub names it
+    peak_bytes: int  # GPU memory per batch row and input sample at its rate (batch_size: auto)
+
+    @property
+    def sample_rate(self) -> int:  # known before the model loads
+        return self.config["sampling_rate"]
+
+
+CODECS = {
+    "encodec_24khz": CodecSpec("facebook/encodec_24khz", "encodec", {"sampling_rate": 24_000},
+                               4, 32, "cc-by-nc-4.0", 780),
+    # MusicGen's; transformers' conversion script sets these, the rest are EncodecConfig's
+    "encodec_32khz": CodecSpec("facebook/encodec_32khz", "encodec", {
+        "sampling_rate": 32_000, "upsampling_ratios": [8, 5, 4, 4], "target_bandwidths": [2.2],
+        "num_filters": 64, "codebook_size": 2048, "use_causal_conv": False, "normalize": False,
+        "use_conv_shortcut": False}, 4, 4, "cc-by-nc-4.0", 1560),
+    "dac_44khz": CodecSpec("descript/dac_44khz", "dac", {"sampling_rate": 44_100}, 9, 9, "mit",
+                           2000),
+}
 
 
 class WeightsError(RuntimeError):
@@ -47,9 +83,11 @@ def _verified(manifest: str | os.PathLike) -> Iterator[tuple[dict, Path]]:
     manifest = Path(manifest)
     info = read_json(manifest)
     paths = {manifest.parent / file: digest for file, digest in info["files"].items()}
+    # weights soloist trained itself come back from the rule that trained them
+    rule = "train_codec" if info.get("mode") == "trained" else "fetch_weights"
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        raise WeightsError(f"{missing[0]} is missing; rerun: snakemake --forcerun fetch_weights")
+        raise WeightsError(f"{missing[0]} is missing; rerun: snakemake --forcerun {rule}")
     with ThreadPoolExecutor(len(paths)) as pool:
         hashes = {path: pool.submit(sha256_file, path) for path in paths}
         try:
@@ -57,8 +95,9 @@ def _verified(manifest: str | os.PathLike) -> Iterator[tuple[dict, Path]]:
         finally:  # also when loading failed: a changed file is the likelier reason
             for path, digest in paths.items():
                 if hashes[path].result() != digest:
-                    raise WeightsError(f"{path} changed since it was fetched; "
-                                       f"rerun: snakemake --forcerun fetch_weights")
+                    raise WeightsError(f"{path} changed since it was "
+                                       f"{'trained' if rule == 'train_codec' else 'fetched'}; "
+                                       f"rerun: snakemake --forcerun {rule}")
     if info["random"]:
         log.warning(RANDOM_WARNING)
 
@@ -67,6 +106,7 @@ def load_demucs(manifest: str | os.PathLike, device: str | torch.device = "cpu"
                 ) -> torch.nn.Module:
     """The Demucs bag of models described by ``manifest``, in eval mode on ``device`` (built
     there, rather than initialised on a CPU and copied)."""
+    import torch
     from demucs.apply import BagOfModels
     from demucs.hf import load_safetensors_model
     from safetensors import safe_open
@@ -87,24 +127,38 @@ def load_demucs(manifest: str | os.PathLike, device: str | torch.device = "cpu"
     return model.to(device).eval()
 
 
-def encodec_24khz() -> torch.nn.Module:
-    """encodec's own 24 kHz model, random-init: what the loader fills and fetch_weights saves."""
-    from encodec import EncodecModel
+def codec_model(name: str, folder: str | os.PathLike | None = None) -> torch.nn.Module:
+    """Codec ``name``'s model: from ``folder`` (``config.json`` + ``model.safetensors``,
+    the Hub's layout) with ``from_pretrained``, or random-init from its published config
+    when ``folder`` is None. ``own`` is the codec train_codec trained (soloist.own_codec)."""
+    import transformers
 
-    with warnings.catch_warnings():  # encodec uses the deprecated weight_norm
-        warnings.simplefilter("ignore", FutureWarning)
-        return EncodecModel.encodec_model_24khz(pretrained=False)
+    transformers.logging.disable_progress_bar()  # a bar per load and save in every job's log
+    if name == "own":
+        from soloist.own_codec import OwnCodec
+
+        return OwnCodec.from_pretrained(folder)
+    spec = CODECS[name]
+    classes = {"encodec": (transformers.EncodecModel, transformers.EncodecConfig),
+               "dac": (transformers.DacModel, transformers.DacConfig)}
+    model_class, config_class = classes[spec.family]
+    if folder is None:
+        return model_class(config_class(**spec.config))
+    return model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True)
 
 
-def load_encodec(manifest: str | os.PathLike, bandwidth: float,
-                 device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The EnCodec model described by ``manifest`` at ``bandwidth`` kbps, in eval mode on
-    ``device`` (built there)."""
+def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
+               device: str | torch.device = "cpu") -> Codec:
+    """The codec described by ``manifest`` with its first ``codebooks`` codebooks (None: the
+    codec's default: all of our own codec's), in eval mode on ``device``."""
+    from soloist.codec import Codec
+
     with _verified(manifest) as (info, folder):
-        with torch.device(device):
-            model = encodec_24khz()
-        state = torch.load(folder / ENCODEC_FILES[info["name"]], map_location=device,
-                           weights_only=True)
-        model.load_state_dict(state)
-    model.set_target_bandwidth(bandwidth)
-    return model.eval()
+        name = info["name"]
+        missing = [f for f in HF_FILES if not (folder / name / f).is_file()]
+        if missing:
+            raise WeightsError(f"{folder / name / missing[0]} is missing; "
+                               "rerun: snakemake --forcerun fetch_weights")
+        model = codec_model(name, folder / name)
+    default = model.cfg.codebooks if name == "own" else CODECS[name].codebooks
+    return Codec(name, model.to(device).eval(), codebooks or default)

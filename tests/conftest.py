@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +23,40 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> Path:
-    """``resources/weights`` holding random-init Demucs and EnCodec, built once per session."""
+    """``resources/weights`` holding random-init Demucs and the default codec, built once per
+    session."""
     root = tmp_path_factory.mktemp("weights") / "resources" / "weights"
     fetch_weights("demucs", "htdemucs_6s", "random", root / "random/demucs/htdemucs_6s.json")
-    fetch_weights("encodec", "encodec_24khz", "random",
-                  root / "random/encodec/encodec_24khz.json")
+    fetch_weights("codec", "encodec_24khz", "random",
+                  root / "random/codec/encodec_24khz.json")
     return root
 
 
+@pytest.fixture(scope="session")
+def codec_manifests(tmp_path_factory, random_weights) -> dict[str, Path]:
+    """Codec name -> the manifest of its random-init weights, every codec (the default one
+    is random_weights'; the others are built once per session, in a tree of their own)."""
+    from soloist.weights import CODECS
+
+    root = tmp_path_factory.mktemp("codecs") / "resources" / "weights"
+    manifests = {"encodec_24khz": random_weights / "random/codec/encodec_24khz.json"}
+    for name in CODECS.keys() - manifests.keys():
+        manifests[name] = root / f"random/codec/{name}.json"
+        fetch_weights("codec", name, "random", manifests[name])
+    return manifests
+
+
 WORKFLOW = ("Snakefile", "rules", "workflow", "config", "profiles", "envs", "report")
+
+
+def interrupt_at_first_checkpoint(proc: subprocess.Popen, out: Path) -> str:
+    """SIGTERM to a trainer writing into ``out`` once its first checkpoint is there (what a
+    SLURM time limit does); its output."""
+    last = out / "checkpoints/last.pt"
+    while not last.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate()[0]
 
 
 def workflow_copy(dest: Path) -> Path:

@@ -41,7 +41,9 @@ def config_keys(config: dict, schema: dict, prefix: str = "") -> set[str]:
 def test_config_yaml_is_the_one_home_of_defaults():
     config = validate_config(default_config())
     assert config["clip"]["seconds"] == 10
-    assert config["tokenize"]["bandwidth"] == 3.0
+    assert config["tokenize"] | {"device": "auto"} == {
+        "model": "encodec_24khz", "codebooks": None, "chunk_seconds": 10, "warmup_seconds": 0.5,
+        "batch_size": "auto", "device": "auto", "threads": 2, "gpus": 1}
     schema_text = (ROOT / "config/schemas/config.schema.yaml").read_text()
     schema = yaml.safe_load(schema_text)
     # config.yaml gives every setting the schema knows, and the schema gives no default
@@ -75,6 +77,16 @@ def test_every_window_fits_the_one_before():
     ({"separate": {"device": "gpu0"}}, "separate.device: 'gpu0' does not match"),
     ({"clip": {"secs": 3}}, "clip: Additional properties are not allowed ('secs'"),
     ({"shard": {"fractions": {"train": 0.5, "valid": 0.1, "test": 0.1}}}, "sum to 1"),
+    ({"tokenize": {"model": "mimi"}}, "tokenize.model: 'mimi' is not one of ['encodec_24khz'"),
+    ({"tokenize": {"model": "encodec_32khz", "codebooks": 8}},
+     "tokenize.codebooks: encodec_32khz has 4 codebooks, not 8"),
+    ({"augment": {"variants": [{"semitones": 13, "tempo": 1.0}]}},
+     "augment.variants.0.semitones: 13 is greater than the maximum of 12"),
+    ({"augment": {"variants": [{"semitones": 1, "tempo": 1.0}, {"semitones": 0, "tempo": 0.4}]}},
+     "augment.variants.1.tempo: 0.4 is less than the minimum of 0.5"),
+    ({"augment": {"variants": [{"semitones": 0, "tempo": 1}]}},
+     "augment.variants.0: 0 semitones at tempo 1 is the track itself"),
+    ({"augment": {"splits": ["train", "dev"]}}, "augment.splits.1: 'dev' is not one of"),
 ])
 def test_bad_config_names_the_key(change, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -137,7 +149,7 @@ def test_command_line_strings_are_read_as_the_schema_types():
         "separate": {"batch_size": "auto", "compile": "false", "segment": "null",
                      "context": ["drums", "bass"]},
         "ingest": {"ytdlp": {"rate_limit": "1000", "cookies": "null", "format": "best"}},
-        "tokenize": {"bandwidth": "6"},
+        "tokenize": {"codebooks": "8"},
         "shard": {"fractions": {"train": "0.5", "valid": "0.25", "test": "0.25"}},
     })
     assert config["clip"]["relative_db"] == 20 and config["clip"]["seconds"] == 7.5
@@ -148,7 +160,7 @@ def test_command_line_strings_are_read_as_the_schema_types():
     assert config["ingest"]["ytdlp"] | {"retries": 3} == {
         "rate_limit": 1000, "cookies": None, "format": "best", "retries": 3,
         "socket_timeout": 20}
-    assert config["tokenize"]["bandwidth"] == 6.0
+    assert config["tokenize"]["codebooks"] == 8
     assert config["shard"]["fractions"]["valid"] == 0.25
 
 

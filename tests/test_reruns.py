@@ -81,6 +81,14 @@ EXPECTED = {
     "separate.device": ("cpu", NOTHING),
     "separate.threads": (1, NOTHING),
     "separate.gpus": (2, NOTHING),
+    # variants of the training tracks: made in every batch (the rule lists a batch's training
+    # tracks), then clipped and tokenized; without variants, their splits change nothing
+    "augment.variants": ([{"semitones": 2, "tempo": 1.0}],
+                         {"augment": batches(TRACKS)} | stages("clip", "tokenize")),
+    "augment.splits": (["train", "valid"], NOTHING),
+    "augment.device": ("cpu", NOTHING),
+    "augment.threads": (1, NOTHING),
+    "augment.gpus": (2, NOTHING),
     "clip.frame_seconds": (0.2, CLIP),
     "clip.hop_seconds": (0.1, CLIP),
     "clip.active_percentile": (90, CLIP),
@@ -91,8 +99,9 @@ EXPECTED = {
     "clip.hop": (5, CLIP),
     "clip.min_active": (0.7, CLIP),
     "clip.min_context_active": (0.4, CLIP),
-    "tokenize.model": ("encodec_24khz", NOTHING),  # the only choice today: unchanged
-    "tokenize.bandwidth": (6.0, TOKENIZE),
+    # re-tokenizes and retrains with the new codec's weights, never re-separates
+    "tokenize.model": ("dac_44khz", {"fetch_weights": 1} | TOKENIZE),
+    "tokenize.codebooks": (2, TOKENIZE),
     "tokenize.chunk_seconds": (5, TOKENIZE),
     "tokenize.warmup_seconds": (1.0, TOKENIZE),
     "tokenize.batch_size": (4, NOTHING),
@@ -127,6 +136,16 @@ EXPECTED = {
         "account": "lab", "partition": "short", "gpu_partition": "a100",
         "gpu_constraint": "a100", "runtime.default": 30, "runtime.separate": 60,
         "runtime.tokenize": 60, "runtime.train": "2d"}.items()},
+    # the own codec's rules are not in the default run (tokenize.model: own brings them in;
+    # tests/test_own_codec.py runs them)
+    **{f"codec.{key}": (value, NOTHING) for key, value in {
+        "sample_rate": 16000, "bottleneck": "vae", "channels": 16, "ratios": [8, 8, 5],
+        "dimension": 64, "lstm_layers": 1, "codebooks": 4, "codebook_size": 512,
+        "quantizer_dropout": 0.0, "kl_weight": 0.1, "kl_warmup_steps": 10, "free_bits": 0.0,
+        "adversarial_from": 100, "segment_seconds": 2.0, "batch_size": 8, "steps": 10,
+        "lr": 0.001, "min_lr": 0.0, "warmup_steps": 0, "log_every": 5, "checkpoint_every": 5,
+        "workers": 0, "seed": 1, "device": "cpu", "gpus": 2}.items()},
+    "evaluate_codec.seconds": (5, NOTHING),
     "mlflow.experiment": ("other", NOTHING),
     "mlflow.tracking_uri": ("sqlite:///results/other.db", NOTHING),
 }

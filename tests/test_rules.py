@@ -69,10 +69,12 @@ def test_demo_corpus(workdir):
 
 
 def test_fetch_weights(workdir):
-    target = "resources/weights/random/encodec/encodec_24khz.json"
+    target = "resources/weights/random/codec/encodec_24khz.json"
     run_rule(workdir, "fetch_weights", target)
     manifest = read_json(workdir / target)
-    assert manifest["random"] and (workdir / target).with_name(*manifest["files"]).is_file()
+    assert manifest["random"] and sorted(manifest["files"]) == [
+        "encodec_24khz/config.json", "encodec_24khz/model.safetensors"]
+    assert all((workdir / target).parent.joinpath(f).is_file() for f in manifest["files"])
 
 
 def test_resolve(workdir):
@@ -136,8 +138,8 @@ def test_shard(workdir, random_weights):
     out = workdir / f"results/tokenize/{B}/t"
     tokenize("t", d / "context.flac", d / "target.flac", d / "separate.json",
              out / "context.npy", out / "target.npy", out / "tokens.json",
-             random_weights / "random/encodec/encodec_24khz.json",
-             {"bandwidth": 3.0, "chunk_seconds": 10, "warmup_seconds": 0.5, "batch_size": 4,
+             random_weights / "random/codec/encodec_24khz.json",
+             {"codebooks": None, "chunk_seconds": 10, "warmup_seconds": 0.5, "batch_size": 4,
               "device": "cpu"})
     for stage in ("ingest", "clip", "tokenize"):
         write_record(workdir, stage)

@@ -61,11 +61,11 @@ localrule sheet:
 Error in rule fetch_weights:
     message: None
     jobid: 7
-    output: resources/weights/pretrained/encodec/encodec_24khz.json
-    log: results/logs/fetch_weights/encodec.log (check log file(s) for error details)
+    output: resources/weights/pretrained/codec/encodec_24khz.json
+    log: results/logs/fetch_weights/codec.log (check log file(s) for error details)
 """
     assert [(j["output"], j["log"]) for j in failed_jobs(run_log)] == [
         ("resources/weights/pretrained/demucs/htdemucs_6s.json",
          "results/logs/fetch_weights/demucs.log"),
-        ("resources/weights/pretrained/encodec/encodec_24khz.json",
-         "results/logs/fetch_weights/encodec.log")]
+        ("resources/weights/pretrained/codec/encodec_24khz.json",
+         "results/logs/fetch_weights/codec.log")]

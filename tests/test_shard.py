@@ -35,7 +35,7 @@ def make_track(root, track, windows, ok=True, row=None, frames=2000):
     write_json(d / "info.json", info)
     write_json(d / "clip.json", clip_status if ok else failed("clip", "track is 4.0 s, short"))
     write_json(d / "tokens.json", {"ok": True, "stage": "tokenize", "frame_rate": 75.0,
-                                   "weights": "random"})
+                                   "weights": "random", "model": "encodec_24khz"})
     codes = (np.arange(4 * frames).reshape(4, frames) % 1024).astype(np.int16)
     write_npy(d / "c.npy", codes)
     write_npy(d / "t.npy", codes + 1)

@@ -1,6 +1,7 @@
-"""tokenize: EnCodec codes of whole tracks, chunked and batched."""
+"""tokenize: codec codes of whole tracks, chunked and batched, for every codec."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,15 +13,15 @@ from soloist import tokenize as tk
 from soloist.device import fit_batch
 from soloist.io import read_json, read_npy, write_audio, write_json
 from soloist.tracks import Batch
-from soloist.weights import load_encodec
+from soloist.weights import CODECS, load_codec
 
-SETTINGS = {"bandwidth": 3.0, "chunk_seconds": 2.0, "warmup_seconds": 0.5, "batch_size": 3,
+SETTINGS = {"codebooks": None, "chunk_seconds": 2.0, "warmup_seconds": 0.5, "batch_size": 3,
             "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def encodec(random_weights):
-    return load_encodec(random_weights / "random/encodec/encodec_24khz.json", 3.0)
+    return load_codec(random_weights / "random/codec/encodec_24khz.json")
 
 
 def music(seconds: float, sample_rate: int = 44100, seed: int = 0) -> np.ndarray:
@@ -31,22 +32,26 @@ def music(seconds: float, sample_rate: int = 44100, seed: int = 0) -> np.ndarray
             ).astype(np.float32)
 
 
-def test_chunked_codes_equal_whole_track_codes_away_from_seams(encodec):
+@pytest.mark.parametrize("name", CODECS)
+def test_chunked_codes_equal_whole_track_codes(name, codec_manifests):
+    model = load_codec(codec_manifests[name])
     tracks = [music(7.3), music(3.1, seed=1)]
-    chunked = codec.encode(encodec, tracks, 44100, chunk_seconds=2.0, batch_size=3)
-    whole = codec.encode(encodec, tracks, 44100, chunk_seconds=60.0, batch_size=1)
+    chunked = codec.encode(model, tracks, 44100, chunk_seconds=2.0, batch_size=3,
+                           warmup_seconds=0.5)
+    whole = codec.encode(model, tracks, 44100, chunk_seconds=60.0, batch_size=1)
+    spec, first_chunk = CODECS[name], round(2.5 * model.frame_rate)
     for track, a, b in zip(tracks, chunked, whole, strict=True):
-        frames = math.ceil(round(track.size * 24000 / 44100) / 320)
-        assert a.shape == b.shape == (4, frames) and a.dtype == np.int16
-        assert 0 <= a.min() and a.max() < 1024
-        # EnCodec 24 kHz is causal: the first chunk sees what the whole track sees (codes
-        # can still flip where float rounding meets a near-tie between two code vectors)
-        first = np.mean(a[:, :150] == b[:, :150])
-        print(f"identical in the first chunk: {first:.3f}")
+        frames = math.ceil(round(track.size * spec.sample_rate / 44100) / model.hop)
+        assert a.shape == b.shape == (spec.codebooks, frames) and a.dtype == np.int16
+        assert 0 <= a.min() and a.max() < model.cardinality
+        # the first chunk (with its warm-up) ends where the next begins, its lookahead read
+        # (codes can still flip where float rounding meets a near-tie between two codes)
+        first = np.mean(a[:, :first_chunk] == b[:, :first_chunk])
+        print(f"{name}: identical in the first chunk: {first:.3f}")
         assert first > 0.85, first
     same = [(a == b).ravel() for a, b in zip(chunked, whole, strict=True)]
     identical = np.mean(np.concatenate(same))
-    print(f"identical codes: {identical:.3f}")
+    print(f"{name}: identical codes: {identical:.3f}")
     assert identical > 0.8, identical
 
 
@@ -65,24 +70,39 @@ def test_warmup_makes_codes_after_a_seam_match_the_whole_track(encodec):
     assert after_seams[0.5] > 0.9 and after_seams[0.5] > after_seams[0.0] + 0.2
 
 
-def test_tokenize_writes_codes_and_status(tmp_path, random_weights):
+# name -> (K, cardinality, frame rate, frames of 5 s, sample rate)
+LAYOUTS = {"encodec_24khz": (4, 1024, 75.0, 375, 24000),
+           "encodec_32khz": (4, 2048, 50.0, 250, 32000),
+           "dac_44khz": (9, 1024, 44100 / 512, 431, 44100)}
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_tokenize_writes_codes_and_status(name, tmp_path, codec_manifests):
     audio = np.stack([music(5.0), music(5.0, seed=2)])
     write_audio(tmp_path / "context.flac", audio, 44100)
     write_audio(tmp_path / "target.flac", audio[::-1], 44100)
     write_json(tmp_path / "separate.json", {"ok": True, "stage": "separate"})
     out = {k: tmp_path / f"out/{k}" for k in ("context.npy", "target.npy", "tokens.json")}
     status = tk.tokenize("t", tmp_path / "context.flac", tmp_path / "target.flac",
-                         tmp_path / "separate.json", *out.values(),
-                         random_weights / "random/encodec/encodec_24khz.json", SETTINGS)
+                         tmp_path / "separate.json", *out.values(), codec_manifests[name],
+                         SETTINGS)
     assert status == read_json(out["tokens.json"])
-    manifest = read_json(random_weights / "random/encodec/encodec_24khz.json")
+    manifest = read_json(codec_manifests[name])
+    K, cardinality, frame_rate, frames, rate = LAYOUTS[name]
     assert status | {"ok": True} == {
-        "ok": True, "stage": "tokenize", "track": "t", "codebooks": 4, "frames": 375,
-        "frame_rate": 75.0, "bandwidth": 3.0, "cardinality": 1024, "weights": "random",
+        "ok": True, "stage": "tokenize", "track": "t", "codebooks": K, "frames": frames,
+        "frame_rate": frame_rate, "cardinality": cardinality, "weights": "random",
         # which codec made them, so that a model trained on them finds it again
-        "model": "encodec_24khz", "files": manifest["files"], "sample_rate": 24000,
-        "provenance": None}
-    assert read_npy(out["context.npy"]).shape == read_npy(out["target.npy"]).shape == (4, 375)
+        "model": name, "files": manifest["files"], "sample_rate": rate, "provenance": None}
+    for role in ("context", "target"):
+        codes = read_npy(out[f"{role}.npy"])
+        assert codes.shape == (K, frames) and 0 <= codes.min() and codes.max() < cardinality
+    fewer = tk.tokenize("t", tmp_path / "context.flac", tmp_path / "target.flac",
+                        tmp_path / "separate.json", *out.values(), codec_manifests[name],
+                        SETTINGS | {"codebooks": 2})
+    # the coarsest two: a residual quantizer's first codes do not depend on the later ones
+    assert fewer["codebooks"] == 2
+    assert np.array_equal(read_npy(out["target.npy"]), codes[:2])
 
 
 def test_upstream_failure_passes_through(tmp_path, random_weights):
@@ -90,7 +110,7 @@ def test_upstream_failure_passes_through(tmp_path, random_weights):
     write_json(tmp_path / "separate.json", upstream)
     out = [tmp_path / f for f in ("c.npy", "t.npy", "tokens.json")]
     status = tk.tokenize("t", "nope.flac", "nope.flac", tmp_path / "separate.json", *out,
-                         random_weights / "random/encodec/encodec_24khz.json", SETTINGS)
+                         random_weights / "random/codec/encodec_24khz.json", SETTINGS)
     assert status == upstream | {"provenance": None} == read_json(out[2])
     assert out[0].stat().st_size == 0 and out[1].stat().st_size == 0
 
@@ -112,8 +132,8 @@ def test_batch_of_tracks_shares_forward_passes_and_isolates_bad_ones(tmp_path, r
         write_json(separated / track / "separate.json", {"ok": True, "stage": "separate"})
     Batch.of("separate", tmp_path / "separated.json").write_record(
         {t: None for t in ("a", "b", "corrupt", "empty")})
-    statuses = tk.tokenize_batch(tmp_path / "separated.json", tmp_path / "out.json",
-                                 random_weights / "random/encodec/encodec_24khz.json", SETTINGS,
+    statuses = tk.tokenize_batch(tmp_path / "separated.json", None, tmp_path / "out.json",
+                                 random_weights / "random/codec/encodec_24khz.json", SETTINGS,
                                  {})
     a, b, corrupt, empty = statuses  # sorted by track id
     assert a["ok"] and b["ok"]
@@ -134,15 +154,24 @@ def test_batch_of_tracks_shares_forward_passes_and_isolates_bad_ones(tmp_path, r
 
 def test_gpu_batches_fit_the_free_memory_and_the_kernels_index_range():
     # the GPU paths that never ask a GPU for its free memory, so they run here too
-    cuda, chunk = torch.device("cuda"), round(10.5 * 24000)  # config.yaml's chunk + warm-up
-    row = chunk * codec.ENCODE_PEAK_BYTES
+    chunk = round(10.5 * 24000)  # config.yaml's chunk + warm-up
+    row = chunk * CODECS["encodec_24khz"].peak_bytes
     assert fit_batch(64, row, 139 * 2**30) == 64  # an idle H200
     assert fit_batch(64, row, 11 * 2**30) == 42   # a 12 GB card with the model on it
     assert fit_batch(64, row, 2**20) == 1
+
+    def on(device, causal=True, channels=32):  # what chunk_batch reads of a loaded codec
+        return SimpleNamespace(name="encodec_24khz", sample_rate=24000, channels=channels,
+                               causal=causal, device=torch.device(device))
+
     # EnCodec's widest activation [B, 32, samples] must stay under 2**31 elements
-    assert codec.chunk_batch(266, cuda, chunk, 32) == 266
+    assert codec.chunk_batch(266, on("cuda"), 10, 0.5) == 266
     with pytest.raises(ValueError, match="tokenize.batch_size: 267 .* at most 266"):
-        codec.chunk_batch(267, cuda, chunk, 32)
-    assert codec.chunk_batch(267, torch.device("cpu"), chunk, 32) == 267
+        codec.chunk_batch(267, on("cuda"), 10, 0.5)
+    assert codec.chunk_batch(267, on("cpu"), 10, 0.5) == 267
+    # a codec that looks ahead reads the warm-up after the chunk too (causal: 133 fit)
+    assert codec.chunk_batch(127, on("cuda", causal=False, channels=64), 10, 0.5) == 127
+    with pytest.raises(ValueError, match="at most 127"):
+        codec.chunk_batch(128, on("cuda", causal=False, channels=64), 10, 0.5)
     with pytest.raises(ValueError, match="tokenize.chunk_seconds"):
-        codec.chunk_batch("auto", cuda, 3000 * 24000, 32)
+        codec.chunk_batch("auto", on("cuda"), 3000, 0)

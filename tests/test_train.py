@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from conftest import interrupt_at_first_checkpoint
 from safetensors.torch import load_file
 
 from soloist.config import validate_config
@@ -38,7 +39,7 @@ def write_shards(root, splits=(("train", 2, 12), ("valid", 1, 6)), seed: int = 0
                                "context.npy": context, "target.npy": target.astype(np.int16),
                                "json": {"track": f"t{i}"}})
     codec = {"model": "encodec_24khz", "files": {}, "sample_rate": 24000, "frame_rate": 75.0,
-             "bandwidth": 3.0, "codebooks": 4, "cardinality": 64, "weights": "random"}
+             "codebooks": 4, "cardinality": 64, "weights": "random"}
     per_track = [{"track": f"{split}{s}", "split": split, "duration": count * 4.0}
                  for split, shards, count in splits for s in range(shards)]
     write_json(root / "stats.json", {
@@ -84,11 +85,7 @@ def test_sigterm_checkpoints_and_the_rerun_reproduces_the_losses(tmp_path, shard
     assert straight.wait() == 0, straight.stdout.read()
 
     interrupted = run_train(shards, tmp_path / "cut", cfg)
-    last = tmp_path / "cut/checkpoints/last.pt"
-    while not last.exists() and interrupted.poll() is None:
-        time.sleep(0.02)
-    interrupted.send_signal(signal.SIGTERM)
-    output = interrupted.communicate()[0]
+    output = interrupt_at_first_checkpoint(interrupted, tmp_path / "cut")
     assert interrupted.returncode == EXIT_REQUEUE, output
     stopped_at = len(history(tmp_path / "cut"))
     assert 2 <= stopped_at < 30 and "signal received" in output

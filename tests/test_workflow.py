@@ -198,7 +198,7 @@ def test_offline_demo_sheet_runs_on_random_weights_and_its_true_stems(fresh):
     assert "every track is a demo song: RANDOM-INIT weights" in proc.stderr
     jobs = planned_jobs(fresh, "shard")
     assert jobs["fetch_weights"] == 1  # EnCodec only: the songs enter as their stems
-    assert "resources/weights/random/encodec/encodec_24khz.json" in proc.stdout
+    assert "resources/weights/random/codec/encodec_24khz.json" in proc.stdout
 
 
 def test_a_failed_job_ends_the_output_with_its_reason(fresh, media):
@@ -211,7 +211,7 @@ def test_a_failed_job_ends_the_output_with_its_reason(fresh, media):
     tail = output[output.rindex("Error in rule"):]  # after Snakemake's own last word on it
     tail = tail[tail.index("soloist: 2 job(s) failed:"):]
     assert "- fetch_weights [resources/weights/pretrained/demucs/htdemucs_6s.json]:" in tail
-    assert "- fetch_weights [resources/weights/pretrained/encodec/encodec_24khz.json]:" in tail
+    assert "- fetch_weights [resources/weights/pretrained/codec/encodec_24khz.json]:" in tail
     assert "cannot download pretrained weights" in tail and "weights=random" in tail, tail
     assert "whole log: results/logs/fetch_weights/pretrained-" in tail, tail
 

@@ -13,7 +13,7 @@ config = snakemake.config  # the whole config; params hold what the outputs depe
 a = config["accompany"]
 model = load_model(Path(i.model).parent, a["device"])
 summary = accompany([Backing(**b) for b in p.backings], model, snakemake.output[0], config,
-                    {"encodec": i.codec, "demucs": i.get("separator")},
+                    {"codec": i.codec, "demucs": i.get("separator")},
                     Sampling(a["temperature"], a["top_k"], a["top_p"], a["cfg_scale"]), a["seed"],
                     a["overlap"], a["seconds"], a["separate"], a["batch_size"], a["compile"],
                     progress=False, name="results/train")

@@ -1,0 +1,213 @@
+"""The evaluate_codec stage: how well soloist's own codec reconstructs held-out music.
+
+For each held-out track (the sheet's test split, its ingested audio, mono, at the codec's
+rate): the mel distance (log-mel L1), the multi-resolution STFT distance and the SI-SDR of
+the codec's reconstruction against the input at each bitrate (its first k codebooks), side
+by side with Opus at the same bitrate (ffmpeg's libopus: a real anchor) and with the same
+codec untrained (random weights, codebooks drawn from the input as training starts them).
+Writes ``metrics.json``, a plot of the distances against the bitrate, and a listening page
+(input, ours, Opus, untrained), and logs them into the codec's MLflow run.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soloist.codec import Codec, decode, encode
+from soloist.distances import Distances
+from soloist.io import (
+    PAGE_STYLE,
+    atomic_path,
+    read_audio,
+    read_json,
+    write_audio,
+    write_json,
+    write_png,
+    write_spectrograms,
+)
+from soloist.own_codec import OwnCodec
+from soloist.weights import load_codec
+
+log = logging.getLogger("soloist.evaluate_codec")
+OPUS_MIN_KBPS = 6.0  # libopus's lowest bitrate
+
+
+def evaluate_codec(manifest: str | os.PathLike, audio: list[str | os.PathLike],
+                   out_dir: str | os.PathLike, config: dict) -> dict:
+    """Score the codec of ``manifest`` (``train_codec``'s ``own.json``) on the first
+    ``evaluate_codec.seconds`` of each ``audio`` file; write ``out_dir``."""
+    cfg, out_dir = config["evaluate_codec"], Path(out_dir)
+    if not audio:
+        raise RuntimeError("no held-out audio: the sheet has no ingested track in the test "
+                           "split")
+    ours = load_codec(manifest)
+    rate, arch = ours.sample_rate, ours.model.cfg
+    tracks = {Path(p).stem: mono(p, rate, cfg["seconds"]) for p in audio}
+    untrained = untrained_like(ours, list(tracks.values()))
+    distances = Distances(rate)
+    rows = []
+    for k in _codebook_counts(arch.codebooks):
+        kbps = k * ours.frame_rate * math.log2(arch.codebook_size) / 1000
+        opus_kbps = max(kbps, OPUS_MIN_KBPS)
+        row = {"codebooks": k, "kbps": round(kbps, 3), "opus_kbps": round(opus_kbps, 3)}
+        for name, method in (("ours", lambda x, k=k: roundtrip(ours, x, k)),
+                             ("opus", lambda x, b=opus_kbps: opus(x, rate, b)),
+                             ("untrained", lambda x, k=k: roundtrip(untrained, x, k))):
+            scores = [distances.scores(method(x), x) for x in tracks.values()]
+            row[name] = {m: float(np.mean([s[m] for s in scores])) for m in scores[0]}
+        rows.append(row)
+        log.info("%d codebooks (%.2f kbps): mel %.3f, opus %.3f, untrained %.3f", k, kbps,
+                 row["ours"]["mel"], row["opus"]["mel"], row["untrained"]["mel"])
+    metrics = {"tracks": len(tracks), "seconds": cfg["seconds"], "sample_rate": rate,
+               "bitrates": rows, **_summary(rows)}
+    write_json(out_dir / "metrics.json", metrics)
+    _plot(rows, out_dir / "distances.png")
+    examples = _examples(tracks, ours, untrained, rate, out_dir)
+    _page(out_dir / "index.html", examples, metrics)
+    _log_to_mlflow(Path(manifest).parent, out_dir, metrics, config["mlflow"])
+    return metrics
+
+
+def mono(path: str | os.PathLike, rate: int, seconds: float) -> torch.Tensor:
+    """The first ``seconds`` of an audio file, mono [N] at ``rate``."""
+    import torchaudio.functional as AF
+
+    audio, sr = read_audio(path)
+    mono = torch.from_numpy(audio[:, :round(seconds * sr)].mean(0))
+    return AF.resample(mono, sr, rate)
+
+
+def _codebook_counts(most: int) -> list[int]:
+    """1, 2, 4, ... up to and with ``most``: the bitrates to score."""
+    counts = [2 ** i for i in range(int(math.log2(most)) + 1)]
+    return counts + ([most] if counts[-1] != most else [])
+
+
+def untrained_like(trained: Codec, tracks: list[torch.Tensor]) -> Codec:
+    """The same codec with random weights, its codebooks drawn from the tracks' latents as
+    training would start them (a first step in training mode, no gradient)."""
+    torch.manual_seed(0)
+    model = OwnCodec(trained.model.cfg)
+    with torch.no_grad():
+        model.train()(torch.cat(tracks)[None, None][..., :trained.sample_rate * 30])
+    return Codec(trained.name, model.eval(), trained.codebooks)
+
+
+def roundtrip(codec: Codec, x: torch.Tensor, codebooks: int) -> torch.Tensor:
+    """``x`` [N] through ``codec``'s first ``codebooks``: [N]."""
+    codec.codebooks = codebooks
+    codes = encode(codec, [x.numpy()], codec.sample_rate, chunk_seconds=10.0, batch_size=4,
+                   warmup_seconds=0.5)[0]
+    return torch.from_numpy(decode(codec, codes))[:len(x)]
+
+
+def opus(x: torch.Tensor, rate: int, kbps: float) -> torch.Tensor:
+    """``x`` [N] at ``rate`` through ffmpeg's libopus at ``kbps`` and back: [N]."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, coded, back = (Path(tmp) / f for f in ("in.wav", "coded.opus", "out.wav"))
+        write_audio(src, x.numpy()[None], rate, format="WAV")
+        for args in ([str(src), "-c:a", "libopus", "-b:a", f"{kbps:g}k", str(coded)],
+                     [str(coded), "-ar", str(rate), "-ac", "1", str(back)]):
+            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", *args], check=True)
+        y = torch.from_numpy(read_audio(back)[0][0])
+    return torch.nn.functional.pad(y, (0, max(0, len(x) - len(y))))[:len(x)]
+
+
+def _summary(rows: list[dict]) -> dict:
+    """The comparisons the issue's targets name: at the most codebooks, our mel distance
+    over Opus's (at that bitrate or its lowest) and over the untrained codec's."""
+    top = rows[-1]
+    return {"mel_vs_opus": top["ours"]["mel"] / top["opus"]["mel"],
+            "mel_vs_untrained": top["ours"]["mel"] / top["untrained"]["mel"],
+            "kbps": top["kbps"]}
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (metric, label) in zip(axes, (("mel", "mel distance (lower is better)"),
+                                          ("stft", "multi-resolution STFT distance"),
+                                          ("si_sdr", "SI-SDR dB (higher is better)")),
+                                   strict=True):
+        for name in ("ours", "opus", "untrained"):
+            x = [r["opus_kbps" if name == "opus" else "kbps"] for r in rows]
+            ax.plot(x, [r[name][metric] for r in rows], "o-", label=name)
+        ax.set(xlabel="kbps", title=label, xscale="log")
+    axes[0].legend()
+    write_png(path, fig)
+
+
+def _examples(tracks: dict[str, torch.Tensor], ours: Codec, untrained: Codec, rate: int,
+              out_dir: Path) -> list[dict]:
+    """Each track as input, ours, Opus (at our bitrate) and untrained, at the most codebooks,
+    and their spectrograms."""
+    most = ours.model.cfg.codebooks
+    kbps = max(most * ours.frame_rate * math.log2(ours.model.cfg.codebook_size) / 1000,
+               OPUS_MIN_KBPS)
+    examples = []
+    for name, x in tracks.items():
+        waves = {"input": x, "ours": roundtrip(ours, x, most), "opus": opus(x, rate, kbps),
+                 "untrained": roundtrip(untrained, x, most)}
+        files = {}
+        for kind, wave in waves.items():
+            files[kind] = f"examples/{name}_{kind}.wav"
+            write_audio(out_dir / files[kind], wave.numpy()[None], rate, format="WAV")
+        files["spectrogram"] = f"examples/{name}_spectrogram.png"
+        write_spectrograms(out_dir / files["spectrogram"],
+                           {k: w.numpy() for k, w in waves.items()}, rate)
+        examples.append({"track": name, "files": files})
+    return examples
+
+
+def _page(path: Path, examples: list[dict], metrics: dict) -> None:
+    rows = "\n".join(
+        f"<tr><td>{html.escape(e['track'])}</td>" + "".join(
+            f'<td><audio controls preload="none" src="{html.escape(e["files"][k])}"></audio>'
+            "</td>" for k in ("input", "ours", "opus", "untrained"))
+        + f'<td><img src="{html.escape(e["files"]["spectrogram"])}" alt="spectrograms"></td>'
+        "</tr>" for e in examples)
+    table = "".join(f"<tr><td>{r['codebooks']}</td><td>{r['kbps']:g}</td>"
+                    f"<td>{r['ours']['mel']:.3f}</td><td>{r['opus']['mel']:.3f} "
+                    f"({r['opus_kbps']:g} kbps)</td><td>{r['untrained']['mel']:.3f}</td></tr>"
+                    for r in metrics["bitrates"])
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>soloist: the codec</title>
+<style>{PAGE_STYLE}</style></head><body>
+<h1>Our codec against Opus and against itself untrained</h1>
+<p>{metrics['tracks']} held-out tracks, {metrics['seconds']:g} s each.</p>
+<table><tr><th>codebooks</th><th>kbps</th><th>mel, ours</th><th>mel, Opus</th>
+<th>mel, untrained</th></tr>{table}</table>
+<p><img src="distances.png" alt="distances against the bitrate"></p>
+<table><tr><th>track</th><th>input</th><th>ours</th><th>Opus</th><th>untrained</th>
+<th>spectrograms</th></tr>
+{rows}
+</table></body></html>
+"""
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+
+
+def _log_to_mlflow(codec_dir: Path, out_dir: Path, metrics: dict, mlflow_cfg: dict) -> None:
+    import mlflow
+
+    run_id = read_json(codec_dir / "train.json").get("mlflow_run_id")
+    mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
+    with mlflow.start_run(run_id=run_id):
+        for row in metrics["bitrates"]:
+            mlflow.log_metrics({f"codec/{name}_{m}_{row['codebooks']}cb": v
+                                for name in ("ours", "opus", "untrained")
+                                for m, v in row[name].items()})
+        mlflow.log_artifacts(str(out_dir), artifact_path="evaluate_codec")

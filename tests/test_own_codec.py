@@ -1,0 +1,191 @@
+"""Our own codec: round trips, bitrates, resume after SIGTERM, DDP, and the DAG around it."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import interrupt_at_first_checkpoint, snakemake, with_weights, workflow_copy
+
+from soloist.config import batch_of, validate_config
+from soloist.io import read_json, read_npy, write_json
+from soloist.own_codec import OwnCodec, OwnCodecConfig
+from soloist.synth import make_song
+from soloist.tokenize import tokenize
+from soloist.training import EXIT_REQUEUE
+from soloist.weights import WeightsError
+
+TINY = {"channels": 8, "dimension": 32, "lstm_layers": 1, "codebooks": 4, "codebook_size": 64,
+        "segment_seconds": 0.5, "batch_size": 4, "workers": 0, "warmup_steps": 5,
+        "lr": 0.001, "log_every": 10, "checkpoint_every": 2, "device": "cpu"}
+
+
+def tiny(**changes) -> OwnCodec:
+    torch.manual_seed(0)
+    return OwnCodec(OwnCodecConfig(channels=8, dimension=32, lstm_layers=1, codebooks=4,
+                                   codebook_size=64, **changes))
+
+
+def test_round_trip_shapes_codes_and_the_folder_without_pickle(tmp_path):
+    model = tiny()
+    audio = 0.1 * torch.randn(2, 1, 24000 + 100)  # not a whole number of frames
+    model.train()(audio)  # training starts the codebooks from the latents
+    model.eval()
+    codes = model.encode(audio)
+    frames = math.ceil(audio.shape[-1] / 320)
+    assert codes.shape == (2, 4, frames) and codes.dtype == torch.int64
+    assert 0 <= codes.min() and codes.max() < 64
+    assert model.decode(codes).shape == (2, frames * 320)
+    # the first k codebooks are the same whatever K: one model serves every bitrate
+    for k in (1, 2, 3):
+        assert torch.equal(model.encode(audio, k), codes[:, :k])
+    assert model.cfg.hop_length == 320 and model.cfg.sampling_rate / 320 == 75
+    model.save_pretrained(tmp_path / "own")
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["config.json",
+                                                                    "model.safetensors"]
+    assert read_json(tmp_path / "own/config.json")["model_type"] == "soloist_codec"
+    assert torch.equal(OwnCodec.from_pretrained(tmp_path / "own").eval().encode(audio), codes)
+
+
+def test_vae_gives_latents_and_a_kl_per_dimension():
+    model = tiny(bottleneck="vae").eval()
+    audio = 0.1 * torch.randn(1, 1, 24000)
+    latents = model.encode(audio)
+    assert latents.shape == (1, 32, 75) and latents.is_floating_point()
+    assert model.decode(latents).shape == (1, 24000)
+    _, _, kl = model.train()(audio)
+    assert kl.shape == (32,) and (kl >= 0).all()
+
+
+def codec_config(tmp_path, **codec) -> dict:
+    return validate_config({"codec": TINY | {"steps": 16} | codec,
+                            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+
+
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("songs")
+    for name, seed in (("a", 1), ("b", 2)):
+        make_song(name, folder / name, seconds=12, seed=seed)
+    return [str(folder / name / "mixture.flac") for name in ("a", "b")]
+
+
+def run_codec(out, cfg, songs, *launcher, **popen) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run-config.json", cfg)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*(launcher or [sys.executable]), "-m", "soloist.train_codec",
+                             str(out), str(out / "run-config.json"), *songs], env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def history(out) -> list[float]:
+    state = torch.load(out / "checkpoints/last.pt", weights_only=True)["state"]
+    return [h["loss"] for h in state["history"]]
+
+
+def test_sigterm_checkpoints_and_the_rerun_reproduces_the_losses(tmp_path, songs):
+    # the discriminator joins at step 4: its state is checkpointed too
+    cfg = codec_config(tmp_path, adversarial_from=4)
+    straight = run_codec(tmp_path / "straight", cfg, songs)
+    assert straight.wait() == 0, straight.stdout.read()
+    losses = history(tmp_path / "straight")
+
+    interrupted = run_codec(tmp_path / "cut", cfg, songs)
+    output = interrupt_at_first_checkpoint(interrupted, tmp_path / "cut")
+    assert interrupted.returncode == EXIT_REQUEUE, output
+    stopped_at = len(history(tmp_path / "cut"))
+    assert 2 <= stopped_at < 16 and "signal received" in output
+    resumed = run_codec(tmp_path / "cut", cfg, songs)
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0 and f"resuming from step {stopped_at}" in output, output
+    np.testing.assert_allclose(history(tmp_path / "cut"), losses, rtol=1e-5)
+    manifest = read_json(tmp_path / "cut/own.json")
+    assert manifest["name"] == "own" and sorted(manifest["files"]) == [
+        "own/config.json", "own/model.safetensors"]
+    assert "licence" in (tmp_path / "cut/own/README.md").read_text().lower()
+
+
+def test_two_process_ddp_keeps_codebooks_and_weights_identical(tmp_path, songs):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=2")
+    proc = run_codec(tmp_path / "ddp", codec_config(tmp_path, steps=4), songs, *launcher)
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert "parameters and codebooks identical across 2 ranks" in output
+    assert read_json(tmp_path / "ddp/train.json")["world_size"] == 2
+
+
+def test_quantizer_dropout_trains_every_bitrate(tmp_path, songs):
+    """With dropout, fewer codebooks still reconstruct, and each one more does better."""
+    from soloist.distances import Distances
+    from soloist.evaluate_codec import mono
+    from soloist.train_codec import train_codec
+
+    train_codec(songs, tmp_path, codec_config(tmp_path, steps=40, quantizer_dropout=0.5))
+    model = OwnCodec.from_pretrained(tmp_path / "own").eval()
+    x = mono(songs[0], 24000, 4.0)
+    distances = Distances(24000)
+    mel = [distances.scores(model.decode(model.encode(x[None, None], k))[0, :len(x)], x)["mel"]
+           for k in (1, 2, 4)]
+    print(f"mel distance with 1, 2, 4 codebooks: {mel}")
+    assert mel[0] > mel[1] > mel[2]
+
+
+CONFIG = {"tracks": "tracks.tsv", "weights": "random", "demo": {"seconds": 20},
+          "clip": {"seconds": 4, "hop": 2.0},
+          "codec": TINY | {"steps": 30},
+          "tokenize": {"model": "own"},
+          "train": {"steps": 2, "batch_size": 2, "seconds": 2, "workers": 0, "eval_every": 2,
+                    "checkpoint_every": 2, "warmup_steps": 1, "epoch_batches": 4},
+          "evaluate": {"examples": 1, "batches": 1, "seconds": 2},
+          "evaluate_codec": {"seconds": 5}}
+
+
+def test_own_codec_in_the_dag(tmp_path, random_weights):
+    workflow_copy(tmp_path)
+    with_weights(tmp_path, random_weights)
+    (tmp_path / "tracks.tsv").write_text("track\tsource\tsplit\nsong1\tdemo:song1\ttrain\n"
+                                         "song2\tdemo:song2\ttest\n")
+    snakemake(tmp_path, "evaluate", "evaluate_codec", config=CONFIG)
+    summary = read_json(tmp_path / "results/train_codec/train.json")
+    assert summary["steps"] == 30
+    # its tokens go through shard, training and evaluation like any codec's
+    status = read_json(tmp_path / f"results/tokenize/{batch_of('song1', 8)}/song1/tokens.json")
+    assert (status["model"], status["codebooks"], status["cardinality"]) == ("own", 4, 64)
+    codes = read_npy(tmp_path / f"results/tokenize/{batch_of('song1', 8)}/song1/target.npy")
+    assert codes.shape == (4, 1500) and codes.max() < 64
+    assert read_json(tmp_path / "results/shards/stats.json")["codec"]["model"] == "own"
+    assert read_json(tmp_path / "results/train/config.json")["codec"]["model"] == "own"
+    assert read_json(tmp_path / "results/evaluate/metrics.json")["samples"] > 0
+    # scored at each bitrate, beside Opus and itself untrained
+    metrics = read_json(tmp_path / "results/evaluate_codec/metrics.json")
+    assert [r["codebooks"] for r in metrics["bitrates"]] == [1, 2, 4]
+    top = metrics["bitrates"][-1]
+    assert top["kbps"] == pytest.approx(4 * 75 * 6 / 1000) and top["opus_kbps"] == 6.0
+    assert top["ours"]["mel"] < top["untrained"]["mel"]
+    assert "Opus" in (tmp_path / "results/evaluate_codec/index.html").read_text()
+    # a codec folder that lost or changed a file is an error naming it, not a crash deep in
+    # a loader; the way out is to train it again
+    codec = tmp_path / "results/train_codec"
+    separated = tmp_path / f"results/separate/{batch_of('song1', 8)}/song1"
+    files = [separated / f for f in ("context.flac", "target.flac", "separate.json")]
+    out = [tmp_path / "again" / f for f in ("context.npy", "target.npy", "tokens.json")]
+    settings = validate_config({})["tokenize"] | {"device": "cpu"}
+    with open(codec / "own/config.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(WeightsError, match=re.escape(
+            f"{codec}/own/config.json changed since it was trained; rerun: snakemake "
+            "--forcerun train_codec")):
+        tokenize("song1", *files, *out, codec / "own.json", settings)
+    (codec / "own/model.safetensors").unlink()
+    with pytest.raises(WeightsError, match=re.escape(
+            f"{codec}/own/model.safetensors is missing; rerun: snakemake --forcerun "
+            "train_codec")):
+        tokenize("song1", *files, *out, codec / "own.json", settings)
