@@ -8,12 +8,15 @@ write) with config.yaml's ``tokenize`` settings; the per-track path (``EncodecMo
 or ``DacModel.encode`` of a whole track) is timed on mono tensors at the codec's rate
 already in memory, read and resampled exactly as our stage does (encode only,
 host-to-device copy included). Both roles count as audio. Codes are compared frame by
-frame with the per-track fp32 path. A row per codec times a longer job, the same tracks
-``--repeat`` times under other names (3: 72 audio-minutes). A last row times the augment
+frame with the per-track fp32 path (all codebooks, and the first alone), for our stage
+encoding in fp32 and in bf16 (``--precision``; its nearest codes stay fp32). A row per codec
+and precision times a longer job, the same tracks ``--repeat`` times under other names (3:
+72 audio-minutes). A last row times the augment
 stage on the same batch: two variants (+2 semitones; -1 semitone at 0.9x) of every track.
 
     PYTHONPATH=. python3 bench/tokenize_gpu.py [--seconds 240 180 120 90 60 30] [--batch auto 128]
                                                [--repeat 3] [--codecs encodec_24khz dac_44khz]
+                                               [--precision fp32 bf16]
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, nargs="+", default=[240, 180, 120, 90, 60, 30],
                     help="track lengths, each with a context and a target (default: 12 min)")
     ap.add_argument("--batch", nargs="+", default=["auto"], help="our batch_size settings")
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
+                    help="our precision settings (the per-track path is fp32)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="copies of the tracks in the longer job's row (0: no such row)")
     ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
@@ -150,16 +155,20 @@ def main() -> None:
         tmp = Path(tmp)
         tracks = make_separate_batch(tmp / "separated", tmp / "songs", args.seconds)
         for codec_name in args.codecs:
-            ratios.append(bench_codec(tmp, tracks, codec_name, base, device, args))
+            ratios += bench_codec(tmp, tracks, codec_name, base, device, args)
         augment_row(tmp, tracks, config["augment"], device)
-    for codec_name, best, long in ratios:
-        print(f"ratio {codec_name}: ours / per-track encode = {best:.2f}x, a job of "
-              f"x{args.repeat} tracks {long:.2f}x (target >= 5x)")
+    for codec_name, precision, best, long in ratios:
+        print(f"ratio {codec_name} {precision}: ours / per-track encode = {best:.2f}x, a job "
+              f"of x{args.repeat} tracks {long:.2f}x (target >= 5x)")
+
+
+Ratios = list[tuple[str, str, float, float]]
 
 
 def bench_codec(tmp: Path, tracks: list[str], codec_name: str, base: dict,
-                device: torch.device, args: argparse.Namespace) -> tuple[str, float, float]:
-    """One codec's rows; (name, best ratio of ours to the per-track path, the long job's)."""
+                device: torch.device, args: argparse.Namespace) -> Ratios:
+    """One codec's rows; per precision, (name, precision, best ratio of ours to the per-track
+    path, the long job's)."""
     settings = {**base, "model": codec_name}
     manifest = tmp / "weights" / "codec" / f"{codec_name}.json"
     fetch_weights("codec", codec_name, "random", manifest)
@@ -179,42 +188,62 @@ def bench_codec(tmp: Path, tracks: list[str], codec_name: str, base: dict,
     print(f"\n{codec_name}: {len(tracks)} tracks x 2 roles, {audio_s:.0f} audio-s, "
           f"{codec.codebooks} codebooks of {codec.cardinality} at {codec.frame_rate:g} Hz; "
           "codes identical to the per-track fp32 path")
-    print(f"{'path':<44}{'audio s':>9}{'wall s':>9}{'x realtime':>12}{'identical':>11}")
+    print(f"{'path':<44}{'audio s':>9}{'wall s':>9}{'x realtime':>12}{'identical':>11}"
+          f"{'k=1':>9}")
     print(f"{f'{type(codec.model).__name__}.encode per track':<44}{audio_s:>9.0f}{ref_s:>9.2f}"
-          f"{audio_s / ref_s:>12.1f}{'-':>11}")
-    print(f"{'  model load':<44}{audio_s:>9.0f}{load_s:>9.2f}{audio_s / load_s:>12.1f}{'-':>11}")
-    best = 0.0
-    for batch in args.batch:
-        variant = {**settings, "batch_size": batch if batch == "auto" else int(batch)}
-        out = tmp / f"ours-{codec_name}-{batch}"
-        ours_s = timed(device, lambda v=variant, o=out: tokenize_batch(
-            tmp / "separated.json", None, f"{o}.json", manifest, v, {}))
-        same = total = 0
-        for (t, role), ref in ref_codes.items():
-            ours = read_npy(out / t / f"{role}.npy").astype(np.int64)
-            n = min(ours.shape[1], ref.shape[1])
-            same += int((ours[:, :n] == ref[:, :n]).sum())
-            total += ref.shape[0] * n
-        label = f"ours batch {batch} (I/O incl.)"
-        print(f"{label:<44}{audio_s:>9.0f}{ours_s:>9.2f}{audio_s / ours_s:>12.1f}"
-              f"{100 * same / total:>10.2f}%", flush=True)
-        best = max(best, audio_s / ours_s)
-    long = 0.0
-    if args.repeat:
-        folder = tmp / f"separated-x{args.repeat}"
-        if not folder.exists():
-            link_copies(tmp / "separated", tracks, args.repeat)
-        long_s = timed(device, lambda: tokenize_batch(
-            f"{folder}.json", None, tmp / f"ours-long-{codec_name}.json", manifest, settings, {}))
-        long = args.repeat * audio_s / long_s
-        label = f"ours, the tracks x{args.repeat} in one job (I/O incl.)"
-        print(f"{label:<44}{args.repeat * audio_s:>9.0f}{long_s:>9.2f}{long:>12.1f}{'-':>11}",
-              flush=True)
+          f"{audio_s / ref_s:>12.1f}{'-':>11}{'-':>9}")
+    print(f"{'  model load':<44}{audio_s:>9.0f}{load_s:>9.2f}{audio_s / load_s:>12.1f}{'-':>11}"
+          f"{'-':>9}")
+    ratios = []
+    for precision in args.precision:
+        best = 0.0
+        for batch in args.batch:
+            variant = {**settings, "batch_size": batch if batch == "auto" else int(batch),
+                       "precision": precision}
+            out = tmp / f"ours-{codec_name}-{batch}-{precision}"
+            ours_s = timed(device, lambda v=variant, o=out: tokenize_batch(
+                tmp / "separated.json", None, f"{o}.json", manifest, v, {}))
+            same = agreement(out, ref_codes)
+            print(f"{f'ours batch {batch} {precision} (I/O incl.)':<44}{audio_s:>9.0f}"
+                  f"{ours_s:>9.2f}{audio_s / ours_s:>12.1f}{same[0]:>10.2f}%{same[1]:>8.2f}%",
+                  flush=True)
+            best = max(best, audio_s / ours_s)
+        long = 0.0
+        if args.repeat:
+            long = long_job(tmp, tracks, {**settings, "precision": precision}, manifest,
+                            audio_s, device, args.repeat)
+        ratios.append((codec_name, precision, best * ref_s / audio_s, long * ref_s / audio_s))
     if device.type == "cuda":
         print(f"peak GPU memory per batch row and input sample: {peak_bytes(codec, base):.0f} "
               f"bytes (batch_size auto assumes {CODECS[codec_name].peak_bytes})")
-    ref = audio_s / ref_s
-    return codec_name, best / ref, long / ref
+    return ratios
+
+
+def agreement(out: Path, ref_codes: dict) -> tuple[float, float]:
+    """% of our codes in ``out`` equal to the per-track path's: all codebooks, the first."""
+    same = first = total = frames = 0
+    for (t, role), ref in ref_codes.items():
+        ours = read_npy(out / t / f"{role}.npy").astype(np.int64)
+        n = min(ours.shape[1], ref.shape[1])
+        equal = ours[:, :n] == ref[:, :n]
+        same, first = same + int(equal.sum()), first + int(equal[0].sum())
+        total, frames = total + ref.shape[0] * n, frames + n
+    return 100 * same / total, 100 * first / frames
+
+
+def long_job(tmp: Path, tracks: list[str], settings: dict, manifest: Path, audio_s: float,
+             device: torch.device, repeat: int) -> float:
+    """Times realtime of our stage on the tracks ``repeat`` times over, in one job."""
+    folder = tmp / f"separated-x{repeat}"
+    if not folder.exists():
+        link_copies(tmp / "separated", tracks, repeat)
+    out = tmp / f"ours-long-{settings['model']}-{settings['precision']}.json"
+    long_s = timed(device, lambda: tokenize_batch(f"{folder}.json", None, out, manifest,
+                                                  settings, {}))
+    label = f"ours, the tracks x{repeat} in one job, {settings['precision']}"
+    print(f"{label:<44}{repeat * audio_s:>9.0f}{long_s:>9.2f}{repeat * audio_s / long_s:>12.1f}"
+          f"{'-':>11}{'-':>9}", flush=True)
+    return repeat * audio_s / long_s
 
 
 @torch.inference_mode()

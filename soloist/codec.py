@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torchaudio.transforms import Resample
 
-from soloist.device import fit_batch, out_of_memory
+from soloist.device import autocast, fit_batch, out_of_memory
 from soloist.io import Clock
 
 log = logging.getLogger("soloist.codec")
@@ -40,6 +40,7 @@ class Codec:
     name: str
     model: torch.nn.Module
     codebooks: int
+    precision: str = "fp32"  # of the encoder's convolutions (device.autocast); quantizers: fp32
 
     @property
     def config(self) -> Any:
@@ -97,8 +98,12 @@ class Codec:
             return self.model.encode(audio, self.codebooks)
         if self.config.model_type == "dac":  # pads to whole frames itself, as DAC's own code
             audio = torch.nn.functional.pad(audio, (0, -audio.shape[-1] % self.hop))
-            return self.model.encode(audio, n_quantizers=self.codebooks).audio_codes
-        embeddings = self.model.encoder(audio)
+        with autocast(self.precision, audio.device):
+            embeddings = self.model.encoder(audio)
+        # nearest codes in fp32: in bf16, near ties between codes would flip
+        embeddings = embeddings.float()
+        if self.config.model_type == "dac":
+            return self.model.quantizer(embeddings, self.codebooks)[1]
         quantizer = self.model.quantizer
         # the bandwidth of exactly K codebooks (half a codebook more keeps float rounding out)
         bits = math.log2(self.cardinality) * quantizer.frame_rate

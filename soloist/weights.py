@@ -50,7 +50,9 @@ class CodecSpec:
     codebooks: int  # K by default ...
     max_codebooks: int  # ... and at most
     licence: str  # of the pretrained weights, as the Hub names it
-    peak_bytes: int  # GPU memory per batch row and input sample at its rate (batch_size: auto)
+    # GPU memory per batch row and input sample at its rate (batch_size: auto): the encoder's
+    # fp32 peak measured on an H200 (640, 1280, 1285 bytes; BENCHMARKS.md), plus 22%
+    peak_bytes: int
 
     @property
     def sample_rate(self) -> int:  # known before the model loads
@@ -66,7 +68,7 @@ CODECS = {
         "num_filters": 64, "codebook_size": 2048, "use_causal_conv": False, "normalize": False,
         "use_conv_shortcut": False}, 4, 4, "cc-by-nc-4.0", 1560),
     "dac_44khz": CodecSpec("descript/dac_44khz", "dac", {"sampling_rate": 44_100}, 9, 9, "mit",
-                           2000),
+                           1570),
 }
 
 
@@ -148,9 +150,10 @@ def codec_model(name: str, folder: str | os.PathLike | None = None) -> torch.nn.
 
 
 def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
-               device: str | torch.device = "cpu") -> Codec:
+               device: str | torch.device = "cpu", precision: str = "fp32") -> Codec:
     """The codec described by ``manifest`` with its first ``codebooks`` codebooks (None: the
-    codec's default: all of our own codec's), in eval mode on ``device``."""
+    codec's default: all of our own codec's), in eval mode on ``device``, encoding in
+    ``precision`` (fp32, bf16, or auto: bf16 on a GPU)."""
     from soloist.codec import Codec
 
     with _verified(manifest) as (info, folder):
@@ -161,4 +164,4 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
                                "rerun: snakemake --forcerun fetch_weights")
         model = codec_model(name, folder / name)
     default = model.cfg.codebooks if name == "own" else CODECS[name].codebooks
-    return Codec(name, model.to(device).eval(), codebooks or default)
+    return Codec(name, model.to(device).eval(), codebooks or default, precision)

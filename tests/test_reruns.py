@@ -104,6 +104,7 @@ EXPECTED = {
     "tokenize.codebooks": (2, TOKENIZE),
     "tokenize.chunk_seconds": (5, TOKENIZE),
     "tokenize.warmup_seconds": (1.0, TOKENIZE),
+    "tokenize.precision": ("bf16", TOKENIZE),
     "tokenize.batch_size": (4, NOTHING),
     "tokenize.device": ("cpu", NOTHING),
     "tokenize.threads": (1, NOTHING),

@@ -1,5 +1,6 @@
 """tokenize: codec codes of whole tracks, chunked and batched, for every codec."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -16,7 +17,7 @@ from soloist.tracks import Batch
 from soloist.weights import CODECS, load_codec
 
 SETTINGS = {"codebooks": None, "chunk_seconds": 2.0, "warmup_seconds": 0.5, "batch_size": 3,
-            "device": "cpu"}
+            "precision": "fp32", "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,16 @@ def test_chunked_codes_equal_whole_track_codes(name, codec_manifests):
     identical = np.mean(np.concatenate(same))
     print(f"{name}: identical codes: {identical:.3f}")
     assert identical > 0.8, identical
+
+
+def test_a_bf16_encoder_gives_codes_of_the_same_shape_and_range(encodec):
+    track = music(3.1)
+    fp32 = codec.encode(encodec, [track], 44100, chunk_seconds=2.0, batch_size=2)[0]
+    bf16 = codec.encode(dataclasses.replace(encodec, precision="bf16"), [track], 44100,
+                        chunk_seconds=2.0, batch_size=2)[0]
+    assert bf16.shape == fp32.shape and bf16.dtype == np.int16
+    assert 0 <= bf16.min() and bf16.max() < encodec.cardinality
+    assert not np.array_equal(bf16, fp32)  # the encoder did run in bf16
 
 
 def test_warmup_makes_codes_after_a_seam_match_the_whole_track(encodec):
