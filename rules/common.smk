@@ -15,7 +15,9 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (workflow.basedir, os.
 
 validate_config(config)
 ROWS = read_tracks(config["tracks"])
-ACCOMPANY_ROWS = read_tracks(config["accompany"]["tracks"])
+ACCOMPANY_ROWS = read_tracks(config["accompany"]["tracks"], "accompany.tracks")
+# a sheet of the codec's own (codec.tracks), or None: train_codec takes the training tracks
+CODEC_ROWS = config["codec"]["tracks"] and read_tracks(config["codec"]["tracks"], "codec.tracks")
 
 
 AUTO_WEIGHTS = "SOLOIST_WEIGHTS_AUTO"  # what weights: auto came to, for the run's jobs
@@ -234,6 +236,21 @@ def accompany_backings():
             for r in ACCOMPANY_ROWS.values()]
 
 
+def sheet_sources(rows):
+    """The files a sheet's rows read that exist (a missing one becomes a failed track at
+    ingest, not a DAG error), and the demo songs they need."""
+    return [source_of(r) for r in rows if r.kind == "demo"
+            or (r.kind != "url" and os.path.exists(r.source))]
+
+
+def train_codec_input(wildcards):
+    """The training tracks' ingested audio (their batches' records), or codec.tracks' sheet
+    and what it reads."""
+    if not CODEC_ROWS:
+        return {"ingested": per_batch(record("ingest", "{batch}"))(wildcards)}
+    return {"sheet": config["codec"]["tracks"], "sources": sheet_sources(CODEC_ROWS.values())}
+
+
 def accompany_input(wildcards):
     """The trained model, the weights of its codec (and separator), and the files the sheet
     names that exist (a missing one becomes an error line, not a DAG error)."""
@@ -241,8 +258,7 @@ def accompany_input(wildcards):
               "summary": "results/train/train.json", "codec": weights_manifest("codec")}
     if config["accompany"]["separate"]:
         inputs["separator"] = weights_manifest("demucs")
-    inputs["sources"] = [b["source"] for b in accompany_backings() if b["kind"] == "demo"
-                         or (b["kind"] != "url" and os.path.exists(b["source"]))]
+    inputs["sources"] = sheet_sources(ACCOMPANY_ROWS.values())
     return inputs
 
 

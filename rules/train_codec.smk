@@ -1,9 +1,8 @@
 rule train_codec:
     message:
-        "Training soloist's own codec ({params.bottleneck}) on the training tracks"
+        "Training soloist's own codec ({params.bottleneck}) on {params.on}"
     input:
-        # the training tracks' ingested audio, listed in their batches' records
-        ingested=per_batch(record("ingest", "{batch}")),
+        unpack(train_codec_input),
     output:
         manifest="results/train_codec/own.json",  # what tokenize.model: own loads
         model="results/train_codec/own/model.safetensors",
@@ -13,6 +12,9 @@ rule train_codec:
                      category="4. Codec"),
     params:
         bottleneck=config["codec"]["bottleneck"],
+        on=config["codec"]["tracks"] or "the training tracks",
+        # codec.tracks' rows as ingest reads them (or none)
+        rows=[(r.track, r.kind, source_of(r)) for r in (CODEC_ROWS or {}).values()],
         splits={r.track: r.split for r in ROWS.values() if r.split},  # the sheet's, or the hash's
         fractions=config["shard"]["fractions"],
         settings=settings("codec"),

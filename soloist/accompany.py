@@ -6,7 +6,7 @@ a backing), the codec's ``encode``; then ``generate_long`` writes the solo windo
 and the codec decodes it. The model folder, never the current config, says which separator
 roles, codec and frame rate: a model always reads the tokens it was trained on. A bad input
 ends as one error line; the others complete. accompany composes the stages' entry points
-(``ingest.resolve``/``ingest.ingest``, ``separate.separate``, at the stages' own
+(``ingest.ingest_sheet``, ``separate.separate``, at the stages' own
 ``tracks.LAYOUT`` in a work folder), never their helpers.
 """
 
@@ -184,24 +184,15 @@ def _entry(t: _Track, backings: dict[str, tuple[np.ndarray, int]]) -> dict:
 def _ingest(inputs: list[Backing], work: Path, config: dict, seconds: float | None
             ) -> list[_Track]:
     """Ingest every input (a URL may list several tracks: ``name.001``, ...)."""
-    s = config["ingest"]
     tracks = []
-    for b in inputs:
-        jobs = [(b.name, None)]
-        if b.kind == "url":
-            resolved = work / "resolve" / f"{b.name}.tsv"
-            ingest_stage.resolve(b.name, b.source, resolved, s["ytdlp"])
-            jobs = [(line["track"], resolved) for line in ingest_stage.read_resolved(resolved)]
-        for name, resolved_tsv in jobs:
-            files = _batches(work)[0].files(name)
-            info = ingest_stage.ingest(name, b.name, b.kind, b.source, files["audio"],
-                                       files["status"], s, s["downloads"], resolved_tsv)
-            track = _Track(name, b.source, files["audio"])
-            if not info["ok"]:
-                track.reason, track.stage = info["reason"], "ingest"
-            elif seconds is not None:
-                _trim(track.audio, seconds)
-            tracks.append(track)
+    for info in ingest_stage.ingest_sheet([(b.name, b.kind, b.source) for b in inputs], work,
+                                          config["ingest"]):
+        track = _Track(info["track"], info["source"], info["audio"])
+        if not info["ok"]:
+            track.reason, track.stage = info["reason"], "ingest"
+        elif seconds is not None:
+            _trim(track.audio, seconds)
+        tracks.append(track)
     return tracks
 
 

@@ -166,11 +166,12 @@ def source_kind(source: str) -> str:
     return "stems" if os.path.isdir(source) else "file"
 
 
-def read_tracks(path: str | os.PathLike) -> dict[str, Row]:
-    """Read and validate the track sheet; returns rows by track id, in sheet order."""
+def read_tracks(path: str | os.PathLike, key: str = "tracks") -> dict[str, Row]:
+    """Read and validate the track sheet the config ``key`` names; returns rows by track id,
+    in sheet order."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"track sheet {path} does not exist (config key 'tracks')")
+        raise ConfigError(f"track sheet {path} does not exist (config key {key!r})")
     validator = jsonschema.Draft202012Validator(_schema("tracks.schema.yaml"))
     rows: dict[str, Row] = {}
     lines: dict[str, int] = {}

@@ -351,6 +351,27 @@ def ingest(
                    settings | {"downloads": downloads_dir})
 
 
+def ingest_sheet(rows: list[tuple[str, str, str]], work: str | os.PathLike, settings: dict
+                 ) -> list[dict]:
+    """Ingest a sheet's ``rows`` (track, kind, source) outside the DAG, into ingest's layout
+    under ``work``: a URL row becomes its entries (``track.001``, ...). The info of each
+    track (``ok``, ``reason`` if not), with its row's ``source`` and its ``audio`` file."""
+    work, infos = Path(work), []
+    batch = Batch.of("ingest", work / "ingest.json")
+    for name, kind, source in rows:
+        jobs = [(name, None)]
+        if kind == "url":
+            resolved = work / "resolve" / f"{name}.tsv"
+            resolve(name, source, resolved, settings["ytdlp"])
+            jobs = [(line["track"], resolved) for line in read_resolved(resolved)]
+        for track, resolved_tsv in jobs:
+            files = batch.files(track)
+            info = ingest(track, name, kind, source, files["audio"], files["status"], settings,
+                          settings["downloads"], resolved_tsv)
+            infos.append(info | {"track": track, "source": source, "audio": files["audio"]})
+    return infos
+
+
 def _ingest(track: Track, job: dict, settings: dict) -> dict:
     ids = {k: job[k] for k in ("row", "kind", "source")}
     return tracks.attempt(track, lambda: _read_source(track, job, settings), **ids)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from soloist import training
 from soloist.distances import Distances
+from soloist.ingest import ingest_sheet
 from soloist.io import atomic_path, write_json, write_torch
 from soloist.launch import setup_distributed
 from soloist.own_codec import OwnCodec, OwnCodecConfig
@@ -124,6 +125,19 @@ class Segments(torch.utils.data.Dataset):
             torch.from_numpy(rng.uniform(0.3, 1.0, (len(x), 1, 1))).float()
 
 
+def sheet_audio(rows: list[tuple[str, str, str]], work: str | os.PathLike, settings: dict
+                ) -> list[Path]:
+    """The audio of ``codec.tracks``' rows (track, kind, source), ingested into ``work`` as
+    ingest would; a track that fails is logged and left out."""
+    infos = ingest_sheet(rows, work, settings)
+    for info in infos:
+        if not info["ok"]:
+            log.warning("codec.tracks: %s left out: %s", info["track"], info["reason"])
+    log.info("codec.tracks: training on %d of %d tracks",
+             sum(i["ok"] for i in infos), len(infos))
+    return [Path(i["audio"]) for i in infos if i["ok"]]
+
+
 def train_codec(audio: list[str | os.PathLike], out_dir: str | os.PathLike,
                 config: dict) -> dict:
     """Train the codec of ``config["codec"]`` on the ``audio`` files; writes the model
@@ -196,8 +210,8 @@ class _CodecTrainer:
     def start(self) -> None:
         """Wrap for DDP, start (or continue) the MLflow run, and the data."""
         if not self.audio:
-            raise RuntimeError("no training audio: the sheet has no ingested track in the "
-                               "train split")
+            raise RuntimeError("no training audio: no track of the sheet's train split (or "
+                               "of codec.tracks, where it is set) could be ingested")
         if self.world > 1:
             ids = [self.local_rank] if self.device.type == "cuda" else None
             self.model = DDP(self.raw, device_ids=ids)
@@ -345,6 +359,7 @@ class _CodecTrainer:
     def finish(self) -> dict:
         """Export the model folder and its manifest, plot the losses, end the MLflow run."""
         result = {"steps": self.state["step"], "world_size": self.world,
+                  "audio": sorted(map(str, self.audio)),
                   "final_loss": self.state["history"][-1]["loss"]
                   if self.state["history"] else None}
         if self.world > 1:

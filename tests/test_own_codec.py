@@ -189,3 +189,25 @@ def test_own_codec_in_the_dag(tmp_path, random_weights):
             f"{codec}/own/model.safetensors is missing; rerun: snakemake --forcerun "
             "train_codec")):
         tokenize("song1", *files, *out, codec / "own.json", settings)
+
+
+def test_codec_tracks_trains_on_a_sheet_of_its_own(tmp_path, random_weights):
+    workflow_copy(tmp_path)
+    with_weights(tmp_path, random_weights)
+    (tmp_path / "tracks.tsv").write_text("track\tsource\tsplit\nsong1\tdemo:song1\ttrain\n")
+    (tmp_path / "codec.tsv").write_text("track\tsource\nmine\tdemo:song3\n"
+                                        "lost\trecordings/lost.wav\n")
+    config = CONFIG | {"codec": TINY | {"steps": 4, "tracks": "codec.tsv"}}
+    snakemake(tmp_path, "train_codec", config=config)
+    summary = read_json(tmp_path / "results/train_codec/train.json")
+    assert summary["audio"] == ["results/train_codec/ingest/audio/mine.flac"]
+    assert not (tmp_path / "results/ingest").exists()  # the track sheet's tracks: untouched
+    log = (tmp_path / "results/logs/train_codec/train_codec.log").read_text()
+    assert "codec.tracks: lost left out: " in log and "recordings/lost.wav" in log
+    assert "codec.tracks: training on 1 of 2 tracks" in log
+    # a sheet that is not there is a config error naming the key
+    proc = snakemake(tmp_path, "-n", "train_codec", check=False,
+                     config=config | {"codec": TINY | {"tracks": "nowhere.tsv"}})
+    assert proc.returncode != 0
+    assert ("track sheet nowhere.tsv does not exist (config key 'codec.tracks')"
+            in proc.stdout + proc.stderr)
