@@ -180,8 +180,8 @@ def bench_codec(tmp: Path, tracks: list[str], codec_name: str, base: dict,
             audio[t, role] = AF.resample(torch.from_numpy(a.mean(0)), rate, codec.sample_rate)
     audio_s = sum(x.numel() for x in audio.values()) / codec.sample_rate
     if device.type == "cuda":  # CUDA context, cuDNN and allocator warm-up, untimed
-        tokenize_batch(tmp / "separated.json", None, tmp / f"warm-{codec_name}.json", manifest,
-                       settings, {})
+        tokenize_batch({"separate": tmp / "separated.json"}, tmp / f"warm-{codec_name}.json",
+                       manifest, settings, {})
         per_track_path(codec, {k: x[:30 * codec.sample_rate] for k, x in audio.items()}, device)
     ref_s, ref_codes = per_track_path(codec, audio, device)
     load_s = timed(device, lambda: [{"ok": bool(load_codec(manifest, device=device))}])
@@ -202,7 +202,7 @@ def bench_codec(tmp: Path, tracks: list[str], codec_name: str, base: dict,
                        "precision": precision}
             out = tmp / f"ours-{codec_name}-{batch}-{precision}"
             ours_s = timed(device, lambda v=variant, o=out: tokenize_batch(
-                tmp / "separated.json", None, f"{o}.json", manifest, v, {}))
+                {"separate": tmp / "separated.json"}, f"{o}.json", manifest, v, {}))
             same = agreement(out, ref_codes)
             print(f"{f'ours batch {batch} {precision} (I/O incl.)':<44}{audio_s:>9.0f}"
                   f"{ours_s:>9.2f}{audio_s / ours_s:>12.1f}{same[0]:>10.2f}%{same[1]:>8.2f}%",
@@ -238,7 +238,7 @@ def long_job(tmp: Path, tracks: list[str], settings: dict, manifest: Path, audio
     if not folder.exists():
         link_copies(tmp / "separated", tracks, repeat)
     out = tmp / f"ours-long-{settings['model']}-{settings['precision']}.json"
-    long_s = timed(device, lambda: tokenize_batch(f"{folder}.json", None, out, manifest,
+    long_s = timed(device, lambda: tokenize_batch({"separate": f"{folder}.json"}, out, manifest,
                                                   settings, {}))
     label = f"ours, the tracks x{repeat} in one job, {settings['precision']}"
     print(f"{label:<44}{repeat * audio_s:>9.0f}{long_s:>9.2f}{repeat * audio_s / long_s:>12.1f}"

@@ -2,9 +2,7 @@ rule clip:
     message:
         "Selecting solo windows of batch {wildcards.batch}"
     input:
-        separated=record("separate"),
-        **kept_audio("audio", audio_folder("separate")),
-        **variants_input(),
+        **made_from_input(),
     output:
         record("clip"),  # its tracks; their <track>/windows.parquet, clip.json beside it
     params:

@@ -116,10 +116,14 @@ def kept_audio(name, path):
 
 
 VARIANTS = bool(config["augment"]["variants"])  # pitch/tempo variants of the tracks
+# continuation: recordings whole, (previous, next) segment pairs; solo: backing -> solo
+CONTINUATION = config["task"]["name"] == "continuation"
 # What each per-track stage's tracks are made from, besides its own settings.
 UPSTREAM = {"ingest": [], "separate": ["ingest"], "augment": ["ingest", "separate"],
             "clip": ["ingest", "separate"] + ["augment"] * VARIANTS,
             "tokenize": ["ingest", "separate"] + ["augment"] * VARIANTS}
+if CONTINUATION:  # no separation: clip and tokenize read the ingested recordings
+    UPSTREAM |= {"clip": ["ingest", "task"], "tokenize": ["ingest"]}
 
 
 def shaped_by(stage):
@@ -170,12 +174,16 @@ def augmented_tracks(wildcards):
     return in_splits(batch_tracks(wildcards), config["augment"]["splits"])
 
 
-def variants_input():
-    """The input clip and tokenize read of a batch's variants (none without variants)."""
-    if not VARIANTS:
-        return {}
-    return {"augmented": record("augment"),
-            **kept_audio("variant_audio", audio_folder("augment"))}
+def made_from_input():
+    """What clip and tokenize read of a batch: its separated tracks and their variants, or
+    (task: continuation) its ingested recordings."""
+    if CONTINUATION:
+        return {"ingested": record("ingest"), **kept_audio("audio", audio_folder("ingest"))}
+    inputs = {"separated": record("separate"), **kept_audio("audio", audio_folder("separate"))}
+    if VARIANTS:
+        inputs |= {"augmented": record("augment"),
+                   **kept_audio("variant_audio", audio_folder("augment"))}
+    return inputs
 
 
 def ingest_jobs(wildcards):

@@ -2,10 +2,8 @@ rule tokenize:
     message:
         "Tokenizing batch {wildcards.batch} with {config[tokenize][model]}"
     input:
-        separated=record("separate"),
         weights=weights_manifest("codec"),
-        **kept_audio("audio", audio_folder("separate")),
-        **variants_input(),
+        **made_from_input(),
     output:
         # its tracks; their <track>/{context,target}.npy and tokens.json beside it
         record("tokenize"),

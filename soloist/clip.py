@@ -110,12 +110,17 @@ def clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
     return run_track(t, lambda todo: clip_tracks(todo, settings))
 
 
-def clip_batch(separated: str | os.PathLike, augmented: str | os.PathLike | None,
-               record: str | os.PathLike, settings: dict, shape: dict) -> list[dict]:
-    """Clip every track of a separate batch (its record), and its variants (augment's
-    record, if any), into the batch of ``record``, keeping the tracks already clipped from
-    the same audio with the same ``shape``."""
-    upstream, made = made_from(separated, augmented)
+def clip_batch(records: dict[str, str | os.PathLike], record: str | os.PathLike,
+               settings: dict, shape: dict, task: dict | None = None) -> list[dict]:
+    """Clip every track of the upstream ``records`` by stage (a separate batch's and
+    augment's of its variants, or an ingest batch's for task: continuation) into the batch
+    of ``record``, keeping the tracks already clipped from the same audio with the same
+    ``shape``. For ``task`` continuation, a window is a (previous, next) pair of segments of
+    ``task["seconds"]``, one every segment, where the recording plays."""
+    if task and task["name"] == "continuation":
+        settings = settings | {"seconds": 2 * task["seconds"], "hop": task["seconds"],
+                               "min_context_active": 0.0}
+    upstream, made = made_from(records)
     provenances = {t: provenance("clip", shape, p) for t, p in made.items()}
     return run_batch(Batch.of("clip", record, EMPTY), provenances,
                      lambda todo: clip_tracks(todo, settings), upstream)
@@ -137,9 +142,11 @@ EMPTY = {"windows": lambda path: _write_windows(path, [])}
 
 
 def _clip(track: Track, settings: dict) -> dict:
-    """Select and write ``track``'s windows; its status."""
-    target_audio, rate = read_audio(track.inputs["target"])
-    context_audio, _ = read_audio(track.inputs["context"])
+    """Select and write ``track``'s windows; its status. A recording taken whole (task:
+    continuation) is its own target: windows where it plays."""
+    whole = track.upstream == "ingest"
+    target_audio, rate = read_audio(track.inputs["audio" if whole else "target"])
+    context_audio = target_audio if whole else read_audio(track.inputs["context"])[0]
     duration = target_audio.shape[1] / rate
     if duration < settings["seconds"]:
         raise TrackError(f"track is {duration:.1f} s, shorter than one window "

@@ -129,12 +129,16 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_windows(config: dict) -> None:
-    """The training crop and the evaluated solos fit in the clip window."""
-    window = config["clip"]["seconds"]
-    too_long = [f"{key}.seconds ({config[key]['seconds']:g}) is longer than clip.seconds "
-                f"({window:g}), the window every sample has: set {key}.seconds to at most "
-                f"{window:g}" for key in ("train", "evaluate")
-                if (config[key]["seconds"] or 0) > window]
+    """The training crop and the evaluated solos fit in a sample: the clip window, or for
+    task continuation one segment of its pairs. Continuation has no variants yet."""
+    key = "task" if config["task"]["name"] == "continuation" else "clip"
+    window = config[key]["seconds"]
+    too_long = [f"{stage}.seconds ({config[stage]['seconds']:g}) is longer than "
+                f"{key}.seconds ({window:g}), what every sample has: set {stage}.seconds to "
+                f"at most {window:g}" for stage in ("train", "evaluate")
+                if (config[stage]["seconds"] or 0) > window]
+    if key == "task" and config["augment"]["variants"]:
+        too_long.append("augment.variants: task continuation takes no variants yet")
     if too_long:
         raise ConfigError("invalid config:\n  " + "\n  ".join(too_long))
 

@@ -45,7 +45,13 @@ def decode(sample: dict) -> dict:
 
 
 def crop(sample: dict, frames: int, rng: random.Random | None) -> dict:
-    """A ``frames``-long crop (random if ``rng``, else from the start) of context and target."""
+    """A ``frames``-long crop (random if ``rng``, else from the start) of context and target.
+
+    A continuation pair (the next segment is the target) is cut where the two meet: the
+    context's last frames and the target's first, so that one still follows the other."""
+    if sample["meta"].get("task") == "continuation":
+        return {**sample, "context": sample["context"][:, -frames:],
+                "target": sample["target"][:, :frames], "start": 0}
     length = sample["context"].shape[1]
     start = rng.randint(0, length - frames) if rng and length > frames else 0
     return {**sample, "context": sample["context"][:, start:start + frames],

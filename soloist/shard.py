@@ -34,6 +34,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("target_rms_db", pa.float32()), ("context_rms_db", pa.float32()),
     ("title", pa.string()), ("source", pa.string()), ("weights", pa.string()),
     ("codec", pa.string()), ("variant", pa.string()), ("original_track", pa.string()),
+    ("task", pa.string()),
 ])
 FAILURE_COLUMNS = ["track", "row", "source", "stage", "reason"]
 CODEC_KEYS = ("model", "files", "sample_rate", "frame_rate", "codebooks",
@@ -192,7 +193,8 @@ def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[
                                 "split": found.first_split[original], "windows": len(windows),
                                 "duration": clip_status["duration"],
                                 "active_seconds": clip_status["active_seconds"]})
-        if info.get("solo_intervals") is not None and not variant:  # a demo song's truth
+        whole = tokens_status.get("roles") == ["mix"]  # task continuation: no solo chosen
+        if info.get("solo_intervals") is not None and not variant and not whole:  # the truth
             found.scores.append(_selection_scores(track.name, clip_status["active_intervals"],
                                                   windows, info["solo_intervals"]))
         if windows:
@@ -292,20 +294,30 @@ def _total_scores(scores: list[dict]) -> dict | None:
 
 def _track_samples(track: Track, info: dict, row: str, split: str, windows: list[dict],
                    tokens_status: dict) -> list[dict]:
-    context, target = (read_npy(track["tokenize"][role]) for role in ("context", "target"))
+    """A sample per window: its context and target codes [K, frames] and what it is. A
+    recording tokenized whole (task: continuation) gives a window's first half as the
+    context and its second half, what comes next, as the target."""
+    whole = tokens_status.get("roles") == ["mix"]
+    roles = ("mix", "mix") if whole else ("context", "target")
+    context, target = (read_npy(track["tokenize"][role]) for role in roles)
     rate = tokens_status["frame_rate"]
     samples = []
     for w in windows:
         frames = round((w["end"] - w["start"]) * rate)
         start = min(round(w["start"] * rate), context.shape[1] - frames)
+        next_start = start
+        if whole:
+            frames //= 2
+            next_start = start + frames
         original, variant = original_of(track.name)
         meta = {**w, "key": sample_key(track.name, w["window"]), "row": row, "split": split,
                 "frame_start": start, "frames": frames, "frame_rate": rate,
                 "title": info.get("title") or original, "source": info.get("source", ""),
                 "weights": tokens_status["weights"], "codec": tokens_status["model"],
-                "variant": variant, "original_track": original}
+                "variant": variant, "original_track": original,
+                "task": "continuation" if whole else "solo"}
         samples.append({**meta, "context": context[:, start:start + frames],
-                        "target": target[:, start:start + frames]})
+                        "target": target[:, next_start:next_start + frames]})
     return samples
 
 

@@ -47,13 +47,13 @@ def tokenize(track: str, context: str | os.PathLike, target: str | os.PathLike,
     return tracks.run_track(t, lambda todo: tokenize_tracks(todo, weights, settings))
 
 
-def tokenize_batch(separated: str | os.PathLike, augmented: str | os.PathLike | None,
-                   record: str | os.PathLike, weights: str | os.PathLike, settings: dict,
-                   shape: dict) -> list[dict]:
-    """Tokenize every track of a separate batch (its record), and its variants (augment's
-    record, if any), into the batch of ``record``, keeping the tracks already tokenized
-    from the same audio with the same ``shape`` and weights."""
-    upstream, made = tracks.made_from(separated, augmented)
+def tokenize_batch(records: dict[str, str | os.PathLike], record: str | os.PathLike,
+                   weights: str | os.PathLike, settings: dict, shape: dict) -> list[dict]:
+    """Tokenize every track of the upstream ``records`` by stage (a separate batch's and
+    augment's of its variants, or an ingest batch's for task: continuation) into the batch
+    of ``record``, keeping the tracks already tokenized from the same audio with the same
+    ``shape`` and weights."""
+    upstream, made = tracks.made_from(records)
     model = read_json(weights)
     provenances = {t: provenance("tokenize", shape, model, p) for t, p in made.items()}
     return run_batch(Batch.of("tokenize", record), provenances,
@@ -92,7 +92,7 @@ def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dic
                 tracks.fail(t, error)
                 bar.update()
                 continue
-            for role, mono in zip(ROLES, monos, strict=True):
+            for role, mono in zip(roles_of(t), monos, strict=True):
                 if mono.is_cuda:  # made on the reader's stream, used on this one
                     mono.record_stream(torch.cuda.current_stream(mono.device))
                 yield (t.name, role), mono, rate
@@ -101,7 +101,7 @@ def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dic
         for (name, role), c in encode_stream(codec, audio(), settings["chunk_seconds"],
                                              batch, settings["warmup_seconds"], clock):
             codes.setdefault(name, {})[role] = c
-            if len(codes[name]) == len(ROLES):
+            if len(codes[name]) == len(roles_of(by_name[name])):
                 t, pair = by_name[name], codes.pop(name)
                 with clock("waiting for writes"):
                     written.append(writer.submit(
@@ -115,13 +115,21 @@ def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dic
     log.info("tokenized %d tracks in %s", len(todo), clock)
 
 
+def roles_of(track: Track) -> dict[str, Path]:
+    """The audio each of the track's token files is made from, by role: the separated
+    context and target, or (task: continuation) the ingested recording whole, its mix."""
+    if track.upstream == "ingest":
+        return {"mix": track.inputs["audio"]}
+    return {role: track.inputs[role] for role in ROLES}
+
+
 def read_roles(track: Track, device: torch.device, sample_rate: int) -> list[torch.Tensor]:
     """Each role's mono mix [N'] at ``sample_rate`` on ``device`` (``read_audio(...).mean(0)``
     resampled). On a GPU the copy, the mix and the resampling run here, in the reader
     thread, on a stream of its own: they overlap the encoding instead of waiting for it."""
-    pairs = read_pcm16([track.inputs["context"], track.inputs["target"]], PIECE_SECONDS)
+    pairs = read_pcm16(list(roles_of(track).values()), PIECE_SECONDS)
     if min(len(pcm) for pcm, _ in pairs) == 0:
-        raise ValueError("no samples in the separated audio")
+        raise ValueError(f"no samples in the audio {track.upstream} wrote")
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
         monos = [resampler(rate, sample_rate, device)(
@@ -133,8 +141,8 @@ def read_roles(track: Track, device: torch.device, sample_rate: int) -> list[tor
 
 
 def _write(track: Track, codes: dict[str, np.ndarray], info: dict) -> dict:
-    ctx, tgt = codes["context"], codes["target"]
-    write_npy(track.out["context"], ctx)
-    write_npy(track.out["target"], tgt)
-    return {"ok": True, **info, "track": track.name, "codebooks": int(ctx.shape[0]),
-            "frames": int(ctx.shape[1])}
+    for role, c in codes.items():
+        write_npy(track.out[role], c)
+    shape = next(iter(codes.values())).shape
+    return {"ok": True, **info, "track": track.name, "roles": list(codes),
+            "codebooks": int(shape[0]), "frames": int(shape[1])}

@@ -45,8 +45,12 @@ LAYOUT = {
                 "status": "{track}/augment.json"},
     "clip": {"windows": "{track}/windows.parquet", "status": "{track}/clip.json"},
     "tokenize": {"context": "{track}/context.npy", "target": "{track}/target.npy",
-                 "status": "{track}/tokens.json"},
+                 "mix": "{track}/mix.npy", "status": "{track}/tokens.json"},
 }
+# The roles a stage writes from each upstream, where not all of its LAYOUT's: task:
+# continuation tokenizes the ingested recording whole (its mix), not separated roles
+ROLES = {"tokenize": {"separate": ("context", "target"), "augment": ("context", "target"),
+                      "ingest": ("mix",)}}
 
 
 # A variant of a track (augment: its pitch and tempo changed) is a track of its own, named
@@ -127,9 +131,12 @@ class Track:
         return self.files[self.upstream]
 
     def data(self) -> dict[str, Path]:
-        """The stage's data files by role (not its status, nor optional folders)."""
+        """The stage's data files by role (not its status, nor optional folders, nor the
+        roles it does not make from its upstream)."""
+        made = ROLES.get(self.stage, {}).get(self.upstream)
         return {role: path for role, path in self.out.items()
-                if role != "status" and not LAYOUT[self.stage][role].endswith("/")}
+                if role != "status" and not LAYOUT[self.stage][role].endswith("/")
+                and (made is None or role in made)}
 
 
 @dataclass(frozen=True)
@@ -206,17 +213,25 @@ def ingested_audio(records: list[str | os.PathLike], split: str,
     return sorted(files)
 
 
-def made_from(separated: str | os.PathLike, augmented: str | os.PathLike | None = None
+def made_from(records: dict[str, str | os.PathLike | None]
               ) -> tuple[dict[str, Batch], dict[str, str]]:
-    """What clip and tokenize read: the batch each track comes from (a separate batch's
-    record, and augment's record of its variants if given), and its provenance there."""
+    """What clip and tokenize read: the batch each track comes from, and its provenance
+    there, from upstream ``records`` by stage (a separate batch's record, and augment's
+    record of its variants if any; for task: continuation, an ingest batch's)."""
     batches, provenances = {}, {}
-    for stage, record in (("separate", separated), ("augment", augmented)):
+    for stage, record in records.items():
         if record:
             batch = Batch.of(stage, record)
             for track, p in batch.tracks().items():
                 batches[track], provenances[track] = batch, p
     return batches, provenances
+
+
+def upstream_records(inputs: Any) -> dict[str, str]:
+    """A clip or tokenize job's upstream records by stage, from its Snakemake inputs named
+    ``separated``, ``augmented`` (variants) or ``ingested`` (task: continuation)."""
+    names = {"separated": "separate", "augmented": "augment", "ingested": "ingest"}
+    return {stage: inputs.get(name) for name, stage in names.items() if inputs.get(name)}
 
 
 def finish(track: Track, status: dict) -> dict:

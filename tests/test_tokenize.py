@@ -143,7 +143,7 @@ def test_batch_of_tracks_shares_forward_passes_and_isolates_bad_ones(tmp_path, r
         write_json(separated / track / "separate.json", {"ok": True, "stage": "separate"})
     Batch.of("separate", tmp_path / "separated.json").write_record(
         {t: None for t in ("a", "b", "corrupt", "empty")})
-    statuses = tk.tokenize_batch(tmp_path / "separated.json", None, tmp_path / "out.json",
+    statuses = tk.tokenize_batch({"separate": tmp_path / "separated.json"}, tmp_path / "out.json",
                                  random_weights / "random/codec/encodec_24khz.json", SETTINGS,
                                  {})
     a, b, corrupt, empty = statuses  # sorted by track id

@@ -1,6 +1,7 @@
 from soloist.clip import clip_batch
 from soloist.io import setup_logging
+from soloist.tracks import upstream_records
 
 setup_logging(snakemake.log[0])
-clip_batch(snakemake.input.separated, snakemake.input.get("augmented"), snakemake.output[0],
-           snakemake.config["clip"], snakemake.params.settings)
+clip_batch(upstream_records(snakemake.input), snakemake.output[0],
+           snakemake.config["clip"], snakemake.params.settings, snakemake.config["task"])

@@ -1,0 +1,70 @@
+"""Tasks beside the solo one on the same DAG: continuation (a recording's next segment)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import webdataset as wds
+from conftest import planned_jobs, snakemake, with_weights, workflow_copy
+
+from soloist.config import ConfigError, batch_of, validate_config
+from soloist.io import read_json, read_npy
+
+CONTINUATION = {
+    "tracks": "tracks.tsv", "weights": "random", "demo": {"seconds": 20},
+    "task": {"name": "continuation", "seconds": 4},
+    "train": {"steps": 2, "batch_size": 2, "seconds": 2, "workers": 0, "eval_every": 2,
+              "checkpoint_every": 2, "warmup_steps": 1, "epoch_batches": 4},
+    "evaluate": {"examples": 1, "batches": 1, "seconds": 2}}
+
+
+@pytest.fixture(scope="module")
+def continued(tmp_path_factory, random_weights):
+    workdir = tmp_path_factory.mktemp("continuation")
+    workflow_copy(workdir)
+    with_weights(workdir, random_weights)
+    (workdir / "tracks.tsv").write_text("track\tsource\tsplit\nsong1\tdemo:song1\ttrain\n"
+                                        "song2\tdemo:song2\ttest\n")
+    snakemake(workdir, "evaluate", config=CONTINUATION)
+    return workdir
+
+
+def test_continuation_tokenizes_recordings_whole_without_separating(continued):
+    assert not (continued / "results/separate").exists()
+    folder = continued / f"results/tokenize/{batch_of('song1', 8)}/song1"
+    assert read_npy(folder / "mix.npy").shape == (4, 20 * 75)
+    assert not (folder / "context.npy").exists()
+    assert planned_jobs(continued, "evaluate", config=CONTINUATION) == {}
+
+
+def test_continuation_shards_hold_consecutive_segment_pairs(continued):
+    mix = read_npy(continued / f"results/tokenize/{batch_of('song1', 8)}/song1/mix.npy")
+    urls = sorted(str(p) for p in (continued / "results/shards/train").glob("*.tar"))
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    # pairs of 4 s segments, one every 4 s, in a 20 s song: 4 pairs where the song plays
+    assert 1 <= len(samples) <= 4
+    for s in samples:
+        meta, start = s["json"], s["json"]["frame_start"]
+        assert meta["task"] == "continuation" and meta["frames"] == 300
+        np.testing.assert_array_equal(s["context.npy"], mix[:, start:start + 300])
+        np.testing.assert_array_equal(s["target.npy"], mix[:, start + 300:start + 600])
+    stats = read_json(continued / "results/shards/stats.json")
+    assert stats["splits"]["train"]["samples"] == len(samples)
+    assert stats["clip_vs_truth"] is None  # no solo was looked for
+
+
+def test_continuation_trains_and_evaluates(continued):
+    assert read_json(continued / "results/train/train.json")["steps"] == 2
+    assert read_json(continued / "results/evaluate/metrics.json")["samples"] > 0
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"task": {"name": "medley"}}, "task.name"),
+    ({"task": {"name": "continuation", "seconds": 4}, "train": {"seconds": 5}},
+     "train.seconds (5) is longer than task.seconds (4)"),
+    ({"task": {"name": "continuation"}, "augment": {"variants": [{"semitones": 2, "tempo": 1}]}},
+     "augment.variants: task continuation takes no variants yet"),
+])
+def test_task_settings_are_checked(config, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_config(config)
