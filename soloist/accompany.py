@@ -98,6 +98,9 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
     backing) are in seconds; ``compile`` (auto: for jobs long enough to repay it) fuses the
     decode step with torch.compile; ``name`` names the model on the page.
     """
+    if model.info.get("task", "solo") != "solo":
+        raise AccompanyError(f"the model was trained for task {model.info['task']!r}, not "
+                             "solo: soloist continue extends recordings with it")
     out_dir, clock = Path(out_dir), Clock()
     device = model.heads.weight.device
     codec_info = model.info["codec"]

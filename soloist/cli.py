@@ -1,4 +1,5 @@
-"""The ``soloist`` command: ``soloist accompany BACKING... --model MODEL -o OUT_DIR``."""
+"""The ``soloist`` command: ``soloist accompany BACKING... --model MODEL -o OUT_DIR`` and
+``soloist continue RECORDING... --model MODEL -o OUT_DIR --seconds N``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from soloist.config import TRACK_ID, source_kind, validate_config
+from soloist.synth import make_song
 
 
 def _names(sources: list[str]) -> list[str]:
@@ -35,7 +37,7 @@ def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Pat
     from soloist.weights import WeightsError
 
     wanted = {"codec": info["codec"]["model"]}
-    if separate:
+    if separate and info["separator"]:  # a continuation model has none
         wanted["demucs"] = info["separator"]["model"]
     manifests = {}
     if wanted["codec"] == "own":  # train_codec's, in the workflow folder that trained it
@@ -53,18 +55,74 @@ def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Pat
     return manifests
 
 
+class InputError(ValueError):
+    """An input the command line cannot take; the message says why."""
+
+
+def _inputs(sources: list[str], config: dict, demos: Path) -> list[tuple[str, str, str]]:
+    """(name, kind, source) of each input, a demo song synthesized into ``demos`` first (as
+    the demo_corpus rule would)."""
+    inputs = []
+    for name, source in zip(_names(sources), sources, strict=True):
+        kind = source_kind(source)
+        if kind == "demo":
+            demo = source.removeprefix("demo:")
+            if not TRACK_ID.fullmatch(demo):
+                raise InputError(f"{source}: a demo name is letters, digits, '.', '_' and '-'")
+            make_song(demo, demos / demo, config["demo"]["seconds"], config["seed"])
+            source = str(demos / demo / "mixture.flac")
+        inputs.append((name, kind, source))
+    return inputs
+
+
+def _log_to(path: Path) -> None:
+    """The stages' own log lines go to a file; the terminal gets one line per failed input."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, filename=path, filemode="w",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def continue_main(args: argparse.Namespace) -> int:
+    from soloist.accompany import load_model
+    from soloist.continuation import continue_recordings
+    from soloist.generate import Sampling
+    from soloist.model import ModelFolderError
+    from soloist.weights import WeightsError
+
+    out = Path(args.out)
+    _log_to(out / "continue.log")
+    config = validate_config({})
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    try:
+        model = load_model(args.model, args.device)
+        weights = _weights(model.info, Path(args.weights), config["seed"], separate=False)
+        with tempfile.TemporaryDirectory(prefix="soloist-demo-") as demos:
+            inputs = _inputs(args.recording, config, Path(demos))
+            result = continue_recordings(inputs, model, out, config, weights["codec"],
+                                         args.seconds, sampling, args.seed)
+    except (InputError, ModelFolderError, WeightsError, ValueError) as e:
+        print(f"soloist continue: {e}", file=sys.stderr)
+        return 1
+    for t in result["tracks"]:
+        if not t["ok"]:
+            print(f"soloist continue: {t['name']} ({t['source']}): {t['reason']}",
+                  file=sys.stderr)
+    ok = [t for t in result["tracks"] if t["ok"]]
+    print(f"{len(ok)} of {len(result['tracks'])} recordings extended by {args.seconds:g} s: "
+          f"{out}/<name>/extended.wav")
+    if "warning" in result:
+        print(result["warning"], file=sys.stderr)
+    return 0 if ok else 1
+
+
 def accompany_main(args: argparse.Namespace) -> int:
     from soloist.accompany import AccompanyError, Backing, accompany, load_model
     from soloist.generate import Sampling
     from soloist.model import ModelFolderError
-    from soloist.synth import make_song
     from soloist.weights import WeightsError
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # the stages' own log lines go to a file; the terminal gets one line per failed input
-    logging.basicConfig(level=logging.INFO, filename=out / "accompany.log", filemode="w",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    _log_to(out / "accompany.log")
     config = validate_config({})
     try:
         model = load_model(args.model, args.device)
@@ -74,18 +132,11 @@ def accompany_main(args: argparse.Namespace) -> int:
         return 1
     names = _names(args.backing)
     with tempfile.TemporaryDirectory(prefix="soloist-demo-") as demos:
-        inputs = []
-        for name, source in zip(names, args.backing, strict=True):
-            kind = source_kind(source)
-            if kind == "demo":  # synthesized here, as the demo_corpus rule would
-                demo = source.removeprefix("demo:")
-                if not TRACK_ID.fullmatch(demo):
-                    print(f"soloist accompany: {source}: a demo name is letters, digits, "
-                          "'.', '_' and '-'", file=sys.stderr)
-                    return 2
-                make_song(demo, Path(demos) / demo, config["demo"]["seconds"], config["seed"])
-                source = str(Path(demos) / demo / "mixture.flac")
-            inputs.append(Backing(name, kind, source))
+        try:
+            inputs = [Backing(*i) for i in _inputs(args.backing, config, Path(demos))]
+        except InputError as e:
+            print(f"soloist accompany: {e}", file=sys.stderr)
+            return 2
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.cfg_scale)
         try:
             result = accompany(inputs, model, out, config, weights, sampling, args.seed,
@@ -153,6 +204,27 @@ def parser() -> argparse.ArgumentParser:
                    help="folder of the separator's and codec's weights, fetched when missing "
                         "(default: %(default)s)")
     a.set_defaults(run=accompany_main)
+    c = commands.add_parser(
+        "continue", help="extend recordings by N seconds (a model of task continuation)",
+        description="Generate what comes after each recording and write "
+                    "OUT_DIR/<name>/{continuation,extended}.wav.")
+    c.add_argument("recording", nargs="+", metavar="RECORDING",
+                   help="an audio file ffmpeg reads, a URL yt-dlp takes, a folder of stems, "
+                        "or demo:<name>")
+    c.add_argument("--model", "-m", default="results/train",
+                   help="a model folder or Hugging Face Hub repo id (default: %(default)s)")
+    c.add_argument("-o", "--out", default="continue", metavar="OUT_DIR")
+    c.add_argument("--seconds", type=float, default=16.0,
+                   help="how much to add to each recording (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=defaults["seed"])
+    c.add_argument("--temperature", type=float, default=defaults["temperature"])
+    c.add_argument("--top-k", type=int, default=defaults["top_k"])
+    c.add_argument("--top-p", type=float, default=defaults["top_p"])
+    c.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
+    c.add_argument("--weights", default="resources/weights",
+                   help="folder of the codec's weights, fetched when missing "
+                        "(default: %(default)s)")
+    c.set_defaults(run=continue_main)
     return ap
 
 

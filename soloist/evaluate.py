@@ -86,6 +86,7 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     other = torch.roll(torch.arange(n), n // 2) if n > 1 else torch.arange(n)
     ce_shuffled, _ = scores(model, context[other], target, mask[other], lengths, 16)
     random_weights = model.info["weights"] == "random"
+    continuation = model.info.get("task") == "continuation"
     metrics = {
         "samples": n, "ce": float(ce.mean()), "accuracy": float(acc.mean()),
         "ce_shuffled_backing": float(ce_shuffled.mean()),
@@ -107,9 +108,9 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
                              sampling, seed=cfg["seed"] + i)
         examples.append(_write_example(out_dir / "examples", i, keys[i], codec,
                                        context[i, :, :lengths[i]], target[i, :, :lengths[i]],
-                                       generated[0]))
-    _write_page(out_dir / "index.html", examples, metrics)
-    _write_page(out_dir / "listen.html", examples, metrics, embed=True)
+                                       generated[0], continuation))
+    _write_page(out_dir / "index.html", examples, metrics, continuation)
+    _write_page(out_dir / "listen.html", examples, metrics, continuation, embed=True)
     write_json(out_dir / "metrics.json", metrics)
     _log_to_mlflow(model_dir, out_dir, metrics, config["mlflow"])
     return metrics
@@ -129,27 +130,42 @@ def _frames(seconds: float | None, model: Soloist) -> int:
 
 
 def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,
-                   context: torch.Tensor, target: torch.Tensor, generated: torch.Tensor) -> dict:
+                   context: torch.Tensor, target: torch.Tensor, generated: torch.Tensor,
+                   continuation: bool = False) -> dict:
+    """An example's audio: the context, the real and generated target, and both together
+    (played at once; a continuation after its context)."""
     folder.mkdir(parents=True, exist_ok=True)
     rate = codec.sample_rate
     audio = {"backing": decode(codec, context), "real": decode(codec, target),
              "generated": decode(codec, generated)}
     n = min(len(audio["backing"]), len(audio["generated"]))
-    audio["mix"] = audio["backing"][:n] + audio["generated"][:n]
+    audio["mix"] = np.concatenate([audio["backing"], audio["generated"]]) if continuation \
+        else audio["backing"][:n] + audio["generated"][:n]
     files = {}
     for name, wave in audio.items():
         files[name] = f"{i:02d}_{name}.wav"
         write_audio(folder / files[name], wave[None] / max(1.0, float(np.abs(wave).max())), rate,
                     format="WAV")
     files["spectrogram"] = f"{i:02d}_spectrogram.png"
+    what = "continuation" if continuation else "solo"
     write_spectrograms(folder / files["spectrogram"],
-                       {"real solo": audio["real"], "generated solo": audio["generated"]}, rate)
+                       {f"real {what}": audio["real"], f"generated {what}": audio["generated"]},
+                       rate)
     return {"key": key, "files": {k: f"examples/{v}" for k, v in files.items()}}
 
 
-def _write_page(path: Path, examples: list[dict], metrics: dict, embed: bool = False) -> None:
-    """A listening page: backing, real and generated solo and the mix, side by side. With
-    ``embed`` the audio and images are inside the page (a page the report can hold)."""
+# The listening page's words per task: (title, context, the target, its column of both)
+WORDS = {False: ("Generated solos", "backing", "solo", "backing + generated"),
+         True: ("Generated continuations", "previous segment", "continuation",
+                "previous, then generated")}
+
+
+def _write_page(path: Path, examples: list[dict], metrics: dict, continuation: bool = False,
+                embed: bool = False) -> None:
+    """A listening page: backing, real and generated solo and the mix, side by side (for a
+    continuation: the segment before, the real and generated next one, and both in turn).
+    With ``embed`` the audio and images are inside the page (a page the report can hold)."""
+    title, context, target, both = WORDS[continuation]
     warning = (f'<p class="warning">{html.escape(metrics["warning"])}</p>'
                if "warning" in metrics else "")
 
@@ -164,15 +180,15 @@ def _write_page(path: Path, examples: list[dict], metrics: dict, embed: bool = F
         rows.append(f"<tr><td>{html.escape(ex['key'])}</td>{cells}<td><img "
                     f"src=\"{src(f['spectrogram'], 'image/png')}\" alt=\"spectrogram\"></td></tr>")
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>soloist: generated solos</title>
+<html><head><meta charset="utf-8"><title>soloist: {title.lower()}</title>
 <style>{PAGE_STYLE}</style>
 </head><body>
-<h1>Generated solos</h1>{warning}
-<p>Test CE {metrics['ce']:.3f} with the real backing, {metrics['ce_shuffled_backing']:.3f}
-with another sample's backing (ratio {metrics['listen_ratio']:.3f}); accuracy
+<h1>{title}</h1>{warning}
+<p>Test CE {metrics['ce']:.3f} with the real {context}, {metrics['ce_shuffled_backing']:.3f}
+with another sample's (ratio {metrics['listen_ratio']:.3f}); accuracy
 {metrics['accuracy']:.3f} over {metrics['samples']} samples.</p>
-<table><tr><th>sample</th><th>backing</th><th>real solo</th><th>generated solo</th>
-<th>backing + generated</th><th>spectrograms</th></tr>
+<table><tr><th>sample</th><th>{context}</th><th>real {target}</th><th>generated {target}</th>
+<th>{both}</th><th>spectrograms</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """

@@ -375,16 +375,19 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, config: dict, stats: 
 
 
 def model_info(config: dict, stats: dict, frames: int, training: dict) -> dict:
-    """What a model folder says beside the model config: the codec whose tokens it reads, the
-    separator roles that made its backing and solo, its window, and what it learned from."""
+    """What a model folder says beside the model config: its task, the codec whose tokens it
+    reads, the separator roles that made its backing and solo (none for a continuation), its
+    window, and what it learned from."""
     splits = {}
     for split, counts in stats["splits"].items():
         seconds = sum(t["duration"] for t in stats["per_track"] if t["split"] == split)
         splits[split] = {"tracks": counts["tracks"], "windows": counts["samples"],
                          "hours": round(seconds / 3600, 4)}
+    continuation = config["task"]["name"] == "continuation"
     info = {"soloist_version": version("soloist"), "weights": stats["weights"],
-            "codec": stats["codec"],
-            "separator": {k: config["separate"][k] for k in ("model", "context", "target")},
+            "task": config["task"]["name"], "codec": stats["codec"],
+            "separator": None if continuation else
+            {k: config["separate"][k] for k in ("model", "context", "target")},
             "window_seconds": frames / stats["frame_rate"], "training": training,
             "data": {"tracks": stats["tracks_ok"], "splits": splits}}
     if stats["weights"] == "random":

@@ -51,6 +51,9 @@ EXPECTED = {
     "keep_intermediates": (False, stages("clip", "tokenize")),
     "batches": (4, {stage: regrouped(4) for stage in ("ingest", "separate", "clip",
                                                      "tokenize")} | SHARD),
+    # clip and tokenize read the ingested recordings; nothing separates them
+    "task.name": ("continuation", stages("clip", "tokenize")),
+    "task.seconds": (8, NOTHING),  # the solo task has no segment pairs
     "seed": (1, {"demo_corpus": 2, "fetch_weights": 2, "ingest": batches(DEMOS)} | SEPARATE),
     "demo.seconds": (25, {"demo_corpus": 2} | stages("ingest", "separate", "clip", "tokenize",
                                                      tracks=DEMOS)),

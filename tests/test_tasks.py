@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import soundfile as sf
 import webdataset as wds
 from conftest import planned_jobs, snakemake, with_weights, workflow_copy
 
@@ -56,6 +60,26 @@ def test_continuation_shards_hold_consecutive_segment_pairs(continued):
 def test_continuation_trains_and_evaluates(continued):
     assert read_json(continued / "results/train/train.json")["steps"] == 2
     assert read_json(continued / "results/evaluate/metrics.json")["samples"] > 0
+
+
+def test_soloist_continue_extends_a_recording_and_names_a_bad_one(continued, tmp_path):
+    cmd = [sys.executable, "-m", "soloist.cli", "continue", "demo:song9", "gone.wav",
+           "--model", str(continued / "results/train"), "-o", str(tmp_path / "out"),
+           "--seconds", "3", "--weights", str(continued / "resources/weights")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 of 2 recordings extended by 3 s" in done.stdout
+    assert "soloist continue: gone (gone.wav): " in done.stderr
+    continuation = sf.info(tmp_path / "out/song9/continuation.wav")
+    assert continuation.samplerate == 24000 and continuation.frames == 3 * 24000
+    assert sf.info(tmp_path / "out/song9/extended.wav").frames == (60 + 3) * 24000
+    summary = read_json(tmp_path / "out/continue.json")
+    assert [t["ok"] for t in summary["tracks"]] == [True, False]
+    # accompany will not play along with a model that continues
+    refused = subprocess.run([*cmd[:3], "accompany", "gone.wav", *cmd[6:10], *cmd[-2:]],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "trained for task 'continuation', not solo" in refused.stderr
 
 
 @pytest.mark.parametrize(("config", "message"), [

@@ -1,0 +1,92 @@
+"""Continue recordings: a model of task continuation extends each one by N seconds.
+
+Each input goes through ``ingest.ingest_sheet`` like a sheet's rows, and the codec encodes it
+whole; ``extend`` then writes what comes next one window at a time, each window's context
+the last window of audio before it (the recording's end, then what was generated), and the
+codec decodes the new frames. A bad input ends as one error line; the others complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soloist.codec import decode, encode, resampler
+from soloist.generate import Sampling, generate
+from soloist.ingest import ingest_sheet
+from soloist.io import RANDOM_WARNING, read_audio, write_audio, write_json
+from soloist.model import Soloist
+from soloist.weights import load_codec
+
+log = logging.getLogger("soloist.continuation")
+
+
+def extend(model: Soloist, codes: torch.Tensor, frames: int, sampling: Sampling,
+           seed: int = 0) -> torch.Tensor:
+    """The ``frames`` frames [K, frames] that follow codes [K, T], a window of the model's
+    at a time, each read from the window of frames before it."""
+    window = model.cfg.max_frames
+    context, new = codes[:, -window:], []
+    for i, start in enumerate(range(0, frames, window)):
+        n = min(window, frames - start)
+        step = generate(model, context[None], n, sampling=sampling, seed=seed + i)[0]
+        new.append(step)
+        context = torch.cat([context, step], -1)[:, -window:]
+    return torch.cat(new, -1) if new else codes[:, :0]
+
+
+def continue_recordings(inputs: list[tuple[str, str, str]], model: Soloist,
+                        out_dir: str | os.PathLike, config: dict,
+                        codec_manifest: str | os.PathLike, seconds: float,
+                        sampling: Sampling, seed: int = 0) -> dict:
+    """Write ``out_dir/<name>/{continuation,extended}.wav`` for each input (name, kind,
+    source) and ``out_dir/continue.json``, the summary it returns."""
+    if model.info.get("task") != "continuation":
+        raise ValueError(f"the model was trained for task {model.info.get('task', 'solo')!r}, "
+                         "not continuation: soloist accompany plays along with it")
+    out_dir = Path(out_dir)
+    device = model.heads.weight.device
+    codec = load_codec(codec_manifest, model.info["codec"]["codebooks"], device)
+    frames = round(seconds * codec.frame_rate)
+    results = []
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
+        for info in ingest_sheet(inputs, work, config["ingest"]):
+            result = {"name": info["track"], "source": info["source"], "ok": info["ok"]}
+            if info["ok"]:
+                result["seconds"] = _extend_one(model, codec, Path(info["audio"]),
+                                                out_dir / info["track"], frames, sampling, seed)
+            else:
+                result["reason"] = info["reason"]
+                log.warning("%s: %s", info["track"], info["reason"])
+            results.append(result)
+    summary = {"tracks": results, "seconds": seconds, "weights": model.info["weights"]}
+    if model.info["weights"] == "random":
+        summary["warning"] = RANDOM_WARNING
+    write_json(out_dir / "continue.json", summary)
+    return summary
+
+
+def _extend_one(model: Soloist, codec, audio: Path, folder: Path, frames: int,
+                sampling: Sampling, seed: int) -> float:
+    """One recording extended: ``folder/continuation.wav`` (the new audio alone) and
+    ``extended.wav`` (the recording, then the continuation), at the codec's rate; the
+    recording's seconds."""
+    wave, rate = read_audio(audio)
+    mono = wave.mean(0)
+    codes = encode(codec, [mono], rate, chunk_seconds=10.0, warmup_seconds=0.5)[0]
+    new = extend(model, torch.from_numpy(codes.astype(np.int64)).to(codec.device), frames,
+                 sampling, seed)
+    continuation = decode(codec, new)
+    original = resampler(rate, codec.sample_rate, torch.device("cpu"))(
+        torch.from_numpy(mono)).numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, x in (("continuation", continuation),
+                    ("extended", np.concatenate([original, continuation]))):
+        write_audio(folder / f"{name}.wav", x[None] / max(1.0, float(np.abs(x).max())),
+                    codec.sample_rate, format="WAV")
+    return len(mono) / rate
