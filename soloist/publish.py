@@ -60,6 +60,9 @@ def publish(model_dir: str | os.PathLike, metrics: str | os.PathLike,
     token = hub_token(settings["repo_id"])  # before any work
     out_dir = Path(out_dir)
     model = Soloist.from_pretrained(model_dir)  # a folder that loads, or a clear error
+    if model.info.get("task", "solo") != "solo":  # its card would describe a soloist
+        raise ValueError(f"publish: models of task {model.info['task']!r} are not published "
+                         "yet; the model folder is results/train")
     model.save_pretrained(out_dir)
     files = _examples(Path(examples), out_dir / "examples", settings["examples"])
     card = model_card(model, read_json(metrics), read_json(stats), _sources(ingest_records),
