@@ -59,11 +59,13 @@ def gathered_rng_states(world: int) -> list[dict]:
 
 
 def pick_device(setting: str, local_rank: int) -> torch.device:
-    """auto: this rank's GPU if there is one, else the CPU."""
+    """auto: this rank's GPU if there is one, else the CPU; cuda: this rank's GPU."""
     if setting == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(setting)
+    if device.type == "cuda" and device.index is None:  # set_device needs an index
+        device = torch.device("cuda", local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
