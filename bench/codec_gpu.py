@@ -71,6 +71,7 @@ def step_flops(cfg: dict, device: torch.device) -> float:
 def without_mlflow() -> None:
     """A GPU machine without MLflow still times the trainer: its logging calls do nothing
     there (this is a benchmark of speed and quality, not of the tracking)."""
+    import importlib.machinery
     import sys
     import types
 
@@ -78,6 +79,8 @@ def without_mlflow() -> None:
         import mlflow  # noqa: F401
     except ImportError:
         stub = types.ModuleType("mlflow")
+        # a spec, or transformers' find_spec("mlflow") raises on the stub
+        stub.__spec__ = importlib.machinery.ModuleSpec("mlflow", None)
         run = types.SimpleNamespace(info=types.SimpleNamespace(run_id="none"))
         for name in ("set_tracking_uri", "set_experiment", "log_params", "log_dict",
                      "log_metrics", "log_artifact", "log_artifacts", "end_run"):

@@ -82,7 +82,13 @@ class ResidualVQ(nn.Module):
     def forward(self, x: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """Quantize latents [B, D, T] with the first ``n`` codebooks: (quantized [B, D, T],
         straight-through to ``x``; codes int64 [B, n, T]; commitment loss). In training,
-        the codebooks also move toward the vectors they quantized."""
+        the codebooks also move toward the vectors they quantized. Always in fp32, also
+        under bf16 autocast: nearest codes would flip at near ties, and the fp32 codebook
+        sums take no bf16 update."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._quantize(x.float(), n)
+
+    def _quantize(self, x: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
         B, D, T = x.shape
         residual = x.detach().transpose(1, 2).reshape(-1, D)  # [B*T, D]
         quantized, codes = torch.zeros_like(residual), []

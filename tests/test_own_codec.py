@@ -53,6 +53,15 @@ def test_round_trip_shapes_codes_and_the_folder_without_pickle(tmp_path):
     assert torch.equal(OwnCodec.from_pretrained(tmp_path / "own").eval().encode(audio), codes)
 
 
+def test_the_quantizer_trains_in_fp32_under_bf16_autocast():
+    # as train_codec runs on a GPU; its bf16 codebook sums once failed the fp32 EMA update
+    codec = tiny().train()
+    with torch.autocast("cpu", torch.bfloat16):
+        codec(torch.randn(2, 1, 4800))
+    rvq = codec.quantizer
+    assert rvq.embed.dtype == rvq.embed_sum.dtype == torch.float32 and rvq.initialised.all()
+
+
 def test_vae_gives_latents_and_a_kl_per_dimension():
     model = tiny(bottleneck="vae").eval()
     audio = 0.1 * torch.randn(1, 1, 24000)
