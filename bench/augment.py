@@ -111,7 +111,9 @@ def throughput(method: Method, device: torch.device, seconds: float) -> float:
     """Audio-seconds (of each channel) per wall second, 4 channels at once."""
     audio = 0.1 * torch.randn(4, round(seconds * SR), generator=torch.Generator().manual_seed(0))
     audio = audio.to(device)
-    method(audio[:, :SR], SEMITONES, TEMPO)  # warm-up: kernels, filters, caches
+    # warm-up: kernels, filters, caches; on a GPU at the timed length, whose first call also
+    # makes its FFT plans and picks its kernels (0.19 s against 0.01 s for ours on an H200)
+    method(audio if device.type == "cuda" else audio[:, :SR], SEMITONES, TEMPO)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
