@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soloist.codec import decode, encode, resampler
+from soloist.codec import Codec, decode, encode, resampler
 from soloist.generate import Sampling, generate
 from soloist.ingest import ingest_sheet
 from soloist.io import RANDOM_WARNING, read_audio, write_audio, write_json
@@ -71,7 +71,7 @@ def continue_recordings(inputs: list[tuple[str, str, str]], model: Soloist,
     return summary
 
 
-def _extend_one(model: Soloist, codec, audio: Path, folder: Path, frames: int,
+def _extend_one(model: Soloist, codec: Codec, audio: Path, folder: Path, frames: int,
                 sampling: Sampling, seed: int) -> float:
     """One recording extended: ``folder/continuation.wav`` (the new audio alone) and
     ``extended.wav`` (the recording, then the continuation), at the codec's rate; the
