@@ -161,6 +161,15 @@ def _batch_size(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
+def _sampling_args(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """What both commands take to sample and where to run."""
+    p.add_argument("--seed", type=int, default=defaults["seed"])
+    p.add_argument("--temperature", type=float, default=defaults["temperature"])
+    p.add_argument("--top-k", type=int, default=defaults["top_k"])
+    p.add_argument("--top-p", type=float, default=defaults["top_p"])
+    p.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
+
+
 def parser() -> argparse.ArgumentParser:
     defaults = validate_config({})["accompany"]
     ap = argparse.ArgumentParser(prog="soloist", description="soloist: a model that plays along")
@@ -179,10 +188,7 @@ def parser() -> argparse.ArgumentParser:
                    help="where the WAVs and the listening page go (default: %(default)s)")
     a.add_argument("--seconds", type=float, default=defaults["seconds"],
                    help="only the first seconds of each backing (default: all of it)")
-    a.add_argument("--seed", type=int, default=defaults["seed"])
-    a.add_argument("--temperature", type=float, default=defaults["temperature"])
-    a.add_argument("--top-k", type=int, default=defaults["top_k"])
-    a.add_argument("--top-p", type=float, default=defaults["top_p"])
+    _sampling_args(a, defaults)
     a.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                    help="classifier-free guidance: > 1 follows the backing more closely, at "
                         "twice the compute (default: %(default)s)")
@@ -193,7 +199,6 @@ def parser() -> argparse.ArgumentParser:
                    default=defaults["separate"],
                    help="take the separator's backing roles of each input (default); "
                         "--no-separate: the input already is a backing track")
-    a.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
     a.add_argument("--batch-size", type=_batch_size, default=defaults["batch_size"],
                    help="backings generated side by side (default: %(default)s)")
     a.add_argument("--compile", action=argparse.BooleanOptionalAction,
@@ -216,11 +221,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--out", default="continue", metavar="OUT_DIR")
     c.add_argument("--seconds", type=float, default=16.0,
                    help="how much to add to each recording (default: %(default)s)")
-    c.add_argument("--seed", type=int, default=defaults["seed"])
-    c.add_argument("--temperature", type=float, default=defaults["temperature"])
-    c.add_argument("--top-k", type=int, default=defaults["top_k"])
-    c.add_argument("--top-p", type=float, default=defaults["top_p"])
-    c.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
+    _sampling_args(c, defaults)
     c.add_argument("--weights", default="resources/weights",
                    help="folder of the codec's weights, fetched when missing "
                         "(default: %(default)s)")
