@@ -134,8 +134,8 @@ def _check_windows(config: dict) -> None:
     key = "task" if config["task"]["name"] == "continuation" else "clip"
     window = config[key]["seconds"]
     too_long = [f"{stage}.seconds ({config[stage]['seconds']:g}) is longer than "
-                f"{key}.seconds ({window:g}), what every sample has: set {stage}.seconds to "
-                f"at most {window:g}" for stage in ("train", "evaluate")
+                f"{key}.seconds ({window:g}), the window every sample has: set {stage}.seconds "
+                f"to at most {window:g}" for stage in ("train", "evaluate")
                 if (config[stage]["seconds"] or 0) > window]
     if key == "task" and config["augment"]["variants"]:
         too_long.append("augment.variants: task continuation takes no variants yet")

@@ -101,7 +101,8 @@ def test_tokenize_writes_codes_and_status(name, tmp_path, codec_manifests):
     manifest = read_json(codec_manifests[name])
     K, cardinality, frame_rate, frames, rate = LAYOUTS[name]
     assert status | {"ok": True} == {
-        "ok": True, "stage": "tokenize", "track": "t", "codebooks": K, "frames": frames,
+        "ok": True, "stage": "tokenize", "track": "t", "roles": ["context", "target"],
+        "codebooks": K, "frames": frames,
         "frame_rate": frame_rate, "cardinality": cardinality, "weights": "random",
         # which codec made them, so that a model trained on them finds it again
         "model": name, "files": manifest["files"], "sample_rate": rate, "provenance": None}
