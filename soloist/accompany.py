@@ -38,6 +38,7 @@ from soloist.io import (
     peak_db,
     read_audio,
     read_json,
+    unclipped,
     write_audio,
     write_json,
     write_spectrograms,
@@ -283,7 +284,7 @@ def _write_track(folder: Path, backing: np.ndarray, solo: np.ndarray, rate: int)
     scaled down as a whole if it would clip."""
     mix = backing + solo[None]
     files = {"backing": backing, "solo": solo[None],
-             "mix": mix / max(1.0, float(np.abs(mix).max()))}
+             "mix": unclipped(mix)}
     list(io_pool().map(lambda f: write_audio(folder / f"{f[0]}.wav", f[1], rate, format="WAV"),
                        files.items()))
     write_spectrograms(folder / "spectrogram.png",

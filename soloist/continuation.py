@@ -19,7 +19,7 @@ import torch
 from soloist.codec import Codec, decode, encode, resampler
 from soloist.generate import Sampling, generate
 from soloist.ingest import ingest_sheet
-from soloist.io import RANDOM_WARNING, read_audio, write_audio, write_json
+from soloist.io import RANDOM_WARNING, read_audio, unclipped, write_audio, write_json
 from soloist.model import Soloist
 from soloist.weights import load_codec
 
@@ -87,6 +87,6 @@ def _extend_one(model: Soloist, codec: Codec, audio: Path, folder: Path, frames:
     folder.mkdir(parents=True, exist_ok=True)
     for name, x in (("continuation", continuation),
                     ("extended", np.concatenate([original, continuation]))):
-        write_audio(folder / f"{name}.wav", x[None] / max(1.0, float(np.abs(x).max())),
-                    codec.sample_rate, format="WAV")
+        write_audio(folder / f"{name}.wav", unclipped(x[None]), codec.sample_rate,
+                    format="WAV")
     return len(mono) / rate

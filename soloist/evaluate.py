@@ -24,6 +24,7 @@ from soloist.io import (
     atomic_path,
     data_uri,
     read_json,
+    unclipped,
     write_audio,
     write_json,
     write_spectrograms,
@@ -144,7 +145,7 @@ def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,
     files = {}
     for name, wave in audio.items():
         files[name] = f"{i:02d}_{name}.wav"
-        write_audio(folder / files[name], wave[None] / max(1.0, float(np.abs(wave).max())), rate,
+        write_audio(folder / files[name], unclipped(wave[None]), rate,
                     format="WAV")
     files["spectrogram"] = f"{i:02d}_spectrogram.png"
     what = "continuation" if continuation else "solo"

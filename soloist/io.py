@@ -272,6 +272,11 @@ def audio_files(folder: Path) -> list[Path]:
     )
 
 
+def unclipped(audio: np.ndarray) -> np.ndarray:
+    """``audio`` scaled down as a whole if its peak would clip, else as it is."""
+    return audio / max(1.0, float(np.abs(audio).max()))
+
+
 def peak_db(audio: np.ndarray) -> float:
     """The peak level of ``audio`` in dBFS (-inf for silence or no samples)."""
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
