@@ -9,7 +9,7 @@
 # torch.compile starts from an empty cache (TORCHINDUCTOR_CACHE_DIR): separation's compiled
 # variant compiles cold, demucs_compile after it warm. ONLY="separate tokenize" runs those.
 # All the scripts no longer fit one device call: run ONLY="separate compile tokenize",
-# ONLY="loader generate train" and ONLY="tokenize augment codec" in three, each with
+# ONLY="loader generate train" and ONLY="tokenize encoder augment codec" in three, each with
 # BUDGET=560.
 #
 #     bash bench/gpu_all.sh      (from anywhere; PYTHON=python3, BUDGET=470, SMOKE=0 by default)
@@ -78,6 +78,7 @@ run() {  # run CAP_SECONDS NAME SCRIPT ARGS...
 if [[ ${SMOKE:-0} == 1 ]]; then
     run 300 separate bench/separate_gpu.py --seconds 2 1 --variants fp32 fp32-compiled
     run 120 tokenize bench/tokenize_gpu.py --seconds 6 3 --repeat 1
+    run 120 encoder bench/codec_encoder.py --codecs dac_44khz --batch 2 --seconds 0.5 --repeat 1
     run 120 augment bench/augment.py --seconds 5
     run 120 codec bench/codec_gpu.py --minutes 0.5 --songs 3 --seconds 10 --held-out 1 \
         --set channels=8 dimension=32 lstm_layers=1 codebook_size=64
@@ -91,6 +92,7 @@ else
         --variants bf16 fp32 bf16-compiled
     run 150 compile bench/demucs_compile.py --batch 16 --modes default
     run 200 tokenize bench/tokenize_gpu.py --seconds 240 180 120 90 60 30
+    run 150 encoder bench/codec_encoder.py
     run 120 augment bench/augment.py --devices cuda cpu
     run 240 codec bench/codec_gpu.py --minutes 2.5
     run 150 loader bench/loader_gpu.py --batch 32 --frames 750 --compile both

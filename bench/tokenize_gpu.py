@@ -133,6 +133,8 @@ def main() -> None:
     ap.add_argument("--batch", nargs="+", default=["auto"], help="our batch_size settings")
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
                     help="our precision settings (the per-track path is fp32)")
+    ap.add_argument("--compile", action="store_true",
+                    help="rows with the encoder torch.compiled too (tokenize.compile: true)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="copies of the tracks in the longer job's row (0: no such row)")
     ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
@@ -195,24 +197,25 @@ def bench_codec(tmp: Path, tracks: list[str], codec_name: str, base: dict,
     print(f"{'  model load':<44}{audio_s:>9.0f}{load_s:>9.2f}{audio_s / load_s:>12.1f}{'-':>11}"
           f"{'-':>9}")
     ratios = []
-    for precision in args.precision:
+    for precision, compiled in itertools.product(args.precision, [False, True][:1 + args.compile]):
+        label = f"{precision}{' compiled' if compiled else ''}"
         best = 0.0
         for batch in args.batch:
             variant = {**settings, "batch_size": batch if batch == "auto" else int(batch),
-                       "precision": precision}
-            out = tmp / f"ours-{codec_name}-{batch}-{precision}"
+                       "precision": precision, "compile": compiled}
+            out = tmp / f"ours-{codec_name}-{batch}-{precision}-{compiled}"
             ours_s = timed(device, lambda v=variant, o=out: tokenize_batch(
                 {"separate": tmp / "separated.json"}, f"{o}.json", manifest, v, {}))
             same = agreement(out, ref_codes)
-            print(f"{f'ours batch {batch} {precision} (I/O incl.)':<44}{audio_s:>9.0f}"
+            print(f"{f'ours batch {batch} {label} (I/O incl.)':<41}{audio_s:>12.0f}"
                   f"{ours_s:>9.2f}{audio_s / ours_s:>12.1f}{same[0]:>10.2f}%{same[1]:>8.2f}%",
                   flush=True)
             best = max(best, audio_s / ours_s)
         long = 0.0
         if args.repeat:
-            long = long_job(tmp, tracks, {**settings, "precision": precision}, manifest,
-                            audio_s, device, args.repeat)
-        ratios.append((codec_name, precision, best * ref_s / audio_s, long * ref_s / audio_s))
+            long = long_job(tmp, tracks, {**settings, "precision": precision, "compile": compiled},
+                            manifest, audio_s, device, args.repeat)
+        ratios.append((codec_name, label, best * ref_s / audio_s, long * ref_s / audio_s))
     if device.type == "cuda":
         print(f"peak GPU memory per batch row and input sample: {peak_bytes(codec, base):.0f} "
               f"bytes (batch_size auto assumes {CODECS[codec_name].peak_bytes})")
@@ -237,10 +240,11 @@ def long_job(tmp: Path, tracks: list[str], settings: dict, manifest: Path, audio
     folder = tmp / f"separated-x{repeat}"
     if not folder.exists():
         link_copies(tmp / "separated", tracks, repeat)
-    out = tmp / f"ours-long-{settings['model']}-{settings['precision']}.json"
+    label = f"{settings['precision']}{' compiled' if settings['compile'] else ''}"
+    out = tmp / f"ours-long-{settings['model']}-{label.replace(' ', '-')}.json"
     long_s = timed(device, lambda: tokenize_batch({"separate": f"{folder}.json"}, out, manifest,
                                                   settings, {}))
-    label = f"ours, the tracks x{repeat} in one job, {settings['precision']}"
+    label = f"ours, the tracks x{repeat} in one job, {label}"
     print(f"{label:<44}{repeat * audio_s:>9.0f}{long_s:>9.2f}{repeat * audio_s / long_s:>12.1f}"
           f"{'-':>11}{'-':>9}", flush=True)
     return repeat * audio_s / long_s

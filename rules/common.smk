@@ -60,7 +60,7 @@ SPEED = {
     "ytdlp": {"retries", "socket_timeout", "rate_limit"},
     "separate": {"batch_size", "compile", "device", "threads", "gpus"},
     "augment": {"device", "threads", "gpus"},
-    "tokenize": {"batch_size", "device", "threads", "gpus"},
+    "tokenize": {"batch_size", "compile", "device", "threads", "gpus"},
     # gpus and nodes stay: they set the global batch
     "train": {"device", "compile", "checkpoint_every"},
     # gpus stays: it sets the global batch

@@ -41,6 +41,7 @@ class Codec:
     model: torch.nn.Module
     codebooks: int
     precision: str = "fp32"  # of the encoder's convolutions (device.autocast); quantizers: fp32
+    compiled: bool = False  # the encoder torch.compiled for one input shape
 
     @property
     def config(self) -> Any:
@@ -96,12 +97,19 @@ class Codec:
         """Codes int64 [B, K, T] of mono audio [B, 1, N] at ``sample_rate``."""
         if self.config.model_type == "soloist_codec":
             return self.model.encode(audio, self.codebooks)
+        return self.quantize(self.embed(audio))
+
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        """The encoder's continuous output, float32 [B, D, T], of mono audio [B, 1, N]."""
         if self.config.model_type == "dac":  # pads to whole frames itself, as DAC's own code
             audio = torch.nn.functional.pad(audio, (0, -audio.shape[-1] % self.hop))
         with autocast(self.precision, audio.device):
             embeddings = self.model.encoder(audio)
         # nearest codes in fp32: in bf16, near ties between codes would flip
-        embeddings = embeddings.float()
+        return embeddings.float()
+
+    def quantize(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Codes int64 [B, K, T] of the encoder's output [B, D, T]."""
         if self.config.model_type == "dac":
             return self.model.quantizer(embeddings, self.codebooks)[1]
         quantizer = self.model.quantizer
@@ -195,12 +203,14 @@ class _Batches:
             chunks = [i for _, i in group]
             runs.append((t, chunks[0], len(chunks)))
         x = torch.cat([t.windows[first:first + n] for t, first, n in runs])[:, None]
+        if self.codec.compiled:  # zero rows up to the one shape it was compiled for
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, self.batch_size - len(x)))
         with self.clock("encoding"):
             try:
                 codes = self.codec.encode(x)
             except torch.cuda.OutOfMemoryError as e:
                 raise out_of_memory("tokenize", self.batch_size) from e
-        out = codes[:, :, :self.skip + self.keep]
+        out = codes[:len(batch), :, :self.skip + self.keep]
         out = out.half() if out.is_floating_point() else out.to(torch.int16)
         if not self.cuda:
             return runs, out, None

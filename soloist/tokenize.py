@@ -68,7 +68,8 @@ def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dic
     # Loaded before the reads start: beside 16 reader threads it took 4x as long (0.45
     # vs 0.11 s on an H200 host), more than the reading it hid (BENCHMARKS.md)
     with clock("model load"):
-        codec = load_codec(weights, settings["codebooks"], device, settings["precision"])
+        codec = load_codec(weights, settings["codebooks"], device, settings["precision"],
+                           settings["compile"])
     manifest, rate = read_json(weights), codec.sample_rate
     batch = chunk_batch(settings["batch_size"], codec, settings["chunk_seconds"],
                         settings["warmup_seconds"])

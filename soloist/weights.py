@@ -150,10 +150,12 @@ def codec_model(name: str, folder: str | os.PathLike | None = None) -> torch.nn.
 
 
 def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
-               device: str | torch.device = "cpu", precision: str = "fp32") -> Codec:
+               device: str | torch.device = "cpu", precision: str = "fp32",
+               compile: bool = False) -> Codec:
     """The codec described by ``manifest`` with its first ``codebooks`` codebooks (None: the
     codec's default: all of our own codec's), in eval mode on ``device``, encoding in
-    ``precision`` (fp32, bf16, or auto: bf16 on a GPU)."""
+    ``precision`` (fp32, bf16, or auto: bf16 on a GPU), its encoder ``torch.compile``d for
+    one input shape if ``compile``."""
     from soloist.codec import Codec
 
     with _verified(manifest) as (info, folder):
@@ -164,4 +166,7 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
                                "rerun: snakemake --forcerun fetch_weights")
         model = codec_model(name, folder / name)
     default = model.cfg.codebooks if name == "own" else CODECS[name].codebooks
-    return Codec(name, model.to(device).eval(), codebooks or default, precision)
+    model = model.to(device).eval()
+    if compile:
+        model.encoder.compile(dynamic=False)
+    return Codec(name, model, codebooks or default, precision, compile)

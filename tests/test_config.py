@@ -43,7 +43,8 @@ def test_config_yaml_is_the_one_home_of_defaults():
     assert config["clip"]["seconds"] == 10
     assert config["tokenize"] | {"device": "auto"} == {
         "model": "encodec_24khz", "codebooks": None, "chunk_seconds": 10, "warmup_seconds": 0.5,
-        "batch_size": "auto", "precision": "fp32", "device": "auto", "threads": 2, "gpus": 1}
+        "batch_size": "auto", "precision": "fp32", "compile": False, "device": "auto",
+        "threads": 2, "gpus": 1}
     schema_text = (ROOT / "config/schemas/config.schema.yaml").read_text()
     schema = yaml.safe_load(schema_text)
     # config.yaml gives every setting the schema knows, and the schema gives no default

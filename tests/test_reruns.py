@@ -109,6 +109,7 @@ EXPECTED = {
     "tokenize.warmup_seconds": (1.0, TOKENIZE),
     "tokenize.precision": ("bf16", TOKENIZE),
     "tokenize.batch_size": (4, NOTHING),
+    "tokenize.compile": (True, NOTHING),
     "tokenize.device": ("cpu", NOTHING),
     "tokenize.threads": (1, NOTHING),
     "tokenize.gpus": (2, NOTHING),

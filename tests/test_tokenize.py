@@ -17,7 +17,7 @@ from soloist.tracks import Batch
 from soloist.weights import CODECS, load_codec
 
 SETTINGS = {"codebooks": None, "chunk_seconds": 2.0, "warmup_seconds": 0.5, "batch_size": 3,
-            "precision": "fp32", "device": "cpu"}
+            "precision": "fp32", "compile": False, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,27 @@ def test_a_bf16_encoder_gives_codes_of_the_same_shape_and_range(encodec):
     assert bf16.shape == fp32.shape and bf16.dtype == np.int16
     assert 0 <= bf16.min() and bf16.max() < encodec.cardinality
     assert not np.array_equal(bf16, fp32)  # the encoder did run in bf16
+
+
+def test_a_compiled_encoder_sees_one_batch_shape_and_gives_the_same_codes(encodec,
+                                                                          random_weights):
+    compiled = load_codec(random_weights / "random/codec/encodec_24khz.json", compile=True)
+    assert compiled.compiled and compiled.model.encoder._compiled_call_impl is not None
+    shapes = []
+    hook = encodec.model.encoder.register_forward_pre_hook(
+        lambda module, args: shapes.append(tuple(args[0].shape)))
+    try:  # the flag alone (torch's compile is torch's to test): 6 chunks in batches of 4
+        tracks = [music(7.3), music(3.1, seed=1)]
+        eager = codec.encode(encodec, tracks, 44100, chunk_seconds=2.0, batch_size=4)
+        assert len(set(shapes)) == 2  # the last batch has 2 rows
+        shapes.clear()
+        padded = codec.encode(dataclasses.replace(encodec, compiled=True), tracks, 44100,
+                              chunk_seconds=2.0, batch_size=4)
+    finally:
+        hook.remove()
+    assert len(shapes) == 2 and len(set(shapes)) == 1 and shapes[0][0] == 4
+    for a, b in zip(eager, padded, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_warmup_makes_codes_after_a_seam_match_the_whole_track(encodec):
