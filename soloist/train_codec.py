@@ -21,7 +21,6 @@ import random
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -174,8 +173,6 @@ class _CodecTrainer:
                                                 betas=(0.8, 0.99)) if self.disc else None
         self.model, self.ckpt_dir = self.raw, out_dir / "checkpoints"
         self.state = {"step": 0, "history": []}
-        self.autocast = torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" \
-            else nullcontext()
 
     def resume(self) -> None:
         """Resume from the last checkpoint, unless it was made with other settings."""
@@ -235,25 +232,34 @@ class _CodecTrainer:
         bar = tqdm(total=cfg["steps"], initial=state["step"], disable=not self.main,
                    unit="step", dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 30)
         self.model.train()
-        while state["step"] < cfg["steps"]:
-            metrics = self._step(next(self.batches))
-            state["history"].append({"step": state["step"], "loss": metrics["train/loss"]})
-            if self.main:
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
-                training.log_metrics(metrics, state["step"])
-                if state["step"] % cfg["log_every"] == 0 or state["step"] == cfg["steps"]:
-                    self._log_audio()
-            received = self.signals.agreed(self.world)
-            if state["step"] % cfg["checkpoint_every"] == 0 or received or \
-                    state["step"] == cfg["steps"]:
-                self._checkpoint()
-            if received:
-                log.warning("signal received: checkpoint at step %d saved; exiting with %d so "
-                            "the job is requeued and resumes", state["step"],
-                            training.EXIT_REQUEUE)
-                training.finish(self.world)
-                sys.exit(training.EXIT_REQUEUE)
+        try:
+            while state["step"] < cfg["steps"]:
+                metrics = self._step(next(self.batches))
+                if not math.isfinite(metrics["train/loss"]):
+                    raise FloatingPointError(
+                        f"train_codec: the loss is {metrics['train/loss']} at step "
+                        f"{state['step']}; the last checkpoint is kept. Lower codec.lr")
+                state["history"].append({"step": state["step"], "loss": metrics["train/loss"]})
+                if self.main:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+                    training.log_metrics(metrics, state["step"])
+                    if state["step"] % cfg["log_every"] == 0 or state["step"] == cfg["steps"]:
+                        self._log_audio()
+                received = self.signals.agreed(self.world)
+                if state["step"] % cfg["checkpoint_every"] == 0 or received or \
+                        state["step"] == cfg["steps"]:
+                    self._checkpoint()
+                if received:
+                    log.warning("signal received: checkpoint at step %d saved; exiting with %d so "
+                                "the job is requeued and resumes", state["step"],
+                                training.EXIT_REQUEUE)
+                    training.finish(self.world)
+                    sys.exit(training.EXIT_REQUEUE)
+        finally:
+            # its workers block SIGTERM (Signals.held): left to the exit, multiprocessing would
+            # terminate them in vain and wait for them forever (an H200 run hung so)
+            getattr(self.batches, "_shutdown_workers", lambda: None)()
         bar.close()
 
     def _step(self, x: torch.Tensor) -> dict:
@@ -264,8 +270,9 @@ class _CodecTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr
         x = x.to(self.device, non_blocking=True)
-        with self.autocast:
-            y, _, bottleneck = self.model(x, self._codebooks(step))
+        # fp32 on GPUs too: under bf16 autocast the default codec diverged to NaN within 450
+        # steps on an H100 and ran no faster (BENCHMARKS.md)
+        y, _, bottleneck = self.model(x, self._codebooks(step))
         terms = self.losses(y, x) | {"bottleneck": self._bottleneck(bottleneck, step)}
         adversarial = self.disc is not None and step >= cfg["adversarial_from"]
         if adversarial:

@@ -121,6 +121,14 @@ def test_sigterm_checkpoints_and_the_rerun_reproduces_the_losses(tmp_path, songs
     assert "licence" in (tmp_path / "cut/own/README.md").read_text().lower()
 
 
+def test_a_diverging_codec_stops_with_a_reason_instead_of_training_on_nan(tmp_path, songs):
+    proc = run_codec(tmp_path / "nan", codec_config(tmp_path, lr=1e12, workers=1), songs)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, output
+    assert "train_codec: the loss is nan at step" in output and "Lower codec.lr" in output
+    assert not (tmp_path / "nan/own.json").exists()
+
+
 def test_two_process_ddp_keeps_codebooks_and_weights_identical(tmp_path, songs):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node=2")
