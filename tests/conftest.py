@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import yaml
 
 from soloist.config import batch_of
 from soloist.fetch_weights import fetch_weights
+from soloist.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +59,23 @@ def interrupt_at_first_checkpoint(proc: subprocess.Popen, out: Path) -> str:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     return proc.communicate()[0]
+
+
+def run_train(shards, out, cfg, *launcher, **popen) -> subprocess.Popen:
+    """``python -m soloist.train`` on ``shards`` into ``out`` with config ``cfg``, its
+    output piped (``launcher``: torchrun's command instead of python)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run-config.json", cfg)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*(launcher or [sys.executable]), "-m", "soloist.train", str(shards),
+                             str(out), str(out / "run-config.json")], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def history(out) -> list[float]:
+    """The training losses in ``out``'s last checkpoint, a step each."""
+    state = torch.load(out / "checkpoints/last.pt", weights_only=True)["state"]
+    return [h["loss"] for h in state["history"]]
 
 
 def workflow_copy(dest: Path) -> Path:

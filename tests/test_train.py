@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from conftest import interrupt_at_first_checkpoint
+from conftest import history, interrupt_at_first_checkpoint, run_train
 from safetensors.torch import load_file
 
 from soloist.config import validate_config
@@ -63,20 +62,6 @@ def config(tmp_path, **train) -> dict:
                   "eval_batches": 2, "checkpoint_every": 2, "epoch_batches": 7,
                   "warmup_steps": 3, "device": "cpu"} | train,
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
-
-
-def run_train(shards, out, cfg, *launcher, **popen) -> subprocess.Popen:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "run-config.json", cfg)
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([*(launcher or [sys.executable]), "-m", "soloist.train", str(shards),
-                             str(out), str(out / "run-config.json")], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
-
-
-def history(out) -> list[float]:
-    state = torch.load(out / "checkpoints/last.pt", weights_only=True)["state"]
-    return [h["loss"] for h in state["history"]]
 
 
 def test_sigterm_checkpoints_and_the_rerun_reproduces_the_losses(tmp_path, shards):
