@@ -60,9 +60,6 @@ def publish(model_dir: str | os.PathLike, metrics: str | os.PathLike,
     token = hub_token(settings["repo_id"])  # before any work
     out_dir = Path(out_dir)
     model = Soloist.from_pretrained(model_dir)  # a folder that loads, or a clear error
-    if model.info.get("task", "solo") != "solo":  # its card would describe a soloist
-        raise ValueError(f"publish: models of task {model.info['task']!r} are not published "
-                         "yet; the model folder is results/train")
     model.save_pretrained(out_dir)
     files = _examples(Path(examples), out_dir / "examples", settings["examples"])
     card = model_card(model, read_json(metrics), read_json(stats), _sources(ingest_records),
@@ -137,19 +134,73 @@ def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
     codec = info["codec"]
     licence, why = _codec_licence(codec["model"])
     random = info["weights"] == "random"
+    continuation = info.get("task") == "continuation"
     front = {"license": licence, "library_name": "soloist", "pipeline_tag": "audio-to-audio",
-             "tags": ["music", "accompaniment", "saxophone", "soloist", codec["model"]]
+             "tags": ["music", *(["continuation"] if continuation else
+                                 ["accompaniment", "saxophone"]), "soloist", codec["model"]]
              + (["random-weights"] if random else [])}
     warning = f"\n> **{info['warning']}**\n" if random else ""
-    where = repo_id or "results/publish"
     splits, kinds, scores = _card_tables(info, metrics, sources)
     listening = "\n".join(f"- [{e}]({e})" for e in examples) or "- (none)"
     loss = info["training"].get("best_val_loss")
     validation = "no validation split" if loss is None else f"validation loss {loss:.4f}"
+    about = (_continuation_about if continuation else _solo_about)(model, repo_id, warning)
+    separator = "" if continuation else (
+        " The separator, Demucs, is MIT code;\nits pretrained weights are \"provided only for "
+        "scientific purposes\".")
+    listens = ("the real next segments given another track's previous segment over that given\n"
+               "their own: above 1 when the model uses the segment before") if continuation \
+        else ("the real solos given another track's backing over\nthat given their own: above "
+              "1 when the model uses the backing")
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
+{about}
+## Training data
 
+{info['data']['tracks']} tracks, step {info['training']['step']} (checkpoint
+`{info['training']['checkpoint']}`, {validation}).
+
+| split | tracks | windows | hours of audio |
+| --- | --- | --- | --- |
+{splits}
+
+Sources:
+{kinds}
+
+## Evaluation (test split)
+
+"Does it listen?" is the cross-entropy of {listens}.
+
+| metric | value |
+| --- | --- |
+{scores}
+
+## Licence
+
+`{licence}`: trained on {codec['model']} tokens, {why}.{separator} The recordings it learned
+from keep their own licences (above).
+
+## Examples
+
+{listening}
+
+## Files
+
+- `model.safetensors`: the weights (safetensors: no pickle on load)
+- `config.json`: `model` (the architecture), `task`, `codec` (whose tokens it reads, and the
+  sha256 of those weights), `separator` (the roles; none for continuation),
+  `window_seconds`, `training`, `data`
+- `examples/`: {"continuations of test recordings, alone and after what they continue"
+                if continuation else "generated solos on test backings, alone and mixed"}
+"""
+
+
+def _solo_about(model: Soloist, repo_id: str | None, warning: str) -> str:
+    """The card's title, what a solo model does and how to play along with it."""
+    info, where = model.info, repo_id or "results/publish"
+    codec = info["codec"]
+    return f"""
 # soloist: a saxophone soloist that plays along
 {warning}
 An encoder-decoder transformer ({model.num_params() / 1e6:.1f}M parameters, preset
@@ -170,42 +221,30 @@ soloist accompany my_backing.mp3 --model {where} -o out   # a file, URL, stems f
 {info['window_seconds']:g} s, each primed with the last seconds of the one before),
 `mix.wav` the two together, `out/index.html` a page to listen to them. In Python:
 `Soloist.from_pretrained("{where}")` (`from soloist import Soloist`).
+"""
 
-## Training data
 
-{info['data']['tracks']} tracks, step {info['training']['step']} (checkpoint
-`{info['training']['checkpoint']}`, {validation}).
+def _continuation_about(model: Soloist, repo_id: str | None, warning: str) -> str:
+    """The card's title, what a continuation model does and how to extend a recording."""
+    info, where = model.info, repo_id or "results/publish"
+    codec = info["codec"]
+    return f"""
+# soloist: music continuation
+{warning}
+An encoder-decoder transformer ({model.num_params() / 1e6:.1f}M parameters, preset
+`{info['training']['preset']}`) trained with soloist on pairs of consecutive segments of
+whole recordings: the encoder reads a segment's {codec['model']} tokens
+({codec['codebooks']} codebooks of {codec['cardinality']} at {codec['frame_rate']:g} Hz),
+the decoder writes the next segment's tokens under MusicGen's delay pattern,
+{info['window_seconds']:g} s at a time.
 
-| split | tracks | windows | hours of audio |
-| --- | --- | --- | --- |
-{splits}
+## Continue a recording
 
-Sources:
-{kinds}
+```bash
+soloist continue my_recording.mp3 --model {where} -o out --seconds 10   # a file, URL or demo:<name>
+```
 
-## Evaluation (test split)
-
-"Does it listen?" is the cross-entropy of the real solos given another track's backing over
-that given their own: above 1 when the model uses the backing.
-
-| metric | value |
-| --- | --- |
-{scores}
-
-## Licence
-
-`{licence}`: trained on {codec['model']} tokens, {why}. The separator, Demucs, is MIT code;
-its pretrained weights are "provided only for scientific purposes". The recordings it learned
-from keep their own licences (above).
-
-## Examples
-
-{listening}
-
-## Files
-
-- `model.safetensors`: the weights (safetensors: no pickle on load)
-- `config.json`: `model` (the architecture), `codec` (whose tokens it reads, and the sha256
-  of those weights), `separator` (the roles), `window_seconds`, `training`, `data`
-- `examples/`: generated solos on test backings, alone and mixed
+`out/my_recording/continuation.wav` is the new audio, `extended.wav` the recording followed
+by it (any length: a window at a time, each continuing the last). In Python:
+`Soloist.from_pretrained("{where}")` (`from soloist import Soloist`).
 """

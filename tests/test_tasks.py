@@ -111,6 +111,18 @@ def test_soloist_continue_extends_a_recording_and_names_a_bad_one(continued, tmp
     assert "trained for task 'continuation', not solo" in refused.stderr
 
 
+def test_publish_writes_a_continuation_model_with_a_card_worded_for_it(continued):
+    snakemake(continued, "publish", config=CONTINUATION)
+    text = (continued / "results/publish/README.md").read_text()
+    for words in ("# soloist: music continuation", "soloist continue my_recording.mp3 "
+                  "--model results/publish", "the real next segments given another track's",
+                  "continuation", "examples/00_mix.wav"):
+        assert words in text, words
+    for words in ("saxophone", "The separator", "soloist accompany"):
+        assert words not in text, words
+    assert read_json(continued / "results/publish/config.json")["task"] == "continuation"
+
+
 @pytest.mark.parametrize(("config", "message"), [
     ({"task": {"name": "medley"}}, "task.name"),
     ({"task": {"name": "continuation", "seconds": 4}, "train": {"seconds": 5}},
