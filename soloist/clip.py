@@ -144,9 +144,8 @@ EMPTY = {"windows": lambda path: _write_windows(path, [])}
 def _clip(track: Track, settings: dict) -> dict:
     """Select and write ``track``'s windows; its status. A recording taken whole (task:
     continuation) is its own target: windows where it plays."""
-    whole = track.upstream == "ingest"
-    target_audio, rate = read_audio(track.inputs["audio" if whole else "target"])
-    context_audio = target_audio if whole else read_audio(track.inputs["context"])[0]
+    target_audio, rate = read_audio(track.inputs["audio" if track.whole else "target"])
+    context_audio = target_audio if track.whole else read_audio(track.inputs["context"])[0]
     duration = target_audio.shape[1] / rate
     if duration < settings["seconds"]:
         raise TrackError(f"track is {duration:.1f} s, shorter than one window "

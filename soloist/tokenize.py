@@ -119,7 +119,7 @@ def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dic
 def roles_of(track: Track) -> dict[str, Path]:
     """The audio each of the track's token files is made from, by role: the separated
     context and target, or (task: continuation) the ingested recording whole, its mix."""
-    if track.upstream == "ingest":
+    if track.whole:
         return {"mix": track.inputs["audio"]}
     return {role: track.inputs[role] for role in ROLES}
 

@@ -126,6 +126,12 @@ class Track:
         return self.files[self.stage]
 
     @property
+    def whole(self) -> bool:
+        """Whether this stage reads the ingested recording whole (task: continuation), not
+        separated roles."""
+        return self.upstream == "ingest"
+
+    @property
     def inputs(self) -> dict[str, Path]:
         """The files this track's stage reads, ``status`` among them."""
         return self.files[self.upstream]
