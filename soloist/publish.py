@@ -144,7 +144,8 @@ def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
     listening = "\n".join(f"- [{e}]({e})" for e in examples) or "- (none)"
     loss = info["training"].get("best_val_loss")
     validation = "no validation split" if loss is None else f"validation loss {loss:.4f}"
-    about = (_continuation_about if continuation else _solo_about)(model, repo_id, warning)
+    title, about = (_continuation_about if continuation else _solo_about)(
+        info, repo_id or "results/publish")
     separator = "" if continuation else (
         " The separator, Demucs, is MIT code;\nits pretrained weights are \"provided only for "
         "scientific purposes\".")
@@ -155,7 +156,11 @@ def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
-{about}
+
+# soloist: {title}
+{warning}
+An encoder-decoder transformer ({model.num_params() / 1e6:.1f}M parameters, preset
+`{info['training']['preset']}`) trained with soloist{about}
 ## Training data
 
 {info['data']['tracks']} tracks, step {info['training']['step']} (checkpoint
@@ -196,15 +201,10 @@ from keep their own licences (above).
 """
 
 
-def _solo_about(model: Soloist, repo_id: str | None, warning: str) -> str:
-    """The card's title, what a solo model does and how to play along with it."""
-    info, where = model.info, repo_id or "results/publish"
+def _solo_about(info: dict, where: str) -> tuple[str, str]:
+    """The card's title, and what a solo model does and how to play along with it."""
     codec = info["codec"]
-    return f"""
-# soloist: a saxophone soloist that plays along
-{warning}
-An encoder-decoder transformer ({model.num_params() / 1e6:.1f}M parameters, preset
-`{info['training']['preset']}`) trained with soloist: the encoder
+    return "a saxophone soloist that plays along", f""": the encoder
 reads a backing track's {codec['model']} tokens ({codec['codebooks']} codebooks of
 {codec['cardinality']} at {codec['frame_rate']:g} Hz), the decoder writes a solo's tokens
 under MusicGen's delay pattern, {info['window_seconds']:g} s at a time. The backing is what
@@ -224,15 +224,10 @@ soloist accompany my_backing.mp3 --model {where} -o out   # a file, URL, stems f
 """
 
 
-def _continuation_about(model: Soloist, repo_id: str | None, warning: str) -> str:
-    """The card's title, what a continuation model does and how to extend a recording."""
-    info, where = model.info, repo_id or "results/publish"
+def _continuation_about(info: dict, where: str) -> tuple[str, str]:
+    """The card's title, and what a continuation model does and how to extend a recording."""
     codec = info["codec"]
-    return f"""
-# soloist: music continuation
-{warning}
-An encoder-decoder transformer ({model.num_params() / 1e6:.1f}M parameters, preset
-`{info['training']['preset']}`) trained with soloist on pairs of consecutive segments of
+    return "music continuation", f""" on pairs of consecutive segments of
 whole recordings: the encoder reads a segment's {codec['model']} tokens
 ({codec['codebooks']} codebooks of {codec['cardinality']} at {codec['frame_rate']:g} Hz),
 the decoder writes the next segment's tokens under MusicGen's delay pattern,

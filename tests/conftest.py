@@ -78,6 +78,26 @@ def history(out) -> list[float]:
     return [h["loss"] for h in state["history"]]
 
 
+def resumed_after_sigterm(shards, folder: Path, cfg: dict) -> tuple[int, str]:
+    """Train on ``shards`` into ``folder/straight`` without a break and into ``folder/cut``
+    with a SIGTERM at its first checkpoint, then again from that; checks that the resumed
+    run's losses are the unbroken one's. Returns (the step it stopped at, the output of the
+    interrupted run)."""
+    from soloist.train import EXIT_REQUEUE
+
+    straight = run_train(shards, folder / "straight", cfg)
+    assert straight.wait() == 0, straight.stdout.read()
+    cut = run_train(shards, folder / "cut", cfg)
+    output = interrupt_at_first_checkpoint(cut, folder / "cut")
+    assert cut.returncode == EXIT_REQUEUE, output
+    stopped_at = len(history(folder / "cut"))
+    resumed = run_train(shards, folder / "cut", cfg)
+    again = resumed.communicate()[0]
+    assert resumed.returncode == 0 and f"resuming from step {stopped_at}" in again, again
+    np.testing.assert_allclose(history(folder / "cut"), history(folder / "straight"), rtol=1e-5)
+    return stopped_at, output
+
+
 def workflow_copy(dest: Path) -> Path:
     """A copy of the workflow in ``dest``, run from there like from a checkout's root."""
     dest.mkdir(parents=True, exist_ok=True)

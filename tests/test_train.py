@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from conftest import history, interrupt_at_first_checkpoint, run_train
+from conftest import history, resumed_after_sigterm, run_train
 from safetensors.torch import load_file
 
 from soloist.config import validate_config
@@ -66,21 +66,8 @@ def config(tmp_path, **train) -> dict:
 
 def test_sigterm_checkpoints_and_the_rerun_reproduces_the_losses(tmp_path, shards):
     cfg = config(tmp_path)
-    straight = run_train(shards, tmp_path / "straight", cfg)
-    assert straight.wait() == 0, straight.stdout.read()
-
-    interrupted = run_train(shards, tmp_path / "cut", cfg)
-    output = interrupt_at_first_checkpoint(interrupted, tmp_path / "cut")
-    assert interrupted.returncode == EXIT_REQUEUE, output
-    stopped_at = len(history(tmp_path / "cut"))
+    stopped_at, output = resumed_after_sigterm(shards, tmp_path, cfg)
     assert 2 <= stopped_at < 30 and "signal received" in output
-
-    resumed = run_train(shards, tmp_path / "cut", cfg)
-    output = resumed.communicate()[0]
-    assert resumed.returncode == 0, output
-    assert f"resuming from step {stopped_at}" in output
-    np.testing.assert_allclose(history(tmp_path / "cut"), history(tmp_path / "straight"),
-                               rtol=1e-5)
     # one MLflow run, continued: every step logged once
     from mlflow.tracking import MlflowClient
 
