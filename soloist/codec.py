@@ -15,7 +15,7 @@ import functools
 import itertools
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,8 @@ class Codec:
     model: torch.nn.Module
     codebooks: int
     precision: str = "fp32"  # of the encoder's convolutions (device.autocast); quantizers: fp32
-    compiled: bool = False  # the encoder torch.compiled for one input shape
+    # the model's encoder torch.compiled for one input shape (tokenize.compile), or None
+    encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def config(self) -> Any:
@@ -90,6 +91,10 @@ class Codec:
         return int(getattr(self.config, "num_filters", None) or self.config.encoder_hidden_size)
 
     @property
+    def compiled(self) -> bool:
+        return self.encoder is not None
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -104,9 +109,22 @@ class Codec:
         if self.config.model_type == "dac":  # pads to whole frames itself, as DAC's own code
             audio = torch.nn.functional.pad(audio, (0, -audio.shape[-1] % self.hop))
         with autocast(self.precision, audio.device):
-            embeddings = self.model.encoder(audio)
+            embeddings = self._encoded(audio)
         # nearest codes in fp32: in bf16, near ties between codes would flip
         return embeddings.float()
+
+    def _encoded(self, audio: torch.Tensor) -> torch.Tensor:
+        if self.encoder is None:
+            return self.model.encoder(audio)
+        try:
+            return self.encoder(audio)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # e.g. no C++ compiler on a CPU node: the stage goes on
+            log.warning("torch.compile of the codec's encoder failed, encoding without it: "
+                        "%s: %s", type(e).__name__, str(e).splitlines()[0])
+            self.encoder = None
+            return self.model.encoder(audio)
 
     def quantize(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Codes int64 [B, K, T] of the encoder's output [B, D, T]."""

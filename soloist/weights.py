@@ -156,6 +156,8 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
     codec's default: all of our own codec's), in eval mode on ``device``, encoding in
     ``precision`` (fp32, bf16, or auto: bf16 on a GPU), its encoder ``torch.compile``d for
     one input shape if ``compile``."""
+    import torch
+
     from soloist.codec import Codec
 
     with _verified(manifest) as (info, folder):
@@ -167,6 +169,5 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
         model = codec_model(name, folder / name)
     default = model.cfg.codebooks if name == "own" else CODECS[name].codebooks
     model = model.to(device).eval()
-    if compile:
-        model.encoder.compile(dynamic=False)
-    return Codec(name, model, codebooks or default, precision, compile)
+    compiled = torch.compile(model.encoder, dynamic=False) if compile else None
+    return Codec(name, model, codebooks or default, precision, compiled)

@@ -68,8 +68,7 @@ def test_a_bf16_encoder_gives_codes_of_the_same_shape_and_range(encodec):
 
 def test_a_compiled_encoder_sees_one_batch_shape_and_gives_the_same_codes(encodec,
                                                                           random_weights):
-    compiled = load_codec(random_weights / "random/codec/encodec_24khz.json", compile=True)
-    assert compiled.compiled and compiled.model.encoder._compiled_call_impl is not None
+    assert load_codec(random_weights / "random/codec/encodec_24khz.json", compile=True).compiled
     shapes = []
     hook = encodec.model.encoder.register_forward_pre_hook(
         lambda module, args: shapes.append(tuple(args[0].shape)))
@@ -78,13 +77,27 @@ def test_a_compiled_encoder_sees_one_batch_shape_and_gives_the_same_codes(encode
         eager = codec.encode(encodec, tracks, 44100, chunk_seconds=2.0, batch_size=4)
         assert len(set(shapes)) == 2  # the last batch has 2 rows
         shapes.clear()
-        padded = codec.encode(dataclasses.replace(encodec, compiled=True), tracks, 44100,
-                              chunk_seconds=2.0, batch_size=4)
+        padded = codec.encode(dataclasses.replace(encodec, encoder=encodec.model.encoder),
+                              tracks, 44100, chunk_seconds=2.0, batch_size=4)
     finally:
         hook.remove()
     assert len(shapes) == 2 and len(set(shapes)) == 1 and shapes[0][0] == 4
     for a, b in zip(eager, padded, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_compile_that_fails_falls_back_to_the_eager_encoder(encodec, random_weights,
+                                                              caplog):
+    from torch._inductor import config as inductor
+
+    compiled = load_codec(random_weights / "random/codec/encodec_24khz.json", compile=True)
+    track = music(3.1)
+    with inductor.patch({"cpp.cxx": (None, "/bin/false"), "force_disable_caches": True}):
+        codes = codec.encode(compiled, [track], 44100, chunk_seconds=2.0, batch_size=2)[0]
+    assert not compiled.compiled
+    assert "torch.compile of the codec's encoder failed, encoding without it" in caplog.text
+    eager = codec.encode(encodec, [track], 44100, chunk_seconds=2.0, batch_size=2)[0]
+    np.testing.assert_array_equal(codes, eager)
 
 
 def test_warmup_makes_codes_after_a_seam_match_the_whole_track(encodec):
