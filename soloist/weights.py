@@ -169,5 +169,9 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
         model = codec_model(name, folder / name)
     default = model.cfg.codebooks if name == "own" else CODECS[name].codebooks
     model = model.to(device).eval()
-    compiled = torch.compile(model.encoder, dynamic=False) if compile else None
+    compiled = None
+    if compile and name == "own":  # its encoder is EnCodec's, which compiling does not speed up
+        log.warning("tokenize.compile: our own codec's encoder runs uncompiled (BENCHMARKS.md)")
+    elif compile:
+        compiled = torch.compile(model.encoder, dynamic=False)
     return Codec(name, model, codebooks or default, precision, compiled)
