@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import interrupt_at_first_checkpoint, snakemake, with_weights, workflow_copy
+from conftest import history, interrupt_at_first_checkpoint, snakemake, with_weights, workflow_copy
 
 from soloist.config import batch_of, validate_config
 from soloist.io import read_json, read_npy, write_json
@@ -92,11 +92,6 @@ def run_codec(out, cfg, songs, *launcher, **popen) -> subprocess.Popen:
     return subprocess.Popen([*(launcher or [sys.executable]), "-m", "soloist.train_codec",
                              str(out), str(out / "run-config.json"), *songs], env=env,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
-
-
-def history(out) -> list[float]:
-    state = torch.load(out / "checkpoints/last.pt", weights_only=True)["state"]
-    return [h["loss"] for h in state["history"]]
 
 
 def test_sigterm_checkpoints_and_the_rerun_reproduces_the_losses(tmp_path, songs):
