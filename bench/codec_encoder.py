@@ -5,13 +5,17 @@ For each codec (``--codecs``; random-init weights in the Hub's layout), a batch 
 ``--seconds`` chunks goes through the encoder in fp32 and under bf16 autocast: eager (what
 tokenize runs today), with only DAC's Snake activations compiled (one fused kernel each
 instead of five), and with the whole encoder compiled (``dynamic=False``: tokenize's chunks
-have one shape). The first call's seconds (compilation) and the steady time per batch are
+have one shape); "nhwc": each convolution as a conv2d in channels-last memory; "frozen":
+the weights frozen into the compiled graph ("compiled nhwc" is what ``tokenize.compile``
+runs). The first call's seconds (compilation) and the steady time per batch are
 both shown; codes (the quantizer in fp32) are compared with eager fp32's. The bound: every
 convolution reads its input and writes its output once, at the GPU's measured copy
-bandwidth. A profile of eager fp32 says which kernels take the time.
+bandwidth. A kernel profile of the first row (of every row: ``--profile-all``) says which
+kernels take the time.
 
     PYTHONPATH=. python3 bench/codec_encoder.py [--codecs dac_44khz encodec_32khz]
                                                 [--batch 64] [--seconds 11]
+                                                [--variants eager "compiled nhwc frozen" ...]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from soloist.codec import channels_last_convs
 from soloist.device import autocast
 from soloist.fetch_weights import fetch_weights
 from soloist.weights import load_codec
@@ -94,18 +99,18 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * x.element_size() / best
 
 
-def top_kernels(encoder: torch.nn.Module, x: torch.Tensor, rows: int = 8) -> None:
+def top_kernels(run: Callable[[], torch.Tensor], label: str, rows: int = 8) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        encoder(x)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
         sync()
     times: collections.Counter = collections.Counter()
     for e in prof.events():
         if e.device_type.name == "CUDA":
             times[e.name[:70]] += e.device_time
     total = sum(times.values())
-    print(f"  eager fp32 profile: {total / 1e3:.1f} ms of kernels")
+    print(f"  {label} profile: {total / 1e3:.1f} ms of kernels")
     for name, t in times.most_common(rows):
         print(f"    {100 * t / total:5.1f}%  {name}")
 
@@ -120,14 +125,18 @@ def bench(codec_name: str, args: argparse.Namespace, tmp: Path) -> None:
     print(f"\n{codec_name}: batch {list(x.shape)} = {audio_s:.0f} audio-s")
     reference = None
     rows = []
-    for variant in ("eager", "fused snake", "compiled"):
+    for variant in args.variants:
         codec = load_codec(manifest, device=device)
         encoder = codec.model.encoder
         if variant == "fused snake" and not fuse_snakes(encoder):
             continue
-        if variant == "compiled":
-            encoder.compile(dynamic=False)
-        for precision in ("fp32", "bf16"):
+        if "nhwc" in variant:
+            channels_last_convs(encoder)
+        torch._inductor.config.freezing = "frozen" in variant
+        if variant.startswith("compiled"):
+            mode = "max-autotune-no-cudagraphs" if "autotune" in variant else None
+            encoder.compile(dynamic=False, mode=mode)
+        for precision in args.precision:
             def run(enc=encoder, p=precision):
                 with torch.inference_mode(), autocast(p, x.device):
                     return enc(x)
@@ -136,8 +145,8 @@ def bench(codec_name: str, args: argparse.Namespace, tmp: Path) -> None:
                 codes = codec.quantize(out.float())
             if reference is None:
                 reference = codes
-                if device == "cuda":
-                    top_kernels(encoder, x)
+            if device == "cuda" and (len(rows) == 0 or args.profile_all):
+                top_kernels(run, f"{variant} {precision}", 8 if len(rows) == 0 else 5)
             same = 100 * (codes == reference).float().mean().item()
             rows.append((f"{variant} {precision}", first, best, same))
         torch._dynamo.reset()
@@ -162,6 +171,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=11.0, help="a chunk with its warm-ups")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--variants", nargs="+", default=["eager", "fused snake", "compiled"],
+                    choices=["eager", "fused snake", "compiled", "eager nhwc", "compiled nhwc",
+                             "compiled frozen", "compiled nhwc frozen", "compiled autotune",
+                             "compiled nhwc autotune"],
+                    help="the first is the reference the others' codes and times are compared to")
+    ap.add_argument("--profile-all", action="store_true",
+                    help="a kernel profile of every row, not only the first")
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     args = ap.parse_args()
     logging.getLogger("soloist").setLevel(logging.ERROR)  # the header says random-init once
     torch._logging.set_logs(dynamo=logging.ERROR)  # EnCodec's graph breaks, once per layer

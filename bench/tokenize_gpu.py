@@ -16,7 +16,8 @@ stage on the same batch: two variants (+2 semitones; -1 semitone at 0.9x) of eve
 
     PYTHONPATH=. python3 bench/tokenize_gpu.py [--seconds 240 180 120 90 60 30] [--batch auto 128]
                                                [--repeat 3] [--codecs encodec_24khz dac_44khz]
-                                               [--precision fp32 bf16]
+                                               [--precision fp32 bf16] [--compile]
+                                               [--chunk-seconds 30]
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def per_track_path(codec: Codec, audio: dict[tuple[str, str], torch.Tensor],
 
 def timed(device: torch.device, fn: Callable[[], list[dict]]) -> float:
     """Wall seconds of a stage's batch call, which must leave every track ok."""
+    if device.type == "cuda":  # as a fresh job finds it: batch_size auto reads what is free
+        torch.cuda.empty_cache()
     sync(device)
     start = time.perf_counter()
     statuses = fn()
@@ -138,9 +141,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3,
                     help="copies of the tracks in the longer job's row (0: no such row)")
     ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
+    ap.add_argument("--chunk-seconds", type=float,
+                    help="our tokenize.chunk_seconds (default: the config's)")
     ap.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml")
     args = ap.parse_args()
     logging.getLogger("soloist").setLevel(logging.ERROR)  # the header says random-init once
+    logging.getLogger("soloist.codec").setLevel(logging.WARNING)  # a compile that fails
     for stage in ("tokenize", "augment"):  # their line of where the time went
         stage_log = logging.getLogger(f"soloist.{stage}")
         stage_log.setLevel(logging.INFO)
@@ -148,6 +154,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = yaml.safe_load(args.config.read_text())
     base = {**config["tokenize"], "device": str(device)}
+    if args.chunk_seconds:
+        base["chunk_seconds"] = args.chunk_seconds
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}, weights: random-init, ours: "
           f"chunk_seconds={base['chunk_seconds']} warmup_seconds={base['warmup_seconds']} "

@@ -156,9 +156,7 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
     codec's default: all of our own codec's), in eval mode on ``device``, encoding in
     ``precision`` (fp32, bf16, or auto: bf16 on a GPU), its encoder ``torch.compile``d for
     one input shape if ``compile``."""
-    import torch
-
-    from soloist.codec import Codec
+    from soloist.codec import Codec, compiled_encoder
 
     with _verified(manifest) as (info, folder):
         name = info["name"]
@@ -173,5 +171,5 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
     if compile and name == "own":  # its encoder is EnCodec's, which compiling does not speed up
         log.warning("tokenize.compile: our own codec's encoder runs uncompiled (BENCHMARKS.md)")
     elif compile:
-        compiled = torch.compile(model.encoder, dynamic=False)
+        compiled = compiled_encoder(model.encoder)
     return Codec(name, model, codebooks or default, precision, compiled)

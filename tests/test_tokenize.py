@@ -86,6 +86,20 @@ def test_a_compiled_encoder_sees_one_batch_shape_and_gives_the_same_codes(encode
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_32khz", "dac_44khz"])
+def test_channels_last_convolutions_compute_what_the_encoder_does(name, codec_manifests):
+    model = load_codec(codec_manifests[name]).model
+    audio = torch.from_numpy(music(1.3, model.config.sampling_rate)).float()[None, None]
+    with torch.inference_mode():
+        before = model.encoder(audio)
+        # tokenize.compile's layout: every convolution (strided, dilated, padded) converted
+        assert codec.channels_last_convs(model.encoder) == sum(
+            isinstance(m, torch.nn.Conv1d) for m in model.encoder.modules())
+        after = model.encoder(audio)
+    assert after.shape == before.shape
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
+
+
 def test_a_compile_that_fails_falls_back_to_the_eager_encoder(encodec, random_weights,
                                                               caplog):
     from torch._inductor import config as inductor
