@@ -14,7 +14,7 @@ from soloist.tracks import LAYOUT, split_of
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (workflow.basedir, os.getenv("PYTHONPATH")))))
 
 validate_config(config)
-ROWS = read_tracks(config["tracks"])
+ROWS = read_tracks(config["tracks"], condition=config["condition"]["columns"])
 ACCOMPANY_ROWS = read_tracks(config["accompany"]["tracks"], "accompany.tracks")
 # a sheet of the codec's own (codec.tracks), or None: train_codec takes the training tracks
 CODEC_ROWS = config["codec"]["tracks"] and read_tracks(config["codec"]["tracks"], "codec.tracks")
@@ -82,6 +82,15 @@ def _outputs_depend_on(name, value):
         return value
     return {k: _outputs_depend_on(k, v) for k, v in sorted(value.items())
             if k not in SPEED.get(name, ())}
+
+
+def condition_tags():
+    """The tag columns and the sheet's tags of each row in them (shard's params: a column
+    the model is not conditioned on changes nothing)."""
+    columns = config["condition"]["columns"]
+    return {"columns": columns,
+            "rows": {r.track: {c: r.tags[c] for c in columns if r.tags.get(c)}
+                     for r in ROWS.values()}}
 
 
 def weights_manifest(family):
@@ -240,7 +249,9 @@ def source_of(row, stems=False):
 
 def accompany_backings():
     """What accompany needs to know of each row of its sheet (the script's input)."""
-    return [{"name": r.track, "kind": r.kind, "source": source_of(r)}
+    columns = config["condition"]["columns"]  # the trained model's tags
+    return [{"name": r.track, "kind": r.kind, "source": source_of(r),
+             "tags": {c: r.tags[c] for c in columns if r.tags.get(c)}}
             for r in ACCOMPANY_ROWS.values()]
 
 

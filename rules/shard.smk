@@ -24,6 +24,7 @@ rule shard:
         splits={r.track: r.split for r in ROWS.values() if r.split},
         settings=settings("shard"),
         variant_splits=config["augment"]["splits"] if VARIANTS else [],
+        condition=condition_tags(),
     log:
         "results/logs/shard/shard.log",
     benchmark:

@@ -17,6 +17,8 @@ rule train:
         nodes=config["train"]["nodes"],
         # upstream settings reach training through the manifest
         settings=settings("train"),
+        # tags change the model only when it has tag columns
+        condition=settings("condition") if config["condition"]["columns"] else None,
     threads: 2
     resources:
         **train_resources(config["train"]),

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from soloist import ingest as ingest_stage
 from soloist import separate as separate_stage
 from soloist.codec import decode, encode, resampler
+from soloist.condition import model_tags
 from soloist.device import pick_device
 from soloist.generate import Sampling, generate_long
 from soloist.io import (
@@ -60,11 +61,13 @@ class AccompanyError(RuntimeError):
 
 @dataclass
 class Backing:
-    """One input, as a track sheet row: its name (its output folder), kind and source."""
+    """One input, as a track sheet row: its name (its output folder), kind, source and
+    tags (for a model conditioned on tags: the sheet's other columns)."""
 
     name: str
     kind: str  # url | file | stems | demo (source: the demo's mixture)
     source: str
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,7 +91,8 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
               weights: dict[str, str | os.PathLike], sampling: Sampling, seed: int = 0,
               overlap: float = 2.5, seconds: float | None = None, separate: bool = True,
               batch_size: int | str = "auto", compile: bool | str = "auto",
-              progress: bool = True, name: str = "") -> dict:
+              progress: bool = True, name: str = "", tag_cfg: dict[str, float] | None = None
+              ) -> dict:
     """Write ``out_dir/<name>/{backing,solo,mix}.wav`` for each input that can be played
     with, ``out_dir/index.html`` and ``out_dir/accompany.json``; return that summary.
 
@@ -97,11 +101,13 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
     which roles or codec). ``weights``: the ``demucs`` and ``codec`` manifests of the
     model's separator and codec. ``overlap`` and ``seconds`` (only the first seconds of each
     backing) are in seconds; ``compile`` (auto: for jobs long enough to repay it) fuses the
-    decode step with torch.compile; ``name`` names the model on the page.
+    decode step with torch.compile; ``name`` names the model on the page; ``tag_cfg`` is
+    the guidance scale of each tag column (``sampling.tag_cfg`` is set from it).
     """
     if model.info.get("task", "solo") != "solo":
         raise AccompanyError(f"the model was trained for task {model.info['task']!r}, not "
                              "solo: soloist continue extends recordings with it")
+    sampling, tags = _tagged(model, inputs, sampling, tag_cfg or {})
     out_dir, clock = Path(out_dir), Clock()
     device = model.heads.weight.device
     codec_info = model.info["codec"]
@@ -123,6 +129,8 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
     ok = [t for t in tracks if t.reason is None]
     result = {"model": name, "sampling": asdict(sampling), "seed": seed,
               "overlap_seconds": overlap, "separate": separate, "weights": model.info["weights"]}
+    if any(b.tags for b in inputs):
+        result["tags"] = {b.name: b.tags for b in inputs if b.tags}
     if ok:
         _check_codec(weights["codec"], codec_info)
         codec = load_codec(weights["codec"], codec_info["codebooks"], device)
@@ -133,7 +141,8 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
                            s["warmup_seconds"])
         with clock("generate"):
             solos = _generate(model, codes, [t.name for t in ok], overlap_frames, sampling,
-                              seed, batch_size, compile, progress)
+                              seed, batch_size, compile, progress,
+                              None if tags is None else [tags[t.name] for t in ok])
         with clock("decode and write"):
             for t, solo in zip(ok, solos, strict=True):
                 backing, rate = backings[t.name]
@@ -153,9 +162,21 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
     return result
 
 
+def _tagged(model: Soloist, inputs: list[Backing], sampling: Sampling,
+            tag_cfg: dict[str, float]) -> tuple[Sampling, dict[str, torch.Tensor] | None]:
+    """``sampling`` with the guidance scale of each of the model's tag columns, and each
+    input's tag ids (None for a model without tags)."""
+    try:
+        tags, scales = model_tags(model.info, [b.tags for b in inputs], tag_cfg)
+    except ValueError as e:
+        raise AccompanyError(str(e)) from None
+    ids = None if tags is None else {b.name: t for b, t in zip(inputs, tags, strict=True)}
+    return replace(sampling, tag_cfg=scales), ids
+
+
 def _generate(model: Soloist, codes: list[np.ndarray], names: list[str], overlap: int,
               sampling: Sampling, seed: int, batch_size: int | str, compile: bool | str,
-              progress: bool) -> list[torch.Tensor]:
+              progress: bool, tags: list[torch.Tensor] | None) -> list[torch.Tensor]:
     """Solo codes [K, N] for backing codes [K, N], a progress bar per backing. A backing's
     noise is seeded by (seed, its name): its solo does not depend on the others."""
     device, rate = model.heads.weight.device, model.info["codec"]["frame_rate"]
@@ -170,7 +191,8 @@ def _generate(model: Soloist, codes: list[np.ndarray], names: list[str], overlap
     longest = sorted((c.shape[1] for c in codes), reverse=True)[::batch]  # of each batch
     solos = generate_long(model, [torch.from_numpy(c).long() for c in codes], overlap, sampling,
                           [zlib.crc32(f"{seed}:{name}".encode()) for name in names], batch,
-                          compile=_compile(compile, device, sum(longest)), progress=advance)
+                          compile=_compile(compile, device, sum(longest)), progress=advance,
+                          tags=tags)
     for bar in bars:
         bar.close()
     return solos

@@ -8,7 +8,9 @@ import logging
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from soloist.config import TRACK_ID, source_kind, validate_config
 from soloist.synth import make_song
@@ -133,7 +135,8 @@ def accompany_main(args: argparse.Namespace) -> int:
     names = _names(args.backing)
     with tempfile.TemporaryDirectory(prefix="soloist-demo-") as demos:
         try:
-            inputs = [Backing(*i) for i in _inputs(args.backing, config, Path(demos))]
+            inputs = [Backing(*i, tags=dict(args.tag)) for i in
+                      _inputs(args.backing, config, Path(demos))]
         except InputError as e:
             print(f"soloist accompany: {e}", file=sys.stderr)
             return 2
@@ -141,7 +144,7 @@ def accompany_main(args: argparse.Namespace) -> int:
         try:
             result = accompany(inputs, model, out, config, weights, sampling, args.seed,
                                args.overlap, args.seconds, args.separate, args.batch_size,
-                               args.compile, name=str(args.model))
+                               args.compile, name=str(args.model), tag_cfg=dict(args.tag_cfg))
         except (AccompanyError, WeightsError) as e:
             print(f"soloist accompany: {e}", file=sys.stderr)
             return 1
@@ -155,6 +158,20 @@ def accompany_main(args: argparse.Namespace) -> int:
     if "warning" in result:
         print(result["warning"], file=sys.stderr)
     return 0 if ok else 1
+
+
+def _pair(kind: type) -> Callable[[str], tuple[str, Any]]:
+    """argparse type of COLUMN=VALUE, its value read as ``kind``."""
+    def parse(text: str) -> tuple[str, Any]:
+        column, sep, value = text.partition("=")
+        if not sep or not column:
+            raise argparse.ArgumentTypeError(f"{text!r} is not COLUMN=VALUE")
+        try:
+            return column, kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a "
+                                             f"{kind.__name__}") from None
+    return parse
 
 
 def _batch_size(value: str) -> int | str:
@@ -192,6 +209,14 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                    help="classifier-free guidance: > 1 follows the backing more closely, at "
                         "twice the compute (default: %(default)s)")
+    a.add_argument("--tag", type=_pair(str), action="append", default=[],
+                   metavar="COLUMN=VALUE",
+                   help="a tag for a model conditioned on tags (condition.columns), e.g. "
+                        "--tag tempo=120 --tag key=D; repeat for more columns")
+    a.add_argument("--tag-cfg", type=_pair(float), action="append", default=[],
+                   metavar="COLUMN=SCALE",
+                   help="guidance per tag column: > 1 follows that tag more closely, at one "
+                        "more pass of compute each (default: 1, none)")
     a.add_argument("--overlap", type=float, default=defaults["overlap"],
                    help="seconds each generation window shares with the one before "
                         "(default: %(default)s)")

@@ -14,7 +14,7 @@ import csv
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
@@ -24,6 +24,7 @@ SCHEMAS = Path(__file__).resolve().parent.parent / "config" / "schemas"
 DEFAULTS = SCHEMAS.parent / "config.yaml"
 TRACK_ID = re.compile(r"[A-Za-z0-9._-]+")
 # A playlist row `p` expands into tracks `p.001`, `p.002`, ...
+FIXED_COLUMNS = ("track", "source", "split")
 ENTRY_ID = re.compile(r"(?P<row>.+)\.(?P<index>[0-9]{3,})")
 
 
@@ -39,6 +40,7 @@ class Row:
     source: str
     kind: str  # demo | url | file | stems
     split: str  # "" lets the hash decide
+    tags: dict[str, str] = field(default_factory=dict, hash=False)  # its other columns
 
     @property
     def demo_name(self) -> str:
@@ -170,9 +172,11 @@ def source_kind(source: str) -> str:
     return "stems" if os.path.isdir(source) else "file"
 
 
-def read_tracks(path: str | os.PathLike, key: str = "tracks") -> dict[str, Row]:
-    """Read and validate the track sheet the config ``key`` names; returns rows by track id,
-    in sheet order."""
+def read_tracks(path: str | os.PathLike, key: str = "tracks",
+                condition: list[str] | tuple = ()) -> dict[str, Row]:
+    """Read and validate the track sheet the config ``key`` names, which must have the
+    ``condition`` columns (condition.columns; demo songs have tempo and key of their own);
+    returns rows by track id, in sheet order."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"track sheet {path} does not exist (config key {key!r})")
@@ -209,7 +213,8 @@ def read_tracks(path: str | os.PathLike, key: str = "tracks") -> dict[str, Row]:
                     raise ConfigError(f"{path} line {n}: demo name {name!r} must match "
                                       f"{TRACK_ID.pattern}")
             rows[track] = Row(track, record["source"], source_kind(record["source"]),
-                              record.get("split", ""))
+                              record.get("split", ""),
+                              {k: v for k, v in record.items() if k not in FIXED_COLUMNS})
             lines[track] = n
     for track in rows:
         m = ENTRY_ID.fullmatch(track)
@@ -218,7 +223,19 @@ def read_tracks(path: str | os.PathLike, key: str = "tracks") -> dict[str, Row]:
                               f"of URL row {m['row']!r}")
     if not rows:
         raise ConfigError(f"track sheet {path} lists no tracks")
+    _check_condition(path, reader.fieldnames or [], rows, condition)
     return rows
+
+
+def _check_condition(path: Path, header: list[str], rows: dict[str, Row],
+                     columns: list[str] | tuple) -> None:
+    from soloist.condition import DEMO_TRUTH
+
+    demo_only = all(r.kind == "demo" for r in rows.values())
+    for column in columns:
+        if column not in header and not (demo_only and column in DEMO_TRUTH):
+            raise ConfigError(f"condition.columns: {column!r} is not a column of the track "
+                              f"sheet {path} (its columns: {', '.join(header)})")
 
 
 def batch_of(track: str, batches: int) -> str:

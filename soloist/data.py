@@ -62,7 +62,7 @@ def collate(samples: list[dict], frames: int, pad: int) -> dict:
     """Stack samples, padding short ones with ``pad``.
 
     Returns context, target [B, K, frames] int64; lengths [B]; context_mask [B, frames]
-    (True on real frames); keys.
+    (True on real frames); keys; tags (each sample's {column: value}).
     """
     k = samples[0]["context"].shape[0]
     context = torch.full((len(samples), k, frames), pad, dtype=torch.long)
@@ -74,7 +74,9 @@ def collate(samples: list[dict], frames: int, pad: int) -> dict:
     mask = torch.arange(frames)[None, :] < lengths[:, None]
     rank, _, worker, _ = pytorch_worker_info()
     return {"context": context, "target": target, "lengths": lengths, "context_mask": mask,
-            "keys": [s["key"] for s in samples], "skipped": _skipped, "worker": f"{rank}/{worker}"}
+            "keys": [s["key"] for s in samples],
+            "tags": [s["meta"].get("tags", {}) for s in samples],
+            "skipped": _skipped, "worker": f"{rank}/{worker}"}
 
 
 def _shuffle_and_crop(frames: int, buffer: int, seed: int, epoch: int):

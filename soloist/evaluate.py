@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from soloist.codec import decode
+from soloist.condition import Vocabulary
 from soloist.data import eval_loader
 from soloist.generate import Sampling, generate
 from soloist.io import (
@@ -37,16 +38,18 @@ log = logging.getLogger("soloist.evaluate")
 
 @torch.no_grad()
 def scores(model: Soloist, context: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-           lengths: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+           lengths: torch.Tensor, batch_size: int, tags: torch.Tensor | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Per-codebook cross-entropy and accuracy [K] over all samples (valid positions only).
 
-    context, target [N, K, T]; mask bool [N, T]; lengths [N].
+    context, target [N, K, T]; mask bool [N, T]; lengths [N]; tags int64 [N, columns].
     """
     K = model.cfg.codebooks
     loss_sum, correct, count = torch.zeros(K), torch.zeros(K), torch.zeros(K)
     for i in range(0, len(context), batch_size):
         s = slice(i, i + batch_size)
-        _, _, logits = model(context[s], target[s], mask[s], lengths[s])
+        _, _, logits = model(context[s], target[s], mask[s], lengths[s],
+                             None if tags is None else tags[s])
         delayed = model.pattern.build(target[s], lengths[s])[..., 1:]
         valid = model.pattern.valid_mask(target.shape[-1], lengths[s])[..., 1:]
         labels = delayed.clamp(max=model.cfg.card - 1)
@@ -80,12 +83,14 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
                                       ("context", "target", "context_mask", "lengths"))
     keys = [k for b in batches for k in b["keys"]]
     n = len(keys)
-    ce, acc = scores(model, context, target, mask, lengths, 16)
+    vocab = Vocabulary(**model.info["condition"]) if "condition" in model.info else None
+    tags = None if vocab is None else vocab.tensor([t for b in batches for t in b["tags"]])
+    ce, acc = scores(model, context, target, mask, lengths, 16, tags)
     # Another sample's backing: the set rotated by half its length, so no sample keeps its
     # own and, samples being in track order, most get another track's. A rotation by one
     # would pair most windows with the next window of their own track: 75% the same audio.
     other = torch.roll(torch.arange(n), n // 2) if n > 1 else torch.arange(n)
-    ce_shuffled, _ = scores(model, context[other], target, mask[other], lengths, 16)
+    ce_shuffled, _ = scores(model, context[other], target, mask[other], lengths, 16, tags)
     random_weights = model.info["weights"] == "random"
     continuation = model.info.get("task") == "continuation"
     metrics = {
@@ -96,6 +101,8 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
         **{f"accuracy_cb{k}": float(v) for k, v in enumerate(acc)},
         "weights": model.info["weights"],
     }
+    if vocab is not None:
+        metrics |= _tag_scores(model, vocab, (context, target, mask, lengths), tags, other, ce)
     if random_weights:
         metrics["warning"] = RANDOM_WARNING
     log.info("test CE %.4f (shuffled backing %.4f, ratio %.3f), accuracy %.3f", metrics["ce"],
@@ -106,7 +113,8 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     examples = []
     for i in range(min(cfg["examples"], n)):
         generated = generate(model, context[i:i + 1, :, :frames], frames, mask[i:i + 1, :frames],
-                             sampling, seed=cfg["seed"] + i)
+                             sampling, seed=cfg["seed"] + i,
+                             tags=None if tags is None else tags[i:i + 1])
         examples.append(_write_example(out_dir / "examples", i, keys[i], codec,
                                        context[i, :, :lengths[i]], target[i, :, :lengths[i]],
                                        generated[0], continuation))
@@ -115,6 +123,23 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     write_json(out_dir / "metrics.json", metrics)
     _log_to_mlflow(model_dir, out_dir, metrics, config["mlflow"])
     return metrics
+
+
+def _tag_scores(model: Soloist, vocab: Vocabulary, data: tuple, tags: torch.Tensor,
+                other: torch.Tensor, ce: np.ndarray) -> dict:
+    """Does it follow its tags? Test CE with another sample's tags (all columns, then each
+    column alone) over the CE with its own: above 1 when the tags matter."""
+    shuffled, _ = scores(model, *data, 16, tags[other])
+    out = {"ce_shuffled_tags": float(shuffled.mean()),
+           "tags_ratio": float(shuffled.mean() / ce.mean())}
+    for c, column in enumerate(vocab.columns):
+        one = tags.clone()
+        one[:, c] = tags[other, c]
+        ce_column, _ = scores(model, *data, 16, one)
+        out[f"tags_ratio_{column}"] = float(ce_column.mean() / ce.mean())
+    log.info("test CE with shuffled tags %.4f (ratio %.3f)", out["ce_shuffled_tags"],
+             out["tags_ratio"])
+    return out
 
 
 def _frames(seconds: float | None, model: Soloist) -> int:
@@ -187,7 +212,7 @@ def _write_page(path: Path, examples: list[dict], metrics: dict, continuation: b
 <h1>{title}</h1>{warning}
 <p>Test CE {metrics['ce']:.3f} with the real {context}, {metrics['ce_shuffled_backing']:.3f}
 with another sample's (ratio {metrics['listen_ratio']:.3f}); accuracy
-{metrics['accuracy']:.3f} over {metrics['samples']} samples.</p>
+{metrics['accuracy']:.3f} over {metrics['samples']} samples.{_tags_line(metrics)}</p>
 <table><tr><th>sample</th><th>{context}</th><th>real {target}</th><th>generated {target}</th>
 <th>{both}</th><th>spectrograms</th></tr>
 {chr(10).join(rows)}
@@ -195,6 +220,16 @@ with another sample's (ratio {metrics['listen_ratio']:.3f}); accuracy
 """
     with atomic_path(path) as tmp:
         tmp.write_text(page)
+
+
+def _tags_line(metrics: dict) -> str:
+    """What the page says of the tags, for a model conditioned on them."""
+    if "tags_ratio" not in metrics:
+        return ""
+    columns = ", ".join(f"{k.removeprefix('tags_ratio_')} {v:.3f}" for k, v in metrics.items()
+                        if k.startswith("tags_ratio_"))
+    return (f" With another sample's tags, test CE {metrics['ce_shuffled_tags']:.3f} (ratio "
+            f"{metrics['tags_ratio']:.3f}; one column at a time: {columns}).")
 
 
 def _log_to_mlflow(model_dir: Path, out_dir: Path, metrics: dict, mlflow_cfg: dict) -> None:

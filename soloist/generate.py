@@ -30,12 +30,15 @@ from soloist.model import Soloist
 @dataclass(frozen=True)
 class Sampling:
     """How each code is drawn: temperature 0 or top_k 1 is greedy; cfg_scale != 1 mixes
-    logits as uncond + cfg_scale * (cond - uncond), both passes in one batch."""
+    logits as uncond + cfg_scale * (cond - uncond), uncond without the context; tag_cfg
+    likewise per tag column (its scale, uncond without that column's tag). All passes run
+    in one batch."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.0
     cfg_scale: float = 1.0
+    tag_cfg: tuple[float, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -43,6 +46,42 @@ class Sampling:
 
 
 PLAIN = Sampling()  # temperature 1, no truncation, no guidance
+
+Groups = list[tuple[int | None, float]]
+
+
+def guidance(sampling: Sampling, columns: int) -> Groups:
+    """The row groups that guidance decodes beside the conditioned one, as (what it drops,
+    its weight = scale - 1): None drops the context, c tag column c's tag."""
+    groups: Groups = [(None, sampling.cfg_scale - 1)] if sampling.cfg_scale != 1 else []
+    return groups + [(c, s - 1) for c, s in enumerate(sampling.tag_cfg[:columns]) if s != 1]
+
+
+def grouped(groups: Groups, context: Tensor, mask: Tensor | None, tags: Tensor | None
+            ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """The encoder's inputs for every group, stacked: context [G B, K, M], mask [G B, M],
+    drop bool [G B] (None: no group drops the context) and tags [G B, columns]."""
+    G, B = 1 + len(groups), context.shape[0]
+    context = context.repeat(G, 1, 1)
+    mask = None if mask is None else mask.repeat(G, 1)
+    tags = None if tags is None else tags.repeat(G, 1)
+    drop = torch.zeros(G * B, dtype=torch.bool, device=context.device)
+    for g, (column, _) in enumerate(groups, start=1):
+        if column is None:
+            drop[g * B:(g + 1) * B] = True
+        elif tags is not None:
+            tags[g * B:(g + 1) * B, column] = 0
+    return context, mask, drop if drop.any() else None, tags
+
+
+def guided(groups: Groups, logits: Tensor) -> Tensor:
+    """Logits [B, ...] of the groups' stacked logits [G B, ...]: the conditioned ones pushed
+    away from each group's by its weight."""
+    B = logits.shape[0] // (1 + len(groups))
+    out = logits[:B]
+    for g, (_, weight) in enumerate(groups, start=1):
+        out = out + weight * (logits[:B] - logits[g * B:(g + 1) * B])
+    return out
 
 
 def sample(logits: Tensor, uniform: Tensor, sampling: Sampling) -> Tensor:
@@ -89,9 +128,9 @@ class Decoder:
         cfg = model.cfg
         self.model, self.sampling, self.batch, self.frames = model, sampling, batch, frames
         self.memory = _round16(memory or frames)
-        self.guided = sampling.cfg_scale != 1.0
+        self.groups = guidance(sampling, len(cfg.tags))
         device = model.heads.weight.device
-        self.cache = model.new_cache(2 * batch if self.guided else batch,
+        self.cache = model.new_cache((1 + len(self.groups)) * batch,
                                      _round16(frames + cfg.codebooks), self.memory)
         shape = (batch, cfg.codebooks, self.cache.steps)
         self.seq = torch.full(shape, cfg.card, dtype=torch.long, device=device)  # delayed steps
@@ -108,13 +147,9 @@ class Decoder:
         """Read step ``pos``, predict step ``pos + 1`` (unless it is primed), advance."""
         model, card = self.model, self.model.cfg.card
         now, nxt = self.pos.view(1), self.pos.view(1) + 1
-        steps = self.seq.index_select(2, now)  # [B, K, 1]
-        if self.guided:
-            steps = torch.cat([steps, steps])
+        steps = self.seq.index_select(2, now).repeat(1 + len(self.groups), 1, 1)  # [G B, K, 1]
         logits = model.decode(steps, cache=self.cache, start=self.pos)[:, :, 0].float()
-        if self.guided:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + self.sampling.cfg_scale * (cond - uncond)
+        logits = guided(self.groups, logits)
         codes = sample(logits.flatten(0, 1), self.noise.index_select(2, nxt).flatten(),
                        self.sampling).view(self.seq.shape[0], -1, 1)
         codes = torch.where(self.valid.index_select(2, nxt), codes, card)
@@ -139,13 +174,14 @@ class Decoder:
 
     @torch.no_grad()
     def window(self, context: Tensor, context_mask: Tensor, lengths: list[int],
-               prompt: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+               prompt: Tensor | None = None, noise: Tensor | None = None,
+               tags: Tensor | None = None) -> Tensor:
         """Codes int64 [B, K, frames] for context codes [B, K, M] with mask bool [B, M]
         (True on real frames, at least one per row).
 
         Row b gets ``lengths[b]`` frames (special codes after them); its first P frames are
         ``prompt`` [B, K, P], kept as they are; ``noise`` [B, K, steps] is uniform in [0, 1)
-        (unused when greedy).
+        (unused when greedy); ``tags`` int64 [B, columns] are the model's tag ids.
         """
         model, (B, K, M) = self.model, context.shape
         card = model.cfg.card
@@ -154,11 +190,7 @@ class Decoder:
             self._capture()
         context = F.pad(context.long(), (0, self.memory - M), value=card)
         mask = F.pad(context_mask, (0, self.memory - M), value=False)
-        drop = None
-        if self.guided:  # second half of the batch: the null context
-            context, mask = context.repeat(2, 1, 1), mask.repeat(2, 1)
-            drop = torch.arange(2 * B, device=context.device) >= B
-        model.fill_cache(self.cache, *model.encode(context, mask, drop))
+        model.fill_cache(self.cache, *model.encode(*grouped(self.groups, context, mask, tags)))
 
         P = 0 if prompt is None else prompt.shape[-1]
         primed = context.new_full((B, K, self.frames), card)
@@ -173,7 +205,7 @@ class Decoder:
             self.noise.copy_(noise)
         if P:  # teacher-forced: steps 0..P-1 hold primed frames only
             steps = self.seq[..., :P]
-            model.decode(torch.cat([steps, steps]) if self.guided else steps, cache=self.cache)
+            model.decode(steps.repeat(1 + len(self.groups), 1, 1), cache=self.cache)
         self.pos.fill_(P)
         for _ in range(max(lengths) + K - 1 - P):
             if self.graph is not None:
@@ -193,46 +225,41 @@ def _noise(seed: int | None, shape: tuple[int, ...]) -> Tensor:
 def generate(model: Soloist, context: Tensor, frames: int | None = None,
              context_mask: Tensor | None = None, sampling: Sampling = PLAIN,
              seed: int | None = None, prompt: Tensor | None = None, use_cache: bool = True,
-             graph: bool | None = None) -> Tensor:
+             graph: bool | None = None, tags: Tensor | None = None) -> Tensor:
     """Sampled target codes int64 [B, K, frames] for context codes [B, K, Tc] in one window.
 
     ``frames`` (default Tc) is at most the model's max_frames; context_mask bool [B, Tc] is
-    True on real frames; the first P frames are ``prompt`` [B, K, P] when given. use_cache
-    False decodes the whole prefix again at every step: the slow reference.
+    True on real frames; the first P frames are ``prompt`` [B, K, P] when given; tags int64
+    [B, columns] are the model's tag ids. use_cache False decodes the whole prefix again at
+    every step: the slow reference.
     """
     B, K, Tc = context.shape
     frames = Tc if frames is None else frames
     assert frames <= model.cfg.max_frames, "frames longer than max_frames"
     noise = _noise(seed, (B, K, frames + K)).to(context.device)
     if not use_cache:
-        return _reference(model, context, frames, context_mask, sampling, noise, prompt)
+        return _reference(model, context, frames, context_mask, sampling, noise, prompt, tags)
     if context_mask is None:
         context_mask = torch.ones(B, Tc, dtype=torch.bool, device=context.device)
     decoder = Decoder(model, B, frames, Tc, sampling, graph)
     noise = F.pad(noise, (0, decoder.cache.steps - frames - K))
-    return decoder.window(context, context_mask, [frames] * B, prompt, noise)
+    return decoder.window(context, context_mask, [frames] * B, prompt, noise, tags)
 
 
 def _reference(model: Soloist, context: Tensor, frames: int, context_mask: Tensor | None,
-               sampling: Sampling, noise: Tensor, prompt: Tensor | None) -> Tensor:
+               sampling: Sampling, noise: Tensor, prompt: Tensor | None,
+               tags: Tensor | None) -> Tensor:
     """``generate`` without a cache: each step decodes every step before it again."""
     B, K, card = context.shape[0], model.cfg.codebooks, model.cfg.card
-    drop = None
-    if sampling.cfg_scale != 1.0:
-        context = context.repeat(2, 1, 1)
-        context_mask = None if context_mask is None else context_mask.repeat(2, 1)
-        drop = torch.arange(2 * B, device=context.device) >= B
-    memory, memory_mask = model.encode(context, context_mask, drop)
+    groups = guidance(sampling, len(model.cfg.tags))
+    memory, memory_mask = model.encode(*grouped(groups, context, context_mask, tags))
     valid = model.pattern.valid_mask(frames, device=context.device)  # [K, frames + K]
     frame = model.pattern.frame_index(frames, device=context.device)
     seq = torch.full((B, K, frames + K), card, dtype=torch.long, device=context.device)
     for s in range(1, frames + K):
         steps = seq[..., :s]
         logits = model.decode(steps.repeat(len(memory) // B, 1, 1), memory, memory_mask)
-        logits = logits[:, :, -1].float()
-        if drop is not None:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + sampling.cfg_scale * (cond - uncond)
+        logits = guided(groups, logits[:, :, -1].float())
         codes = sample(logits.flatten(0, 1), noise[..., s].flatten(), sampling).view(B, K)
         seq[..., s] = torch.where(valid[:, s], codes, card)
         for k in range(K):  # primed frames stay as they are
@@ -258,13 +285,14 @@ def windows(frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
 def generate_long(model: Soloist, backings: list[Tensor], overlap: int,
                   sampling: Sampling = PLAIN, seeds: list[int] | None = None,
                   batch_size: int = 8, graph: bool | None = None, compile: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> list[Tensor]:
+                  progress: Callable[[int, int], None] | None = None,
+                  tags: list[Tensor] | None = None) -> list[Tensor]:
     """Solo codes int64 [K, N] for each backing's codes [K, N], N >= 1, window by window.
 
     Windows are the model's max_frames long and overlap by ``overlap`` frames; up to
     ``batch_size`` backings are decoded side by side, the longest together. ``seeds[i]``
-    seeds backing i's noise, so its solo does not depend on the others'. ``progress(i, n)``
-    is called when backing i has n frames.
+    seeds backing i's noise, so its solo does not depend on the others'; ``tags[i]`` int64
+    [columns] are its tag ids. ``progress(i, n)`` is called when backing i has n frames.
     """
     W, K, card = model.cfg.max_frames, model.cfg.codebooks, model.cfg.card
     device = model.heads.weight.device
@@ -283,6 +311,7 @@ def generate_long(model: Soloist, backings: list[Tensor], overlap: int,
             mask[:, 0] = True  # rows without a window still attend somewhere
             prompt = torch.full((B, K, overlap), card, dtype=torch.long)
             noise = torch.zeros(B, K, decoder.cache.steps)
+            tag_ids = torch.zeros(B, len(model.cfg.tags), dtype=torch.long)
             lengths, rows = [0] * B, []
             for r, i in enumerate(group):
                 if w >= len(spans[i]):
@@ -292,10 +321,13 @@ def generate_long(model: Soloist, backings: list[Tensor], overlap: int,
                 mask[r, :end - start] = True
                 prompt[r] = out[i][:, start:start + overlap]
                 noise[r, :, :W + K] = torch.rand((K, W + K), generator=generators[i])
+                if tags is not None:
+                    tag_ids[r] = tags[i]
                 lengths[r] = end - start
                 rows.append((r, i, start, end))
             codes = decoder.window(context.to(device), mask.to(device), lengths,
-                                   prompt.to(device) if w else None, noise.to(device)).cpu()
+                                   prompt.to(device) if w else None, noise.to(device),
+                                   tag_ids.to(device)).cpu()
             new = overlap if w else 0  # frames before it are the previous window's
             for r, i, start, end in rows:
                 out[i][:, start + new:end] = codes[r, :, new:end - start]

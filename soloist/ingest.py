@@ -29,6 +29,7 @@ from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import DownloadError, ExtractorError, unsmuggle_url
 
 from soloist import io, tracks
+from soloist.condition import truth_tags
 from soloist.tracks import Batch, Track, fingerprint, provenance, run_batch
 
 log = logging.getLogger("soloist.ingest")
@@ -316,14 +317,16 @@ def _ingest_stems(folder: Path, s: dict) -> tuple[np.ndarray, dict]:
 
 
 def _demo_song(source: Path, track: str) -> dict:
-    """A demo song's title and the solo intervals of its truth.json, beside its mixture or
-    stems folder (clip selection is scored against them)."""
+    """A demo song's title, the solo intervals of its truth.json, beside its mixture or
+    stems folder (clip selection is scored against them), and its tempo and key (its tags
+    for condition.columns)."""
     folder = source.parent
     truth = io.read_json(folder / "truth.json")
     if source.is_dir():
         log.info("%s enters as the demo's ground-truth stems (demo.stems); no separation",
                  track)
-    return {"title": folder.name, "solo_intervals": truth["solo_intervals"]}
+    return {"title": folder.name, "solo_intervals": truth["solo_intervals"],
+            "truth_tags": truth_tags(truth)}
 
 
 def ingest(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -83,6 +83,8 @@ class ModelConfig:
     dropout: float = 0.0
     max_frames: int = 750  # longest window the model takes (RoPE itself has no limit)
     context_dropout: float = 0.1  # P(whole context -> learned null), for classifier-free guidance
+    tags: list[int] = field(default_factory=list)  # ids per tag column, 0 ("none") included
+    tag_dropout: float = 0.1  # P(a column's tag -> none), each apart: guidance per column
 
 
 PRESETS = {
@@ -246,6 +248,10 @@ class Soloist(nn.Module):
         self.register_buffer("offsets", torch.arange(K)[:, None] * (cfg.card + 1),
                              persistent=False)
         self.null = nn.Parameter(torch.zeros(D))  # the encoded "no context" for CFG
+        # one table for every tag column (condition.columns), as for the codebooks
+        self.tag_emb = nn.Embedding(sum(cfg.tags), D) if cfg.tags else None
+        self.register_buffer("tag_offsets", torch.tensor([0, *cfg.tags[:-1]]).cumsum(0),
+                             persistent=False)
         self.align = nn.Linear(K * D, D, bias=False)  # backing frames s..s-K+1 -> step s
         self.encoder = nn.ModuleList(Block(cfg, decoder=False) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(Block(cfg, decoder=True) for _ in range(cfg.decoder_layers))
@@ -276,17 +282,25 @@ class Soloist(nn.Module):
         return self.rope_cos[start:start + length], self.rope_sin[start:start + length]
 
     def encode(self, context: Tensor, context_mask: Tensor | None = None,
-               drop: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               drop: Tensor | None = None, tags: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
         """Memory [B, T, D] and its mask bool [B, T] (or None) of context codes [B, K, T].
 
         context_mask bool [B, T] is True on real frames (at least one per sample); drop bool
-        [B] replaces a sample's whole memory by the learned null.
+        [B] replaces a sample's whole memory by the learned null; tags int64 [B, columns]
+        (0: none; default all none) are added to every frame. Added rather than prefixed: a
+        prefix would sit ever farther (in RoPE's relative positions) from later frames.
         """
         B, K, T = context.shape
         tokens = context.long()
         if context_mask is not None:
             tokens = tokens.masked_fill(~context_mask[:, None], self.cfg.card)
-        x = self.drop(self.embed(self.context_emb, tokens))
+        x = self.embed(self.context_emb, tokens)
+        if self.tag_emb is not None:
+            if tags is None:
+                tags = torch.zeros(B, len(self.cfg.tags), dtype=torch.long, device=x.device)
+            x = x + self.tag_emb(tags + self.tag_offsets).sum(dim=1, keepdim=True)
+        x = self.drop(x)
         pos = self.positions(0, T)
         mask = None if context_mask is None else context_mask[:, None, None]
         for block in self.encoder:
@@ -368,19 +382,24 @@ class Soloist(nn.Module):
             cache.memory_mask.copy_(memory_mask[:, None, None])
 
     def forward(self, context: Tensor, target: Tensor, context_mask: Tensor | None = None,
-                target_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                target_lengths: Tensor | None = None, tags: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced loss, per-codebook losses [K] and logits [B, K, S, card].
 
         context [B, K, Tc] and target [B, K, T] codes (any int dtype); context_mask bool
-        [B, Tc] (True = real frame); target_lengths int [B] (unpadded frames). The decoder
-        reads delayed steps 0..T+K-2 and predicts steps 1..T+K-1, so S = T + K - 1.
+        [B, Tc] (True = real frame); target_lengths int [B] (unpadded frames); tags int64
+        [B, columns]. The decoder reads delayed steps 0..T+K-2 and predicts steps
+        1..T+K-1, so S = T + K - 1.
         """
         T = target.shape[-1]
         assert max(context.shape[-1], T) <= self.cfg.max_frames, "window longer than max_frames"
         drop = None
         if self.training and self.cfg.context_dropout > 0:
             drop = torch.rand(context.shape[0], device=context.device) < self.cfg.context_dropout
-        memory, memory_mask = self.encode(context, context_mask, drop)
+        if self.training and tags is not None and self.cfg.tag_dropout > 0:
+            tags = tags.masked_fill(torch.rand(tags.shape, device=tags.device)
+                                    < self.cfg.tag_dropout, 0)
+        memory, memory_mask = self.encode(context, context_mask, drop, tags)
         if target_lengths is not None:
             target_lengths = target_lengths.to(target.device)
         delayed = self.pattern.build(target.long(), target_lengths)

@@ -120,6 +120,15 @@ def _card_tables(info: dict, metrics: dict, sources: Counter) -> tuple[str, str,
     return splits, kinds, scores
 
 
+def _condition_line(info: dict) -> str:
+    """The card's word on a model's tags (condition.columns), if it has any."""
+    if "condition" not in info:
+        return ""
+    columns = ", ".join(info["condition"]["columns"])
+    return (f", `condition` (its tag columns, {columns}, and their values: give them with "
+            "`--tag COLUMN=VALUE`)")
+
+
 def _codec_licence(name: str) -> tuple[str, str]:
     """(the Hub's licence id, what a model trained on the tokens of codec ``name`` inherits)."""
     licence = CODECS[name].licence if name in CODECS else "other"
@@ -195,7 +204,7 @@ from keep their own licences (above).
 - `model.safetensors`: the weights (safetensors: no pickle on load)
 - `config.json`: `model` (the architecture), `task`, `codec` (whose tokens it reads, and the
   sha256 of those weights), `separator` (the roles; none for continuation),
-  `window_seconds`, `training`, `data`
+  `window_seconds`, `training`, `data`{_condition_line(info)}
 - `examples/`: {"continuations of test recordings, alone and after what they continue"
                 if continuation else "generated solos on test backings, alone and mixed"}
 """

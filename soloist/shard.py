@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from soloist.condition import tags_of
 from soloist.io import RANDOM_WARNING, atomic_path, read_json, read_npy, write_json, write_png
 from soloist.tracks import SPLITS, Batch, Track, original_of, split_of, track_of
 
@@ -34,7 +35,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("target_rms_db", pa.float32()), ("context_rms_db", pa.float32()),
     ("title", pa.string()), ("source", pa.string()), ("weights", pa.string()),
     ("codec", pa.string()), ("variant", pa.string()), ("original_track", pa.string()),
-    ("task", pa.string()),
+    ("task", pa.string()), ("tags", pa.map_(pa.string(), pa.string())),
 ])
 FAILURE_COLUMNS = ["track", "row", "source", "stage", "reason"]
 CODEC_KEYS = ("model", "files", "sample_rate", "frame_rate", "codebooks",
@@ -99,12 +100,15 @@ def sample_key(track: str, window: int) -> str:
 
 def shard(tracks: list[Track], out_dir: str | os.PathLike, failures_out: str | os.PathLike,
           explicit_splits: dict[str, str], settings: dict,
-          variant_splits: tuple[str, ...] = ("train",)) -> dict:
+          variant_splits: tuple[str, ...] = ("train",), condition: dict | None = None) -> dict:
     """Write shards under ``out_dir/<split>/``, the manifest, stats, plots and failures, from
     ``tracks``' ingest, clip and tokenize files. A variant goes where its original goes, and
-    only into ``variant_splits`` (augment.splits)."""
+    only into ``variant_splits`` (augment.splits). ``condition``: the tag columns and the
+    sheet's tags by row, {"columns": [...], "rows": {row: {column: value}}}; every sample
+    gets its track's tags."""
     out_dir = Path(out_dir)
-    found = _read(tracks, explicit_splits, settings["fractions"])
+    found = _read(tracks, explicit_splits, settings["fractions"],
+                  condition or {"columns": [], "rows": {}})
     # Only tracks that give samples fill a split: a track without windows trains nothing.
     splits = {t["track"]: t["split"] for t in found.per_track if t["windows"] and not t["variant"]}
     empty_splits = _fill_empty_splits(splits, found.hashed & set(splits), settings["fractions"])
@@ -115,10 +119,10 @@ def shard(tracks: list[Track], out_dir: str | os.PathLike, failures_out: str | o
     for t in found.per_track:
         t["kept"] = t not in dropped
     out = {t["track"] for t in dropped}
-    samples = [sample for track, info, row, windows, tokens in found.usable
+    samples = [sample for track, info, row, windows, tokens, tags in found.usable
                if track.name not in out
                for sample in _track_samples(track, info, row, split_of_track[track.name],
-                                            windows, tokens)]
+                                            windows, tokens, tags)]
     manifest_rows = _write_tars(samples, out_dir, settings)
     with atomic_path(out_dir / "manifest.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(manifest_rows, schema=MANIFEST_SCHEMA), tmp)
@@ -158,7 +162,7 @@ class _Found:
 
     failures: list[dict] = field(default_factory=list)
     per_track: list[dict] = field(default_factory=list)  # the tracks that did not fail
-    usable: list[tuple] = field(default_factory=list)  # (track, info, row, windows, tokens)
+    usable: list[tuple] = field(default_factory=list)  # (track, info, row, windows, tokens, tags)
     hashed: set[str] = field(default_factory=set)  # tracks whose split the hash chose
     first_split: dict[str, str] = field(default_factory=dict)  # sheet's or hash's, by track
     codec: dict = field(default_factory=dict)  # codebooks, frame rate...: any tokens status
@@ -166,8 +170,8 @@ class _Found:
     windows: int = 0  # in the clip tables of the tracks that did not fail
 
 
-def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[str, float]
-          ) -> _Found:
+def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[str, float],
+          condition: dict) -> _Found:
     found = _Found()
     for track in sorted(tracks, key=lambda t: t.name):
         original, variant = original_of(track.name)
@@ -189,16 +193,18 @@ def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[
         windows = pq.read_table(track["clip"]["windows"]).to_pylist()
         found.windows += len(windows)
         found.codec = found.codec or tokens_status
+        tags = tags_of(condition["rows"].get(row, {}), info.get("truth_tags", {}),
+                       condition["columns"])
         found.per_track.append({"track": track.name, "original": original, "variant": variant,
                                 "split": found.first_split[original], "windows": len(windows),
                                 "duration": clip_status["duration"],
-                                "active_seconds": clip_status["active_seconds"]})
+                                "active_seconds": clip_status["active_seconds"], "tags": tags})
         whole = tokens_status.get("roles") == ["mix"]  # task continuation: no solo chosen
         if info.get("solo_intervals") is not None and not variant and not whole:  # the truth
             found.scores.append(_selection_scores(track.name, clip_status["active_intervals"],
                                                   windows, info["solo_intervals"]))
         if windows:
-            found.usable.append((track, info, row, windows, tokens_status))
+            found.usable.append((track, info, row, windows, tokens_status, tags))
     return found
 
 
@@ -293,7 +299,7 @@ def _total_scores(scores: list[dict]) -> dict | None:
 
 
 def _track_samples(track: Track, info: dict, row: str, split: str, windows: list[dict],
-                   tokens_status: dict) -> list[dict]:
+                   tokens_status: dict, tags: dict[str, str]) -> list[dict]:
     """A sample per window: its context and target codes [K, frames] and what it is. A
     recording tokenized whole (task: continuation) gives a window's first half as the
     context and its second half, what comes next, as the target."""
@@ -315,7 +321,7 @@ def _track_samples(track: Track, info: dict, row: str, split: str, windows: list
                 "title": info.get("title") or original, "source": info.get("source", ""),
                 "weights": tokens_status["weights"], "codec": tokens_status["model"],
                 "variant": variant, "original_track": original,
-                "task": "continuation" if whole else "solo"}
+                "task": "continuation" if whole else "solo", "tags": tags}
         samples.append({**meta, "context": context[:, start:start + frames],
                         "target": target[:, next_start:next_start + frames]})
     return samples

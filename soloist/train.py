@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from soloist.condition import Vocabulary, vocabulary
 from soloist.data import eval_loader, train_loader
 from soloist.io import read_json, sha256_file, write_json, write_torch
 from soloist.launch import setup_distributed
@@ -98,10 +99,13 @@ class _Trainer:
             log.warning("training on tokens of RANDOM-INIT codec weights: not musically "
                         "meaningful")
         self.frames = round(cfg["seconds"] * stats["frame_rate"])
+        self.vocab = vocabulary(config["condition"], stats["per_track"])
         model_cfg = ModelConfig(**{
             **asdict(PRESETS[cfg["preset"]]), "codebooks": stats["codebooks"],
             "card": stats["cardinality"], "context_dropout": cfg["context_dropout"],
-            "max_frames": self.frames})  # the window it generates in, too
+            "max_frames": self.frames,  # the window it generates in, too
+            "tags": self.vocab.sizes() if self.vocab else [],
+            "tag_dropout": config["condition"]["dropout"]})
         self.raw = Soloist(model_cfg).to(self.device)
         self.model: torch.nn.Module = self.raw  # compiled and DDP-wrapped by start()
         self.optimizer = self.raw.configure_optimizers(cfg["weight_decay"], cfg["lr"],
@@ -213,7 +217,7 @@ class _Trainer:
             self.skipped[batch["worker"]] = batch["skipped"]
             sync = micro == cfg["grad_accum"] - 1 or world == 1
             with self.autocast, (nullcontext() if sync else self.model.no_sync()):
-                loss, losses, _ = self.model(*_inputs(batch, self.device))
+                loss, losses, _ = self.model(*_inputs(batch, self.device, self.vocab))
                 (loss / cfg["grad_accum"]).backward()
             per_codebook += losses.detach().float() / cfg["grad_accum"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(),
@@ -246,7 +250,7 @@ class _Trainer:
         """Rank 0 validates; every rank learns the result, so all decide alike whether this
         is the best model so far."""
         state = self.state
-        val = _validate(self.raw, self.valid_urls, self.cfg, self.frames, self.raw.cfg.card,
+        val = _validate(self.raw, self.valid_urls, self.cfg, self.frames, self.vocab,
                         self.device, self.autocast) if self.main else None
         val_loss = torch.tensor(val["val/loss"] if val else math.nan, device=self.device)
         if self.world > 1:
@@ -313,31 +317,32 @@ class _Trainer:
         return result
 
 
-def _inputs(batch: dict, device: torch.device) -> tuple:
-    """The model's (context, target, context_mask, target_lengths) of a loader batch.
+def _inputs(batch: dict, device: torch.device, vocab: Vocabulary | None) -> tuple:
+    """The model's (context, target, context_mask, target_lengths, tags) of a loader batch.
 
     A batch without padding gets no mask, so attention can take the flash kernel.
     """
     mask = batch["context_mask"]
     return (batch["context"].to(device, non_blocking=True),
             batch["target"].to(device, non_blocking=True),
-            None if mask.all() else mask.to(device), batch["lengths"].to(device))
+            None if mask.all() else mask.to(device), batch["lengths"].to(device),
+            None if vocab is None else vocab.tensor(batch["tags"]).to(device))
 
 
 @torch.no_grad()
-def _validate(model: Soloist, urls: list[str], cfg: dict, frames: int, card: int,
-              device: torch.device, autocast) -> dict | None:
+def _validate(model: Soloist, urls: list[str], cfg: dict, frames: int,
+              vocab: Vocabulary | None, device: torch.device, autocast) -> dict | None:
     """Mean validation loss (overall and per codebook) on up to eval_batches batches."""
     if not urls:
         return None
     model.eval()
     totals, n = None, 0
     for i, batch in enumerate(eval_loader(urls, batch_size=cfg["batch_size"], frames=frames,
-                                          pad=card)):
+                                          pad=model.cfg.card)):
         if i >= cfg["eval_batches"]:
             break
         with autocast:
-            _, losses, _ = model(*_inputs(batch, device))
+            _, losses, _ = model(*_inputs(batch, device, vocab))
         totals = losses.float() if totals is None else totals + losses.float()
         n += 1
     model.train()
@@ -390,6 +395,9 @@ def model_info(config: dict, stats: dict, frames: int, training: dict) -> dict:
             {k: config["separate"][k] for k in ("model", "context", "target")},
             "window_seconds": frames / stats["frame_rate"], "training": training,
             "data": {"tracks": stats["tracks_ok"], "splits": splits}}
+    vocab = vocabulary(config["condition"], stats["per_track"])
+    if vocab is not None:  # what generation needs to turn tags into the model's ids
+        info["condition"] = vocab.to_dict()
     if stats["weights"] == "random":
         info["warning"] = stats["warning"]
     return info

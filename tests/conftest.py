@@ -188,8 +188,8 @@ BAD = {
 
 
 def e2e_sheet(media: Path, base_url: str, dead_url: str, extra: str = "") -> str:
-    return ("track\tsource\tsplit\n"
-            "song1\tdemo:song1\ttrain\n"
+    return ("track\tsource\tsplit\tstyle\n"  # style: a tag column (condition.columns)
+            "song1\tdemo:song1\ttrain\tswing\n"
             "song2\tdemo:song2\tvalid\n"
             f"feed\t{base_url}/feed.xml\tvalid\n"
             + "".join(f"{t}\t{media}/{t}/stems\t{split}\n" for t, split in MULTITRACKS.items()) +

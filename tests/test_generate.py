@@ -82,6 +82,34 @@ def test_cfg_scale_zero_ignores_the_backing(model):
                        generate(model, codes(2, 4, 30, seed=20), 10, sampling=null))
 
 
+def tagged() -> Soloist:
+    """A tiny model with two tag columns of 3 and 5 ids (condition.columns)."""
+    torch.manual_seed(5)
+    return Soloist(dataclasses.replace(TINY, tags=[3, 5])).eval()
+
+
+@pytest.mark.parametrize("sampling", [Sampling(top_k=50, tag_cfg=(3.0, 1.0)),
+                                      Sampling(top_k=50, cfg_scale=2.0, tag_cfg=(0.5, 2.0))])
+def test_tag_guidance_matches_the_uncached_reference(sampling):
+    model, context = tagged(), codes(2, 4, 30, seed=23)
+    tags = torch.tensor([[1, 4], [2, 0]])
+    fast = generate(model, context, 15, sampling=sampling, seed=3, tags=tags)
+    slow = generate(model, context, 15, sampling=sampling, seed=3, tags=tags, use_cache=False)
+    assert torch.equal(fast, slow)
+
+
+def test_a_tag_scale_of_zero_ignores_that_tag_alone():
+    model, context = tagged(), codes(1, 4, 30, seed=24)
+
+    def solo(tags: list[int], tag_cfg: tuple[float, ...]) -> torch.Tensor:
+        return generate(model, context, 20, sampling=Sampling(temperature=0, tag_cfg=tag_cfg),
+                        tags=torch.tensor([tags]))
+
+    assert not torch.equal(solo([1, 3], (1.0, 1.0)), solo([2, 3], (1.0, 1.0)))
+    assert torch.equal(solo([1, 3], (0.0, 1.0)), solo([2, 3], (0.0, 1.0)))  # column 0 ignored
+    assert not torch.equal(solo([1, 3], (0.0, 1.0)), solo([1, 1], (0.0, 1.0)))  # not column 1
+
+
 @pytest.mark.parametrize("K", [1, 4])
 def test_a_primed_window_keeps_its_prompt_in_every_codebook(K):
     """Under the delay pattern the high codebooks' last primed frames come at steps

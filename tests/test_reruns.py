@@ -54,6 +54,10 @@ EXPECTED = {
     # clip and tokenize read the ingested recordings; nothing separates them
     "task.name": ("continuation", stages("clip", "tokenize")),
     "task.seconds": (8, NOTHING),  # the solo task has no segment pairs
+    # a column of the sheet: its tags go into the shards; the rest only shapes a model with tags
+    "condition.columns": (["style"], SHARD),
+    "condition.dropout": (0.2, NOTHING),
+    "condition.buckets": (4, NOTHING),
     "seed": (1, {"demo_corpus": 2, "fetch_weights": 2, "ingest": batches(DEMOS)} | SEPARATE),
     "demo.seconds": (25, {"demo_corpus": 2} | stages("ingest", "separate", "clip", "tokenize",
                                                      tracks=DEMOS)),
@@ -132,8 +136,9 @@ EXPECTED = {
     # test_publish.py check what they rerun
     **{f"accompany.{key}": (value, NOTHING) for key, value in {
         "tracks": "config/same-sheet.tsv", "separate": False, "seconds": 5, "overlap": 1.0,
-        "temperature": 0.9, "top_k": 50, "top_p": 0.9, "cfg_scale": 2.0, "seed": 1,
-        "batch_size": 2, "compile": True, "device": "cpu", "threads": 1, "gpus": 2}.items()},
+        "temperature": 0.9, "top_k": 50, "top_p": 0.9, "cfg_scale": 2.0, "tag_cfg": {"style": 2},
+        "seed": 1, "batch_size": 2, "compile": True, "device": "cpu", "threads": 1,
+        "gpus": 2}.items()},
     "publish.repo_id": ("you/model", NOTHING),
     "publish.private": (False, NOTHING),
     "publish.examples": (1, NOTHING),

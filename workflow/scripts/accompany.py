@@ -16,6 +16,6 @@ summary = accompany([Backing(**b) for b in p.backings], model, snakemake.output[
                     {"codec": i.codec, "demucs": i.get("separator")},
                     Sampling(a["temperature"], a["top_k"], a["top_p"], a["cfg_scale"]), a["seed"],
                     a["overlap"], a["seconds"], a["separate"], a["batch_size"], a["compile"],
-                    progress=False, name="results/train")
+                    progress=False, name="results/train", tag_cfg=a["tag_cfg"])
 log_to_mlflow(snakemake.output[0], summary, read_json(i.summary)["mlflow_run_id"],
               config["mlflow"])

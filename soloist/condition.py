@@ -1,0 +1,110 @@
+"""Tag conditioning (``condition.columns``): sheet columns such as style, mood, tempo or key
+become one id per column for the model.
+
+The training split's values of a column make its vocabulary: a categorical column gives each
+value an id; a numeric one (every value a number) is cut into ``buckets`` quantile buckets.
+Id 0 is "no tag": an empty or unseen value, or a tag dropped in training (each column on its
+own, so that guidance can weigh each column apart at generation). Demo songs tag themselves
+with their ground truth (tempo in bpm, key) where the sheet leaves those empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+DEMO_TRUTH = {"tempo": "tempo_bpm", "key": "key"}  # column -> the demo's truth.json field
+
+
+def truth_tags(truth: dict) -> dict[str, str]:
+    """The tags a demo song's truth.json gives: {tempo, key} as strings."""
+    return {column: str(truth[field]) for column, field in DEMO_TRUTH.items()}
+
+
+def tags_of(sheet: dict[str, str], truth: dict[str, str], columns: list[str]) -> dict[str, str]:
+    """A track's tag per column: the sheet's value, else its ground truth, else ''."""
+    return {c: sheet.get(c) or truth.get(c, "") for c in columns}
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def vocabulary(condition: dict, per_track: list[dict]) -> Vocabulary | None:
+    """The vocabulary of the training tracks' tags (stats.json's per_track), or None
+    without condition.columns."""
+    if not condition["columns"]:
+        return None
+    train = [t.get("tags", {}) for t in per_track if t["split"] == "train"]
+    return Vocabulary.fit(train, condition["columns"], condition["buckets"])
+
+
+@dataclass
+class Vocabulary:
+    """Ids of each column's tags. ``values[c]``: a categorical column's values (id i + 1);
+    ``edges[c]``: a numeric column's inner bucket edges (id = bucket + 1)."""
+
+    columns: list[str]
+    values: dict[str, list[str]]
+    edges: dict[str, list[float]]
+
+    @classmethod
+    def fit(cls, tags: list[dict[str, str]], columns: list[str], buckets: int) -> Vocabulary:
+        """The vocabulary of the training tracks' ``tags`` (one dict per track)."""
+        values, edges = {}, {}
+        for c in columns:
+            seen = sorted({t.get(c, "") for t in tags} - {""})
+            numbers = [_number(v) for v in seen]
+            if seen and None not in numbers:
+                qs = np.linspace(0, 1, buckets + 1)[1:-1]
+                edges[c] = sorted(set(np.quantile(numbers, qs).round(6).tolist()))
+            else:
+                values[c] = seen
+        return cls(list(columns), values, edges)
+
+    def sizes(self) -> list[int]:
+        """Ids per column, 0 included."""
+        return [len(self.values[c]) + 1 if c in self.values else len(self.edges[c]) + 2
+                for c in self.columns]
+
+    def ids(self, tags: dict[str, str]) -> list[int]:
+        """One id per column of a track's ``tags`` (0: none or unseen)."""
+        out = []
+        for c in self.columns:
+            value = tags.get(c, "")
+            if c in self.edges:
+                number = _number(value) if value else None
+                out.append(0 if number is None else
+                           1 + int(np.searchsorted(self.edges[c], number, side="right")))
+            else:
+                out.append(self.values[c].index(value) + 1 if value in self.values[c] else 0)
+        return out
+
+    def tensor(self, tags: list[dict[str, str]]) -> torch.Tensor:
+        """Ids int64 [B, columns] of a batch's tags."""
+        return torch.tensor([self.ids(t) for t in tags], dtype=torch.long)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_tags(info: dict, tags: list[dict[str, str]], scales: dict[str, float]
+               ) -> tuple[list[torch.Tensor] | None, tuple[float, ...]]:
+    """For generation with a model of ``info`` (its config.json): each input's tag ids
+    int64 [columns], and the guidance scale of every column (``scales`` by column, default
+    1). A column the model was not conditioned on is a ValueError naming it."""
+    columns = info.get("condition", {}).get("columns", [])
+    for column in {c for t in tags for c in t} | set(scales):
+        if column not in columns:
+            known = ", ".join(columns) if columns else "no tags"
+            raise ValueError(f"the model knows no tag {column!r} (it was conditioned on "
+                             f"{known})")
+    if not columns:
+        return None, ()
+    vocab = Vocabulary(**info["condition"])
+    return [torch.tensor(vocab.ids(t)) for t in tags], tuple(scales.get(c, 1.0) for c in columns)
