@@ -101,7 +101,8 @@ def continue_main(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="soloist-demo-") as demos:
             inputs = _inputs(args.recording, config, Path(demos))
             result = continue_recordings(inputs, model, out, config, weights["codec"],
-                                         args.seconds, sampling, args.seed)
+                                         args.seconds, sampling, args.seed, dict(args.tag),
+                                         dict(args.tag_cfg))
     except (InputError, ModelFolderError, WeightsError, ValueError) as e:
         print(f"soloist continue: {e}", file=sys.stderr)
         return 1
@@ -187,6 +188,18 @@ def _sampling_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
 
 
+def _tag_args(p: argparse.ArgumentParser) -> None:
+    """What both commands take for a model conditioned on tags (condition.columns)."""
+    p.add_argument("--tag", type=_pair(str), action="append", default=[],
+                   metavar="COLUMN=VALUE",
+                   help="a tag for a model conditioned on tags, e.g. --tag tempo=120 --tag "
+                        "key=D; repeat for more columns")
+    p.add_argument("--tag-cfg", type=_pair(float), action="append", default=[],
+                   metavar="COLUMN=SCALE",
+                   help="guidance per tag column: > 1 follows that tag more closely, at one "
+                        "more pass of compute each (default: 1, none)")
+
+
 def parser() -> argparse.ArgumentParser:
     defaults = validate_config({})["accompany"]
     ap = argparse.ArgumentParser(prog="soloist", description="soloist: a model that plays along")
@@ -209,14 +222,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                    help="classifier-free guidance: > 1 follows the backing more closely, at "
                         "twice the compute (default: %(default)s)")
-    a.add_argument("--tag", type=_pair(str), action="append", default=[],
-                   metavar="COLUMN=VALUE",
-                   help="a tag for a model conditioned on tags (condition.columns), e.g. "
-                        "--tag tempo=120 --tag key=D; repeat for more columns")
-    a.add_argument("--tag-cfg", type=_pair(float), action="append", default=[],
-                   metavar="COLUMN=SCALE",
-                   help="guidance per tag column: > 1 follows that tag more closely, at one "
-                        "more pass of compute each (default: 1, none)")
+    _tag_args(a)
     a.add_argument("--overlap", type=float, default=defaults["overlap"],
                    help="seconds each generation window shares with the one before "
                         "(default: %(default)s)")
@@ -247,6 +253,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seconds", type=float, default=16.0,
                    help="how much to add to each recording (default: %(default)s)")
     _sampling_args(c, defaults)
+    _tag_args(c)
     c.add_argument("--weights", default="resources/weights",
                    help="folder of the codec's weights, fetched when missing "
                         "(default: %(default)s)")

@@ -10,12 +10,16 @@ with their ground truth (tempo in bpm, key) where the sheet leaves those empty.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from soloist.synth import NOTE_NAMES
+
 DEMO_TRUTH = {"tempo": "tempo_bpm", "key": "key"}  # column -> the demo's truth.json field
+SHARPS = {"C#": "Db", "D#": "Eb", "F#": "Gb", "G#": "Ab", "A#": "Bb"}
 
 
 def truth_tags(truth: dict) -> dict[str, str]:
@@ -26,6 +30,21 @@ def truth_tags(truth: dict) -> dict[str, str]:
 def tags_of(sheet: dict[str, str], truth: dict[str, str], columns: list[str]) -> dict[str, str]:
     """A track's tag per column: the sheet's value, else its ground truth, else ''."""
     return {c: sheet.get(c) or truth.get(c, "") for c in columns}
+
+
+def shifted(tags: dict[str, str], variant: str) -> dict[str, str]:
+    """The tags of a variant (augment's ``p<semitones>t<tempo>``): a numeric tempo scaled
+    and a key's root note transposed as the audio was; the other tags as they are."""
+    m = re.fullmatch(r"p([+-]?[0-9.]+)t([0-9.]+)", variant)
+    semitones, tempo = float(m[1]), float(m[2])
+    out = dict(tags)
+    if _number(tags.get("tempo", "")) is not None:
+        out["tempo"] = f"{float(tags['tempo']) * tempo:g}"
+    key = re.fullmatch(r"([A-G][b#]?)(.*)", tags.get("key", ""))
+    if key and SHARPS.get(key[1], key[1]) in NOTE_NAMES:
+        note = NOTE_NAMES.index(SHARPS.get(key[1], key[1])) + round(semitones)
+        out["key"] = NOTE_NAMES[note % 12] + key[2]
+    return out
 
 
 def _number(value: str) -> float | None:

@@ -23,8 +23,8 @@ import yaml
 SCHEMAS = Path(__file__).resolve().parent.parent / "config" / "schemas"
 DEFAULTS = SCHEMAS.parent / "config.yaml"
 TRACK_ID = re.compile(r"[A-Za-z0-9._-]+")
+FIXED_COLUMNS = ("track", "source", "split")  # the others are tags (condition.columns)
 # A playlist row `p` expands into tracks `p.001`, `p.002`, ...
-FIXED_COLUMNS = ("track", "source", "split")
 ENTRY_ID = re.compile(r"(?P<row>.+)\.(?P<index>[0-9]{3,})")
 
 

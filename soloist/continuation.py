@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from soloist.codec import Codec, decode, encode, resampler
+from soloist.condition import model_tags
 from soloist.generate import Sampling, generate
 from soloist.ingest import ingest_sheet
 from soloist.io import RANDOM_WARNING, read_audio, unclipped, write_audio, write_json
@@ -27,14 +29,15 @@ log = logging.getLogger("soloist.continuation")
 
 
 def extend(model: Soloist, codes: torch.Tensor, frames: int, sampling: Sampling,
-           seed: int = 0) -> torch.Tensor:
+           seed: int = 0, tags: torch.Tensor | None = None) -> torch.Tensor:
     """The ``frames`` frames [K, frames] that follow codes [K, T], a window of the model's
-    at a time, each read from the window of frames before it."""
+    at a time, each read from the window of frames before it (tags: int64 [columns])."""
     window = model.cfg.max_frames
     context, new = codes[:, -window:], []
     for i, start in enumerate(range(0, frames, window)):
         n = min(window, frames - start)
-        step = generate(model, context[None], n, sampling=sampling, seed=seed + i)[0]
+        step = generate(model, context[None], n, sampling=sampling, seed=seed + i,
+                        tags=None if tags is None else tags[None])[0]
         new.append(step)
         context = torch.cat([context, step], -1)[:, -window:]
     return torch.cat(new, -1) if new else codes[:, :0]
@@ -43,14 +46,19 @@ def extend(model: Soloist, codes: torch.Tensor, frames: int, sampling: Sampling,
 def continue_recordings(inputs: list[tuple[str, str, str]], model: Soloist,
                         out_dir: str | os.PathLike, config: dict,
                         codec_manifest: str | os.PathLike, seconds: float,
-                        sampling: Sampling, seed: int = 0) -> dict:
+                        sampling: Sampling, seed: int = 0, tags: dict[str, str] | None = None,
+                        tag_cfg: dict[str, float] | None = None) -> dict:
     """Write ``out_dir/<name>/{continuation,extended}.wav`` for each input (name, kind,
-    source) and ``out_dir/continue.json``, the summary it returns."""
+    source) and ``out_dir/continue.json``, the summary it returns. ``tags`` (a model
+    conditioned on tags: for every input) are guided by ``tag_cfg``, by column."""
     if model.info.get("task") != "continuation":
         raise ValueError(f"the model was trained for task {model.info.get('task', 'solo')!r}, "
                          "not continuation: soloist accompany plays along with it")
     out_dir = Path(out_dir)
     device = model.heads.weight.device
+    ids, scales = model_tags(model.info, [tags or {}], tag_cfg or {})
+    sampling = replace(sampling, tag_cfg=scales)
+    tag_ids = None if ids is None else ids[0].to(device)
     codec = load_codec(codec_manifest, model.info["codec"]["codebooks"], device)
     frames = round(seconds * codec.frame_rate)
     results = []
@@ -59,7 +67,8 @@ def continue_recordings(inputs: list[tuple[str, str, str]], model: Soloist,
             result = {"name": info["track"], "source": info["source"], "ok": info["ok"]}
             if info["ok"]:
                 result["seconds"] = _extend_one(model, codec, Path(info["audio"]),
-                                                out_dir / info["track"], frames, sampling, seed)
+                                                out_dir / info["track"], frames, sampling, seed,
+                                                tag_ids)
             else:
                 result["reason"] = info["reason"]
                 log.warning("%s: %s", info["track"], info["reason"])
@@ -72,7 +81,7 @@ def continue_recordings(inputs: list[tuple[str, str, str]], model: Soloist,
 
 
 def _extend_one(model: Soloist, codec: Codec, audio: Path, folder: Path, frames: int,
-                sampling: Sampling, seed: int) -> float:
+                sampling: Sampling, seed: int, tags: torch.Tensor | None) -> float:
     """One recording extended: ``folder/continuation.wav`` (the new audio alone) and
     ``extended.wav`` (the recording, then the continuation), at the codec's rate; the
     recording's seconds."""
@@ -80,7 +89,7 @@ def _extend_one(model: Soloist, codec: Codec, audio: Path, folder: Path, frames:
     mono = wave.mean(0)
     codes = encode(codec, [mono], rate, chunk_seconds=10.0, warmup_seconds=0.5)[0]
     new = extend(model, torch.from_numpy(codes.astype(np.int64)).to(codec.device), frames,
-                 sampling, seed)
+                 sampling, seed, tags)
     continuation = decode(codec, new)
     original = resampler(rate, codec.sample_rate, torch.device("cpu"))(
         torch.from_numpy(mono)).numpy()

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soloist.condition import tags_of
+from soloist.condition import shifted, tags_of
 from soloist.io import RANDOM_WARNING, atomic_path, read_json, read_npy, write_json, write_png
 from soloist.tracks import SPLITS, Batch, Track, original_of, split_of, track_of
 
@@ -195,6 +195,8 @@ def _read(tracks: list[Track], explicit_splits: dict[str, str], fractions: dict[
         found.codec = found.codec or tokens_status
         tags = tags_of(condition["rows"].get(row, {}), info.get("truth_tags", {}),
                        condition["columns"])
+        if variant:  # in another key, at another tempo
+            tags = shifted(tags, variant)
         found.per_track.append({"track": track.name, "original": original, "variant": variant,
                                 "split": found.first_split[original], "windows": len(windows),
                                 "duration": clip_status["duration"],

@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 from conftest import resumed_after_sigterm, snakemake, with_weights, workflow_copy
 
-from soloist.condition import Vocabulary
+from soloist.condition import Vocabulary, shifted
 from soloist.config import ConfigError, read_tracks, validate_config
 from soloist.io import read_json
 
@@ -131,3 +131,10 @@ def test_numeric_tags_are_bucketed_and_unseen_ones_are_none():
     assert vocab.ids({"tempo": "100", "key": "D"}) == [1, 2]
     assert vocab.ids({"tempo": "200", "key": "F#"}) == [2, 0]  # an unseen key: none
     assert vocab.ids({}) == [0, 0]
+
+
+def test_a_variant_is_tagged_at_its_own_tempo_and_key():
+    tags = {"tempo": "120", "key": "Ab", "style": "bop"}
+    assert shifted(tags, "p+2t0.90") == {"tempo": "108", "key": "Bb", "style": "bop"}
+    assert shifted({"key": "F#m", "tempo": "fast"}, "p-7t1.10") == {"key": "Bm", "tempo": "fast"}
+    assert shifted({"key": "?"}, "p+1t1.00") == {"key": "?"}

@@ -84,6 +84,10 @@ def test_soloist_continue_extends_a_recording_and_names_a_bad_one(continued, tmp
     assert sf.info(tmp_path / "out/song9/extended.wav").frames == (60 + 3) * 24000
     summary = read_json(tmp_path / "out/continue.json")
     assert [t["ok"] for t in summary["tracks"]] == [True, False]
+    untagged = subprocess.run([*cmd, "--tag", "style=bop"], capture_output=True, text=True,
+                              cwd=tmp_path)
+    assert untagged.returncode == 1
+    assert "the model knows no tag 'style' (it was conditioned on no tags)" in untagged.stderr
     # accompany will not play along with a model that continues
     refused = subprocess.run([*cmd[:3], "accompany", "gone.wav", *cmd[6:10], *cmd[-2:]],
                              capture_output=True, text=True, cwd=tmp_path)
