@@ -5,7 +5,8 @@ The training split's values of a column make its vocabulary: a categorical colum
 value an id; a numeric one (every value a number) is cut into ``buckets`` quantile buckets.
 Id 0 is "no tag": an empty or unseen value, or a tag dropped in training (each column on its
 own, so that guidance can weigh each column apart at generation). Demo songs tag themselves
-with their ground truth (tempo in bpm, key) where the sheet leaves those empty.
+with their ground truth (tempo in bpm, key) where the sheet leaves those empty; a pitch or
+tempo variant (augment) is tagged at its own tempo and key.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def shifted(tags: dict[str, str], variant: str) -> dict[str, str]:
 
 
 def _number(value: str) -> float | None:
+    """A finite number, or None ("nan" or "inf" make a column categorical)."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if np.isfinite(number) else None
 
 
 def vocabulary(condition: dict, per_track: list[dict]) -> Vocabulary | None:
