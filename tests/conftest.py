@@ -78,6 +78,16 @@ def history(out) -> list[float]:
     return [h["loss"] for h in state["history"]]
 
 
+def twelve_steps(overlay: dict, folder: Path) -> dict:
+    """A DAG test's config ``overlay`` for a 12-step run of ``resumed_after_sigterm`` on its
+    shards, on the CPU, with an MLflow store in ``folder``."""
+    from soloist.config import validate_config
+
+    return validate_config(overlay | {
+        "train": overlay["train"] | {"steps": 12, "eval_every": 6, "device": "cpu"},
+        "mlflow": {"tracking_uri": f"sqlite:///{folder}/mlflow.db"}})
+
+
 def resumed_after_sigterm(shards, folder: Path, cfg: dict) -> tuple[int, str]:
     """Train on ``shards`` into ``folder/straight`` without a break and into ``folder/cut``
     with a SIGTERM at its first checkpoint, then again from that; checks that the resumed

@@ -10,7 +10,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from conftest import resumed_after_sigterm, snakemake, with_weights, workflow_copy
+from conftest import resumed_after_sigterm, snakemake, twelve_steps, with_weights, workflow_copy
 
 from soloist.condition import Vocabulary, shifted
 from soloist.config import ConfigError, read_tracks, validate_config
@@ -75,10 +75,8 @@ def test_the_model_keeps_its_training_vocabulary_and_reports_what_tags_change(ta
 
 
 def test_a_tagged_model_resumes_after_sigterm_with_the_same_losses(tagged, tmp_path):
-    cfg = validate_config(TAGGED | {
-        "train": TAGGED["train"] | {"steps": 12, "eval_every": 6, "device": "cpu"},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
-    stopped_at, _ = resumed_after_sigterm(tagged / "results/shards", tmp_path, cfg)
+    stopped_at, _ = resumed_after_sigterm(tagged / "results/shards", tmp_path,
+                                          twelve_steps(TAGGED, tmp_path))
     assert 4 <= stopped_at < 12
 
 

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
-from conftest import planned_jobs, resumed_after_sigterm, snakemake, with_weights, workflow_copy
+from conftest import (
+    planned_jobs,
+    resumed_after_sigterm,
+    snakemake,
+    twelve_steps,
+    with_weights,
+    workflow_copy,
+)
 
 from soloist.config import ConfigError, batch_of, validate_config
 from soloist.io import read_json, read_npy
@@ -63,10 +70,8 @@ def test_continuation_trains_and_evaluates(continued):
 
 
 def test_continuation_resumes_after_sigterm_with_the_same_losses(continued, tmp_path):
-    cfg = validate_config(CONTINUATION | {
-        "train": CONTINUATION["train"] | {"steps": 12, "eval_every": 6, "device": "cpu"},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
-    stopped_at, _ = resumed_after_sigterm(continued / "results/shards", tmp_path, cfg)
+    stopped_at, _ = resumed_after_sigterm(continued / "results/shards", tmp_path,
+                                          twelve_steps(CONTINUATION, tmp_path))
     assert 2 <= stopped_at < 12
     assert read_json(tmp_path / "cut/config.json")["task"] == "continuation"
 
