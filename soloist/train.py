@@ -111,7 +111,9 @@ class _Trainer:
         self.optimizer = self.raw.configure_optimizers(cfg["weight_decay"], cfg["lr"],
                                                        (0.9, 0.95))
         self.ema = [p.detach().clone() for p in self.raw.parameters()] if cfg["ema"] else None
-        self.ckpt_dir, self.key = out_dir / "checkpoints", run_key(shards, cfg)
+        # a model with tags has their buckets and dropout in its shapes and training
+        tagged = {"condition": config["condition"]} if self.vocab else {}
+        self.ckpt_dir, self.key = out_dir / "checkpoints", run_key(shards, cfg | tagged)
         self.state = {"step": 0, "best_val": math.inf, "evals_since_best": 0, "history": []}
         self.urls = [str(p) for p in sorted((shards / "train").glob("*.tar"))]
         self.valid_urls = [str(p) for p in sorted((shards / "valid").glob("*.tar"))]
