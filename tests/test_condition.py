@@ -4,13 +4,21 @@ its evaluation and generation."""
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from conftest import resumed_after_sigterm, snakemake, twelve_steps, with_weights, workflow_copy
+from conftest import (
+    resumed_after_sigterm,
+    run_train,
+    snakemake,
+    twelve_steps,
+    with_weights,
+    workflow_copy,
+)
 
 from soloist.condition import Vocabulary, shifted
 from soloist.config import ConfigError, read_tracks, validate_config
@@ -78,6 +86,16 @@ def test_a_tagged_model_resumes_after_sigterm_with_the_same_losses(tagged, tmp_p
     stopped_at, _ = resumed_after_sigterm(tagged / "results/shards", tmp_path,
                                           twelve_steps(TAGGED, tmp_path))
     assert 4 <= stopped_at < 12
+
+
+def test_other_buckets_start_a_new_training_instead_of_resuming(tagged, tmp_path):
+    shutil.copytree(tagged / "results/train/checkpoints", tmp_path / "out/checkpoints")
+    overlay = TAGGED | {"condition": TAGGED["condition"] | {"buckets": 2}}
+    proc = run_train(tagged / "results/shards", tmp_path / "out", twelve_steps(overlay, tmp_path))
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert "the data or training settings changed" in output and "resuming" not in output
+    assert read_json(tmp_path / "out/config.json")["model"]["tags"][1] == 3  # tempo: 2 buckets
 
 
 def test_accompany_takes_tags_and_a_guidance_scale_per_column(tagged, tmp_path):
