@@ -87,10 +87,13 @@ def _outputs_depend_on(name, value):
 def condition_tags():
     """The tag columns and the sheet's tags of each row in them (shard's params: a column
     the model is not conditioned on changes nothing)."""
-    columns = config["condition"]["columns"]
-    return {"columns": columns,
-            "rows": {r.track: {c: r.tags[c] for c in columns if r.tags.get(c)}
-                     for r in ROWS.values()}}
+    return {"columns": config["condition"]["columns"],
+            "rows": {r.track: row_tags(r) for r in ROWS.values()}}
+
+
+def row_tags(row):
+    """A sheet row's tags in the columns the model is conditioned on (condition.columns)."""
+    return {c: row.tags[c] for c in config["condition"]["columns"] if row.tags.get(c)}
 
 
 def weights_manifest(family):
@@ -249,9 +252,7 @@ def source_of(row, stems=False):
 
 def accompany_backings():
     """What accompany needs to know of each row of its sheet (the script's input)."""
-    columns = config["condition"]["columns"]  # the trained model's tags
-    return [{"name": r.track, "kind": r.kind, "source": source_of(r),
-             "tags": {c: r.tags[c] for c in columns if r.tags.get(c)}}
+    return [{"name": r.track, "kind": r.kind, "source": source_of(r), "tags": row_tags(r)}
             for r in ACCOMPANY_ROWS.values()]
 
 

@@ -107,6 +107,11 @@ class Vocabulary:
                 out.append(self.values[c].index(value) + 1 if value in self.values[c] else 0)
         return out
 
+    @classmethod
+    def of(cls, info: dict) -> Vocabulary | None:
+        """The vocabulary a model folder's config.json keeps, or None (no tags)."""
+        return cls(**info["condition"]) if "condition" in info else None
+
     def tensor(self, tags: list[dict[str, str]]) -> torch.Tensor:
         """Ids int64 [B, columns] of a batch's tags."""
         return torch.tensor([self.ids(t) for t in tags], dtype=torch.long)
@@ -126,7 +131,7 @@ def model_tags(info: dict, tags: list[dict[str, str]], scales: dict[str, float]
             known = ", ".join(columns) if columns else "no tags"
             raise ValueError(f"the model knows no tag {column!r} (it was conditioned on "
                              f"{known})")
-    if not columns:
+    vocab = Vocabulary.of(info)
+    if vocab is None:
         return None, ()
-    vocab = Vocabulary(**info["condition"])
-    return [torch.tensor(vocab.ids(t)) for t in tags], tuple(scales.get(c, 1.0) for c in columns)
+    return list(vocab.tensor(tags)), tuple(scales.get(c, 1.0) for c in columns)

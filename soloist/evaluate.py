@@ -83,7 +83,7 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
                                       ("context", "target", "context_mask", "lengths"))
     keys = [k for b in batches for k in b["keys"]]
     n = len(keys)
-    vocab = Vocabulary(**model.info["condition"]) if "condition" in model.info else None
+    vocab = Vocabulary.of(model.info)
     tags = None if vocab is None else vocab.tensor([t for b in batches for t in b["tags"]])
     ce, acc = scores(model, context, target, mask, lengths, 16, tags)
     # Another sample's backing: the set rotated by half its length, so no sample keeps its

@@ -307,7 +307,7 @@ class _Trainer:
             import mlflow
 
             out_dir = self.out_dir
-            _export(out_dir, self.ckpt_dir, self.raw, self.config, self.stats)
+            _export(out_dir, self.ckpt_dir, self.raw, self.config, self.stats, self.vocab)
             log_metrics({"skipped_samples": total_skipped}, state["step"])
             log.info("skipped %d corrupt samples or shards", total_skipped)
             loss_plot(state["history"], out_dir / "loss.png", "train loss (mean CE over codebooks)",
@@ -362,7 +362,8 @@ def _validation(best_val: float) -> dict:
     return {"validated": validated, "best_val_loss": best_val if validated else None}
 
 
-def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, config: dict, stats: dict) -> None:
+def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, config: dict, stats: dict,
+            vocab: Vocabulary | None) -> None:
     """The model folder: the best (else last) weights, EMA'd if EMA is on, as
     ``model.safetensors`` beside ``config.json``. Its max_frames is the training window:
     the window it generates in."""
@@ -378,13 +379,15 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, config: dict, stats: 
     exported.load_state_dict(weights, assign=True)
     training = {"preset": config["train"]["preset"], "step": saved["state"]["step"],
                 "checkpoint": source.name, **_validation(saved["state"]["best_val"])}
-    exported.save_pretrained(out_dir, model_info(config, stats, model.cfg.max_frames, training))
+    exported.save_pretrained(out_dir, model_info(config, stats, model.cfg.max_frames, training,
+                                                 vocab))
 
 
-def model_info(config: dict, stats: dict, frames: int, training: dict) -> dict:
+def model_info(config: dict, stats: dict, frames: int, training: dict,
+               vocab: Vocabulary | None) -> dict:
     """What a model folder says beside the model config: its task, the codec whose tokens it
     reads, the separator roles that made its backing and solo (none for a continuation), its
-    window, and what it learned from."""
+    window, what it learned from, and the ``vocab`` of its tags (if it has any)."""
     splits = {}
     for split, counts in stats["splits"].items():
         seconds = sum(t["duration"] for t in stats["per_track"] if t["split"] == split)
@@ -397,7 +400,6 @@ def model_info(config: dict, stats: dict, frames: int, training: dict) -> dict:
             {k: config["separate"][k] for k in ("model", "context", "target")},
             "window_seconds": frames / stats["frame_rate"], "training": training,
             "data": {"tracks": stats["tracks_ok"], "splits": splits}}
-    vocab = vocabulary(config["condition"], stats["per_track"])
     if vocab is not None:  # what generation needs to turn tags into the model's ids
         info["condition"] = vocab.to_dict()
     if stats["weights"] == "random":
