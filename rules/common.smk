@@ -66,6 +66,9 @@ SPEED = {
     # gpus stays: it sets the global batch
     "codec": {"device", "checkpoint_every", "log_every", "workers"},
     "accompany": {"batch_size", "compile", "device", "threads", "gpus"},
+    # clip reads the task section; what the model outputs reaches tokenize alone (through
+    # tokenize_settings), not the clips
+    "task": {"output"},
 }
 
 
@@ -82,6 +85,12 @@ def _outputs_depend_on(name, value):
         return value
     return {k: _outputs_depend_on(k, v) for k, v in sorted(value.items())
             if k not in SPEED.get(name, ())}
+
+
+def tokenize_settings():
+    """tokenize's settings, and whether it writes latents (task.output) instead of codes."""
+    latents = config["task"]["output"] == "latents"
+    return settings("tokenize") | ({"latents": True} if latents else {})
 
 
 def condition_tags():

@@ -8,7 +8,7 @@ rule tokenize:
         # its tracks; their <track>/{context,target}.npy and tokens.json beside it
         record("tokenize"),
     params:
-        settings=settings("tokenize"),
+        settings=tokenize_settings(),
         shaped_by=shaped_by("tokenize"),
     threads: config["tokenize"]["threads"]
     resources:

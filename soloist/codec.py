@@ -35,8 +35,8 @@ class Codec:
     """A loaded codec (a transformers ``EncodecModel`` or ``DacModel``, or our own
     ``soloist.own_codec.OwnCodec``) that writes its first ``codebooks`` codebooks: codes
     [B, K, T] of audio [B, 1, N] at ``sample_rate``, T = ceil(N / hop), and back (our own
-    codec with a VAE bottleneck writes latents [B, D, T] instead). ``soloist.weights
-    .load_codec`` loads one."""
+    codec with a VAE bottleneck, and any codec for ``latents``, writes the encoder's
+    continuous frames [B, D, T] instead). ``soloist.weights.load_codec`` loads one."""
 
     name: str
     model: torch.nn.Module
@@ -44,6 +44,7 @@ class Codec:
     precision: str = "fp32"  # of the encoder's convolutions (device.autocast); quantizers: fp32
     # the model's encoder torch.compiled for one input shape (tokenize.compile), or None
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+    latents: bool = False  # tokens are the encoder's frames before quantization (task.output)
 
     @property
     def config(self) -> Any:
@@ -67,9 +68,19 @@ class Codec:
         return int(self.config.codebook_size)
 
     @property
+    def vae(self) -> bool:
+        """Whether it is our own codec with a VAE bottleneck (latents its only tokens)."""
+        return getattr(self.config, "bottleneck", "rvq") == "vae"
+
+    @property
     def continuous(self) -> bool:
         """Whether its tokens are latents [D, T] (float16 on disk), not codes."""
-        return getattr(self.config, "bottleneck", "rvq") == "vae"
+        return self.latents or self.vae
+
+    @property
+    def dimension(self) -> int:
+        """Channels D of its latents [B, D, T]."""
+        return int(getattr(self.config, "dimension", None) or self.config.hidden_size)
 
     @property
     def peak_bytes(self) -> float:
@@ -100,10 +111,12 @@ class Codec:
         return next(self.model.parameters()).device
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        """Codes int64 [B, K, T] of mono audio [B, 1, N] at ``sample_rate``."""
-        if self.config.model_type == "soloist_codec":
+        """Codes int64 [B, K, T] (continuous: latents float32 [B, D, T]) of mono audio
+        [B, 1, N] at ``sample_rate``."""
+        if self.config.model_type == "soloist_codec" and (self.vae or not self.latents):
             return self.model.encode(audio, self.codebooks)
-        return self.quantize(self.embed(audio))
+        embeddings = self.embed(audio)
+        return embeddings if self.latents else self.quantize(embeddings)
 
     def embed(self, audio: torch.Tensor) -> torch.Tensor:
         """The encoder's continuous output, float32 [B, D, T], of mono audio [B, 1, N]."""
@@ -138,9 +151,11 @@ class Codec:
         return codes.transpose(0, 1)  # [K, B, T] -> [B, K, T]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Mono audio [B, T * hop] of codes [B, K, T]."""
-        if self.config.model_type == "soloist_codec":
+        """Mono audio [B, T * hop] of codes [B, K, T] (continuous: latents [B, D, T])."""
+        if self.config.model_type == "soloist_codec" and (self.vae or not self.latents):
             return self.model.decode(codes)
+        if self.latents:  # every decoder here maps the encoder's frames to audio [B, 1, N]
+            return self.model.decoder(codes)[:, 0]
         if self.config.model_type == "dac":
             return self.model.decode(audio_codes=codes).audio_values
         return self.model.decoder(self.model.quantizer.decode(codes.transpose(0, 1)))[:, 0]

@@ -127,6 +127,7 @@ def validate_config(config: dict) -> dict:
     _check_windows(config)
     _check_codebooks(config["tokenize"], config["codec"])
     _check_variants(config["augment"]["variants"])
+    _check_output(config)
     return config
 
 
@@ -143,6 +144,19 @@ def _check_windows(config: dict) -> None:
         too_long.append("augment.variants: task continuation takes no variants yet")
     if too_long:
         raise ConfigError("invalid config:\n  " + "\n  ".join(too_long))
+
+
+def _check_output(config: dict) -> None:
+    """Latents are for task continuation, and our own codec's VAE has nothing else."""
+    latents = config["task"]["output"] == "latents"
+    if latents and config["task"]["name"] != "continuation":
+        raise ConfigError("invalid config:\n  task.output: latents is for task continuation "
+                          f"(task {config['task']['name']} learns codes)")
+    vae = config["tokenize"]["model"] == "own" and config["codec"]["bottleneck"] == "vae"
+    if vae and not latents:
+        raise ConfigError("invalid config:\n  tokenize.model: own with codec.bottleneck: vae "
+                          "writes latents, not codes: set task.name: continuation and "
+                          "task.output: latents")
 
 
 def _check_codebooks(tokenize: dict, own: dict) -> None:

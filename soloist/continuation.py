@@ -19,7 +19,7 @@ import torch
 
 from soloist.codec import Codec, decode, encode, resampler
 from soloist.condition import model_tags
-from soloist.generate import Sampling, generate
+from soloist.generate import Sampling, generate, regress
 from soloist.ingest import ingest_sheet
 from soloist.io import RANDOM_WARNING, read_audio, unclipped, write_audio, write_json
 from soloist.model import Soloist
@@ -30,14 +30,17 @@ log = logging.getLogger("soloist.continuation")
 
 def extend(model: Soloist, codes: torch.Tensor, frames: int, sampling: Sampling,
            seed: int = 0, tags: torch.Tensor | None = None) -> torch.Tensor:
-    """The ``frames`` frames [K, frames] that follow codes [K, T], a window of the model's
-    at a time, each read from the window of frames before it (tags: int64 [columns])."""
+    """The ``frames`` frames [K, frames] that follow codes [K, T] (latents: [D, T]), a window
+    of the model's at a time, each read from the window of frames before it (tags: int64
+    [columns])."""
     window = model.cfg.max_frames
     context, new = codes[:, -window:], []
+    tags = None if tags is None else tags[None]
     for i, start in enumerate(range(0, frames, window)):
         n = min(window, frames - start)
-        step = generate(model, context[None], n, sampling=sampling, seed=seed + i,
-                        tags=None if tags is None else tags[None])[0]
+        step = regress(model, context[None], n, sampling=sampling, tags=tags)[0] \
+            if model.cfg.latents else \
+            generate(model, context[None], n, sampling=sampling, seed=seed + i, tags=tags)[0]
         new.append(step)
         context = torch.cat([context, step], -1)[:, -window:]
     return torch.cat(new, -1) if new else codes[:, :0]
@@ -59,7 +62,8 @@ def continue_recordings(inputs: list[tuple[str, str, str]], model: Soloist,
     ids, scales = model_tags(model.info, [tags or {}], tag_cfg or {})
     sampling = replace(sampling, tag_cfg=scales)
     tag_ids = None if ids is None else ids[0].to(device)
-    codec = load_codec(codec_manifest, model.info["codec"]["codebooks"], device)
+    codec = load_codec(codec_manifest, model.info["codec"]["codebooks"], device,
+                       latents=bool(model.cfg.latents))
     frames = round(seconds * codec.frame_rate)
     results = []
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
@@ -88,8 +92,8 @@ def _extend_one(model: Soloist, codec: Codec, audio: Path, folder: Path, frames:
     wave, rate = read_audio(audio)
     mono = wave.mean(0)
     codes = encode(codec, [mono], rate, chunk_seconds=10.0, warmup_seconds=0.5)[0]
-    new = extend(model, torch.from_numpy(codes.astype(np.int64)).to(codec.device), frames,
-                 sampling, seed, tags)
+    tokens = codes.astype(np.float32 if codec.continuous else np.int64)
+    new = extend(model, torch.from_numpy(tokens).to(codec.device), frames, sampling, seed, tags)
     continuation = decode(codec, new)
     original = resampler(rate, codec.sample_rate, torch.device("cpu"))(
         torch.from_numpy(mono)).numpy()

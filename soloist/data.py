@@ -35,13 +35,15 @@ def _skip(exn: Exception) -> bool:
 
 
 def decode(sample: dict) -> dict:
-    """Raw tar members -> {key, context [K, T] int64, target [K, T] int64, meta}."""
+    """Raw tar members -> {key, context [K, T] int64, target [K, T] int64, meta} (latents:
+    [D, T] float32)."""
     context = np.load(io.BytesIO(sample["context.npy"]), allow_pickle=False)
     target = np.load(io.BytesIO(sample["target.npy"]), allow_pickle=False)
     if context.ndim != 2 or context.shape != target.shape:
         raise ValueError(f"{sample['__key__']}: context {context.shape} != target {target.shape}")
-    return {"key": sample["__key__"], "context": context.astype(np.int64),
-            "target": target.astype(np.int64), "meta": json.loads(sample["json"])}
+    dtype = np.float32 if context.dtype.kind == "f" else np.int64
+    return {"key": sample["__key__"], "context": context.astype(dtype),
+            "target": target.astype(dtype), "meta": json.loads(sample["json"])}
 
 
 def crop(sample: dict, frames: int, rng: random.Random | None) -> dict:
@@ -61,11 +63,12 @@ def crop(sample: dict, frames: int, rng: random.Random | None) -> dict:
 def collate(samples: list[dict], frames: int, pad: int) -> dict:
     """Stack samples, padding short ones with ``pad``.
 
-    Returns context, target [B, K, frames] int64; lengths [B]; context_mask [B, frames]
-    (True on real frames); keys; tags (each sample's {column: value}).
+    Returns context, target [B, K, frames] int64 (latents: [B, D, frames] float32); lengths
+    [B]; context_mask [B, frames] (True on real frames); keys; tags (each sample's {column:
+    value}).
     """
-    k = samples[0]["context"].shape[0]
-    context = torch.full((len(samples), k, frames), pad, dtype=torch.long)
+    first = torch.from_numpy(samples[0]["context"])
+    context = torch.full((len(samples), first.shape[0], frames), pad, dtype=first.dtype)
     target = torch.full_like(context, pad)
     lengths = torch.tensor([s["context"].shape[1] for s in samples])
     for i, s in enumerate(samples):

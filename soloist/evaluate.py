@@ -2,7 +2,8 @@
 
 "Does it listen?" compares the cross-entropy of the real solos given their own backing with
 the cross-entropy given another sample's backing: a model that uses the backing does worse
-with the wrong one (ratio > 1).
+with the wrong one (ratio > 1). A model of latents is scored by its mean squared error
+instead, the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from soloist.codec import decode
 from soloist.condition import Vocabulary
 from soloist.data import eval_loader
-from soloist.generate import Sampling, generate
+from soloist.generate import Sampling, generate, regress
 from soloist.io import (
     PAGE_STYLE,
     RANDOM_WARNING,
@@ -61,6 +62,29 @@ def scores(model: Soloist, context: torch.Tensor, target: torch.Tensor, mask: to
     return (loss_sum / count).numpy(), (correct / count).numpy()
 
 
+@torch.no_grad()
+def mse(model: Soloist, context: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+        lengths: torch.Tensor, batch_size: int, tags: torch.Tensor | None = None) -> float:
+    """A ``LatentSoloist``'s mean squared error over all samples' real frames (arguments as
+    for ``scores``, with latents [N, D, T])."""
+    total, count = 0.0, 0
+    for i in range(0, len(context), batch_size):
+        s = slice(i, i + batch_size)
+        loss, _, _ = model(context[s], target[s], mask[s], lengths[s],
+                           None if tags is None else tags[s])
+        total += float(loss) * int(lengths[s].sum())
+        count += int(lengths[s].sum())
+    return total / max(count, 1)
+
+
+def test_loss(model: Soloist, data: tuple, tags: torch.Tensor | None) -> float:
+    """The test loss of (context, target, mask, lengths): the mean cross-entropy over
+    codebooks, or a model of latents' mean squared error."""
+    if model.cfg.latents:
+        return mse(model, *data, 16, tags)
+    return float(scores(model, *data, 16, tags)[0].mean())
+
+
 def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
              codec_weights: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -> dict:
     """Score the test split, generate ``examples`` solos, write metrics.json and index.html.
@@ -85,36 +109,28 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     n = len(keys)
     vocab = Vocabulary.of(model.info)
     tags = None if vocab is None else vocab.tensor([t for b in batches for t in b["tags"]])
-    ce, acc = scores(model, context, target, mask, lengths, 16, tags)
+    data = (context, target, mask, lengths)
     # Another sample's backing: the set rotated by half its length, so no sample keeps its
     # own and, samples being in track order, most get another track's. A rotation by one
     # would pair most windows with the next window of their own track: 75% the same audio.
     other = torch.roll(torch.arange(n), n // 2) if n > 1 else torch.arange(n)
-    ce_shuffled, _ = scores(model, context[other], target, mask[other], lengths, 16, tags)
-    random_weights = model.info["weights"] == "random"
-    continuation = model.info.get("task") == "continuation"
-    metrics = {
-        "samples": n, "ce": float(ce.mean()), "accuracy": float(acc.mean()),
-        "ce_shuffled_backing": float(ce_shuffled.mean()),
-        "listen_ratio": float(ce_shuffled.mean() / ce.mean()),
-        **{f"ce_cb{k}": float(v) for k, v in enumerate(ce)},
-        **{f"accuracy_cb{k}": float(v) for k, v in enumerate(acc)},
-        "weights": model.info["weights"],
-    }
+    metrics = {"samples": n, **(_latent_scores if model.cfg.latents else _code_scores)(
+        model, data, tags, other), "weights": model.info["weights"]}
     if vocab is not None:
-        metrics |= _tag_scores(model, vocab, (context, target, mask, lengths), tags, other, ce)
-    if random_weights:
+        metrics |= _tag_scores(model, vocab, data, tags, other, metrics)
+    if model.info["weights"] == "random":
         metrics["warning"] = RANDOM_WARNING
-    log.info("test CE %.4f (shuffled backing %.4f, ratio %.3f), accuracy %.3f", metrics["ce"],
-             metrics["ce_shuffled_backing"], metrics["listen_ratio"], metrics["accuracy"])
+    continuation = model.info.get("task") == "continuation"
 
-    codec = load_codec(codec_weights, model.info["codec"]["codebooks"])
+    codec = load_codec(codec_weights, model.info["codec"]["codebooks"],
+                       latents=bool(model.cfg.latents))
     sampling = Sampling(cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg["cfg_scale"])
     examples = []
     for i in range(min(cfg["examples"], n)):
-        generated = generate(model, context[i:i + 1, :, :frames], frames, mask[i:i + 1, :frames],
-                             sampling, seed=cfg["seed"] + i,
-                             tags=None if tags is None else tags[i:i + 1])
+        one = (context[i:i + 1, :, :frames], frames, mask[i:i + 1, :frames], sampling)
+        tag = None if tags is None else tags[i:i + 1]
+        generated = regress(model, *one, tags=tag) if model.cfg.latents else \
+            generate(model, *one, seed=cfg["seed"] + i, tags=tag)
         examples.append(_write_example(out_dir / "examples", i, keys[i], codec,
                                        context[i, :, :lengths[i]], target[i, :, :lengths[i]],
                                        generated[0], continuation))
@@ -125,19 +141,46 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     return metrics
 
 
+def _code_scores(model: Soloist, data: tuple, tags: torch.Tensor | None,
+                 other: torch.Tensor) -> dict:
+    """Test CE and accuracy, overall and per codebook, and "does it listen?": the CE with
+    ``other`` samples' backings over the CE with their own."""
+    context, target, mask, lengths = data
+    ce, acc = scores(model, *data, 16, tags)
+    ce_shuffled, _ = scores(model, context[other], target, mask[other], lengths, 16, tags)
+    log.info("test CE %.4f (shuffled backing %.4f, ratio %.3f), accuracy %.3f", ce.mean(),
+             ce_shuffled.mean(), ce_shuffled.mean() / ce.mean(), acc.mean())
+    return {"ce": float(ce.mean()), "accuracy": float(acc.mean()),
+            "ce_shuffled_backing": float(ce_shuffled.mean()),
+            "listen_ratio": float(ce_shuffled.mean() / ce.mean()),
+            **{f"ce_cb{k}": float(v) for k, v in enumerate(ce)},
+            **{f"accuracy_cb{k}": float(v) for k, v in enumerate(acc)}}
+
+
+def _latent_scores(model: Soloist, data: tuple, tags: torch.Tensor | None,
+                   other: torch.Tensor) -> dict:
+    """Test MSE of a model of latents, and "does it listen?" by its MSE."""
+    context, target, mask, lengths = data
+    error = mse(model, *data, 16, tags)
+    shuffled = mse(model, context[other], target, mask[other], lengths, 16, tags)
+    log.info("test MSE %.4f (shuffled backing %.4f, ratio %.3f)", error, shuffled,
+             shuffled / error)
+    return {"mse": error, "mse_shuffled_backing": shuffled, "listen_ratio": shuffled / error}
+
+
 def _tag_scores(model: Soloist, vocab: Vocabulary, data: tuple, tags: torch.Tensor,
-                other: torch.Tensor, ce: np.ndarray) -> dict:
-    """Does it follow its tags? Test CE with another sample's tags (all columns, then each
-    column alone) over the CE with its own: above 1 when the tags matter."""
-    shuffled, _ = scores(model, *data, 16, tags[other])
-    out = {"ce_shuffled_tags": float(shuffled.mean()),
-           "tags_ratio": float(shuffled.mean() / ce.mean())}
+                other: torch.Tensor, metrics: dict) -> dict:
+    """Does it follow its tags? The test loss (CE, or MSE for latents) with another sample's
+    tags (all columns, then each column alone) over that with its own: above 1 when the
+    tags matter."""
+    measure = "mse" if model.cfg.latents else "ce"
+    own, shuffled = metrics[measure], test_loss(model, data, tags[other])
+    out = {f"{measure}_shuffled_tags": shuffled, "tags_ratio": shuffled / own}
     for c, column in enumerate(vocab.columns):
         one = tags.clone()
         one[:, c] = tags[other, c]
-        ce_column, _ = scores(model, *data, 16, one)
-        out[f"tags_ratio_{column}"] = float(ce_column.mean() / ce.mean())
-    log.info("test CE with shuffled tags %.4f (ratio %.3f)", out["ce_shuffled_tags"],
+        out[f"tags_ratio_{column}"] = test_loss(model, data, one) / own
+    log.info("test %s with shuffled tags %.4f (ratio %.3f)", measure.upper(), shuffled,
              out["tags_ratio"])
     return out
 
@@ -210,9 +253,7 @@ def _write_page(path: Path, examples: list[dict], metrics: dict, continuation: b
 <style>{PAGE_STYLE}</style>
 </head><body>
 <h1>{title}</h1>{warning}
-<p>Test CE {metrics['ce']:.3f} with the real {context}, {metrics['ce_shuffled_backing']:.3f}
-with another sample's (ratio {metrics['listen_ratio']:.3f}); accuracy
-{metrics['accuracy']:.3f} over {metrics['samples']} samples.{_tags_line(metrics)}</p>
+<p>{_scores_line(metrics, context)}{_tags_line(metrics)}</p>
 <table><tr><th>sample</th><th>{context}</th><th>real {target}</th><th>generated {target}</th>
 <th>{both}</th><th>spectrograms</th></tr>
 {chr(10).join(rows)}
@@ -222,14 +263,25 @@ with another sample's (ratio {metrics['listen_ratio']:.3f}); accuracy
         tmp.write_text(page)
 
 
+def _scores_line(metrics: dict, context: str) -> str:
+    """What the page says of the test loss (CE, or MSE for latents) and "does it listen?"."""
+    measure = "mse" if "mse" in metrics else "ce"
+    accuracy = f"; accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
+    return (f"Test {measure.upper()} {metrics[measure]:.3f} with the real {context}, "
+            f"{metrics[f'{measure}_shuffled_backing']:.3f} with another sample's (ratio "
+            f"{metrics['listen_ratio']:.3f}){accuracy} over {metrics['samples']} samples.")
+
+
 def _tags_line(metrics: dict) -> str:
     """What the page says of the tags, for a model conditioned on them."""
     if "tags_ratio" not in metrics:
         return ""
+    measure = "mse" if "mse" in metrics else "ce"
     columns = ", ".join(f"{k.removeprefix('tags_ratio_')} {v:.3f}" for k, v in metrics.items()
                         if k.startswith("tags_ratio_"))
-    return (f" With another sample's tags, test CE {metrics['ce_shuffled_tags']:.3f} (ratio "
-            f"{metrics['tags_ratio']:.3f}; one column at a time: {columns}).")
+    return (f" With another sample's tags, test {measure.upper()} "
+            f"{metrics[f'{measure}_shuffled_tags']:.3f} (ratio {metrics['tags_ratio']:.3f}; "
+            f"one column at a time: {columns}).")
 
 
 def _log_to_mlflow(model_dir: Path, out_dir: Path, metrics: dict, mlflow_cfg: dict) -> None:

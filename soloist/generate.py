@@ -12,6 +12,9 @@ previous window's last ``overlap`` frames (teacher-forced into the cache in one 
 its encoder reads the backing of its own span. Under the delay pattern, steps 1..P of a
 window primed with P frames hold primed codes only; steps P+1..P+K-1 hold new frames of the
 low codebooks beside primed frames of the high ones, which stay as they are.
+
+Latents (``regress``): a ``LatentSoloist`` predicts each frame from those before it over
+the same cache, and nothing is sampled.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from soloist.model import Soloist
+from soloist.model import LatentSoloist, Soloist
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,26 @@ def generate(model: Soloist, context: Tensor, frames: int | None = None,
     decoder = Decoder(model, B, frames, Tc, sampling, graph)
     noise = F.pad(noise, (0, decoder.cache.steps - frames - K))
     return decoder.window(context, context_mask, [frames] * B, prompt, noise, tags)
+
+
+@torch.no_grad()
+def regress(model: LatentSoloist, context: Tensor, frames: int,
+            context_mask: Tensor | None = None, sampling: Sampling = PLAIN,
+            tags: Tensor | None = None) -> Tensor:
+    """The latents float32 [B, D, frames] that follow context latents [B, D, Tc], in one
+    window, each frame predicted from those before it. Nothing is sampled, so temperature,
+    top_k and top_p do not apply; guidance (cfg_scale, tag_cfg) does, on the frames."""
+    B = context.shape[0]
+    assert frames <= model.cfg.max_frames, "frames longer than max_frames"
+    groups = guidance(sampling, len(model.cfg.tags))
+    memory, memory_mask = model.encode(*grouped(groups, context, context_mask, tags))
+    cache = model.new_cache(len(memory), frames, memory.shape[1])
+    model.fill_cache(cache, memory, memory_mask)
+    step, out = memory.new_zeros(len(memory), model.cfg.latents, 1), []
+    for s in range(frames):
+        out.append(guided(groups, model.decode(step, cache=cache, start=s).float()))
+        step = out[-1].repeat(len(memory) // B, 1, 1)
+    return torch.cat(out, -1)
 
 
 def _reference(model: Soloist, context: Tensor, frames: int, context_mask: Tensor | None,

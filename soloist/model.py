@@ -85,6 +85,7 @@ class ModelConfig:
     context_dropout: float = 0.1  # P(whole context -> learned null), for classifier-free guidance
     tags: list[int] = field(default_factory=list)  # ids per tag column, 0 ("none") included
     tag_dropout: float = 0.1  # P(a column's tag -> none), each apart: guidance per column
+    latents: int = 0  # channels of continuous latents in and out (LatentSoloist); 0: codes
 
 
 PRESETS = {
@@ -241,10 +242,7 @@ class Soloist(nn.Module):
         self.cfg = cfg
         self.pattern = DelayPattern(cfg.codebooks, cfg.card)
         K, D = cfg.codebooks, cfg.dim
-        # One table per role holding K codebooks of card + 1 rows each (id `card` is the pad
-        # token in the context, the special token in the target): one lookup for all K.
-        self.context_emb = nn.Embedding(K * (cfg.card + 1), D)
-        self.target_emb = nn.Embedding(K * (cfg.card + 1), D)
+        self.context_emb, self.target_emb = self.input_layer(), self.input_layer()
         self.register_buffer("offsets", torch.arange(K)[:, None] * (cfg.card + 1),
                              persistent=False)
         self.null = nn.Parameter(torch.zeros(D))  # the encoded "no context" for CFG
@@ -256,7 +254,7 @@ class Soloist(nn.Module):
         self.encoder = nn.ModuleList(Block(cfg, decoder=False) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(Block(cfg, decoder=True) for _ in range(cfg.decoder_layers))
         self.encoder_norm, self.decoder_norm = nn.RMSNorm(D), nn.RMSNorm(D)
-        self.heads = nn.Linear(D, K * cfg.card, bias=False)  # K heads in one matmul
+        self.heads = self.output_layer()
         self.drop = nn.Dropout(cfg.dropout)
         # angles computed once: recomputing cos/sin inside every attention kernel is not free;
         # generation pads its buffers to a multiple of 16 steps, and so does the table
@@ -266,6 +264,15 @@ class Soloist(nn.Module):
         self.apply(self._init_weights)
         nn.init.normal_(self.null, std=0.02)
         self.info: dict = {}  # config.json beyond the model config: codec, roles, training
+
+    def input_layer(self) -> nn.Module:
+        """One table per role holding K codebooks of card + 1 rows each (id ``card`` is the
+        pad token in the context, the special token in the target): one lookup for all K."""
+        return nn.Embedding(self.cfg.codebooks * (self.cfg.card + 1), self.cfg.dim)
+
+    def output_layer(self) -> nn.Module:
+        """K heads in one matmul."""
+        return nn.Linear(self.cfg.dim, self.cfg.codebooks * self.cfg.card, bias=False)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -291,11 +298,8 @@ class Soloist(nn.Module):
         (0: none; default all none) are added to every frame. Added rather than prefixed: a
         prefix would sit ever farther (in RoPE's relative positions) from later frames.
         """
-        B, K, T = context.shape
-        tokens = context.long()
-        if context_mask is not None:
-            tokens = tokens.masked_fill(~context_mask[:, None], self.cfg.card)
-        x = self.embed(self.context_emb, tokens)
+        B, _, T = context.shape
+        x = self.frames_in(context, context_mask)
         if self.tag_emb is not None:
             if tags is None:
                 tags = torch.zeros(B, len(self.cfg.tags), dtype=torch.long, device=x.device)
@@ -311,6 +315,22 @@ class Soloist(nn.Module):
             if context_mask is not None:  # all-null memory: attending anywhere gives the null
                 context_mask = context_mask | drop[:, None]
         return x, context_mask
+
+    def frames_in(self, context: Tensor, context_mask: Tensor | None) -> Tensor:
+        """The encoder's input [B, T, D] of context codes [B, K, T] (padding: the pad id)."""
+        tokens = context.long()
+        if context_mask is not None:
+            tokens = tokens.masked_fill(~context_mask[:, None], self.cfg.card)
+        return self.embed(self.context_emb, tokens)
+
+    def steps_in(self, steps: Tensor) -> Tensor:
+        """The decoder's input [B, L, D] of delayed steps [B, K, L]."""
+        return self.embed(self.target_emb, steps)
+
+    def steps_out(self, x: Tensor) -> Tensor:
+        """Logits [B, K, L, card] of the decoder's output [B, L, D]."""
+        B, L, _ = x.shape
+        return self.heads(x).view(B, L, self.cfg.codebooks, self.cfg.card).transpose(1, 2)
 
     def aligned(self, memory: Tensor, memory_mask: Tensor | None, start: int,
                 length: int) -> Tensor:
@@ -337,7 +357,7 @@ class Soloist(nn.Module):
         0-dim tensor on the device, so that a CUDA graph can advance it).
         """
         L = steps.shape[-1]
-        x = self.drop(self.embed(self.target_emb, steps))
+        x = self.drop(self.steps_in(steps))
         if cache is None:
             x = x + self.aligned(memory, memory_mask, start, L)
             pos, at, self_mask = self.positions(start, L), None, None
@@ -352,8 +372,7 @@ class Soloist(nn.Module):
         for i, block in enumerate(self.decoder):
             x = block(x, pos, self_mask, memory, memory_pos, memory_mask,
                       None if cache is None else (cache.self_kv[i], cache.cross_kv[i]), at)
-        B, K = x.shape[0], self.cfg.codebooks
-        return self.heads(self.decoder_norm(x)).view(B, L, K, self.cfg.card).transpose(1, 2)
+        return self.steps_out(self.decoder_norm(x))
 
     def new_cache(self, batch: int, steps: int, frames: int) -> Cache:
         """An empty ``Cache`` for ``batch`` rows, ``steps`` delayed steps and a memory of
@@ -392,14 +411,7 @@ class Soloist(nn.Module):
         1..T+K-1, so S = T + K - 1.
         """
         T = target.shape[-1]
-        assert max(context.shape[-1], T) <= self.cfg.max_frames, "window longer than max_frames"
-        drop = None
-        if self.training and self.cfg.context_dropout > 0:
-            drop = torch.rand(context.shape[0], device=context.device) < self.cfg.context_dropout
-        if self.training and tags is not None and self.cfg.tag_dropout > 0:
-            tags = tags.masked_fill(torch.rand(tags.shape, device=tags.device)
-                                    < self.cfg.tag_dropout, 0)
-        memory, memory_mask = self.encode(context, context_mask, drop, tags)
+        memory, memory_mask = self.memory(context, context_mask, tags, T)
         if target_lengths is not None:
             target_lengths = target_lengths.to(target.device)
         delayed = self.pattern.build(target.long(), target_lengths)
@@ -407,6 +419,20 @@ class Soloist(nn.Module):
         logits = self.decode(delayed[..., :-1], memory, memory_mask)
         per_codebook = codebook_losses(logits, delayed[..., 1:], valid[..., 1:])
         return per_codebook.mean(), per_codebook, logits
+
+    def memory(self, context: Tensor, context_mask: Tensor | None, tags: Tensor | None,
+               frames: int) -> tuple[Tensor, Tensor | None]:
+        """``encode`` for a teacher-forced pass of ``frames`` target frames: in training the
+        context and each tag column dropped at their rates (for guidance)."""
+        assert max(context.shape[-1], frames) <= self.cfg.max_frames, \
+            "window longer than max_frames"
+        drop = None
+        if self.training and self.cfg.context_dropout > 0:
+            drop = torch.rand(context.shape[0], device=context.device) < self.cfg.context_dropout
+        if self.training and tags is not None and self.cfg.tag_dropout > 0:
+            tags = tags.masked_fill(torch.rand(tags.shape, device=tags.device)
+                                    < self.cfg.tag_dropout, 0)
+        return self.encode(context, context_mask, drop, tags)
 
     def num_params(self) -> int:
         """All parameters, embeddings included."""
@@ -421,7 +447,8 @@ class Soloist(nn.Module):
         """
         cfg = self.cfg
         frames = frames or cfg.max_frames
-        embeddings = self.context_emb.weight.numel() + self.target_emb.weight.numel()
+        embeddings = sum(m.weight.numel() for m in (self.context_emb, self.target_emb)
+                         if isinstance(m, nn.Embedding))
         attention = 12 * cfg.dim * frames * (cfg.encoder_layers + 2 * cfg.decoder_layers)
         return 6 * (self.num_params() - embeddings) + attention
 
@@ -476,13 +503,72 @@ class Soloist(nn.Module):
             raise ModelFolderError(f"{weights_file} is corrupt or incomplete ({e}); export or "
                                    "download the model again") from None
         with torch.device(device):
-            model = cls(cfg)
+            model = build(cfg)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
             raise ModelFolderError(f"{weights_file} does not fit {config_file}: {e}") from None
         model.info = info
         return model.to(dtype=dtype).eval()
+
+
+class LatentSoloist(Soloist):
+    """Context latents [B, D, T] -> the latents [B, D, T] that follow, regressed frame by frame.
+
+    The codec encoder's continuous frames in and out (task.output: latents), D =
+    cfg.latents: linear maps in place of the code embeddings and heads, no delay pattern
+    (cfg.codebooks is 1), a mean squared error. Decoder step s reads frame s - 1 (step 0 a
+    frame of zeros) and predicts frame s.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        assert cfg.latents > 0 and cfg.codebooks == 1, "latents: one step per frame"
+        super().__init__(cfg)
+
+    def input_layer(self) -> nn.Module:
+        return nn.Linear(self.cfg.latents, self.cfg.dim, bias=False)
+
+    def output_layer(self) -> nn.Module:
+        return nn.Linear(self.cfg.dim, self.cfg.latents, bias=False)
+
+    def frames_in(self, context: Tensor, context_mask: Tensor | None) -> Tensor:
+        """The encoder's input [B, T, D] of context latents [B, latents, T] (padding: zeros)."""
+        if context_mask is not None:
+            context = context * context_mask[:, None]
+        return self.context_emb(context.transpose(1, 2).to(self.context_emb.weight.dtype))
+
+    def steps_in(self, steps: Tensor) -> Tensor:
+        """The decoder's input [B, L, D] of the frames before each step [B, latents, L]."""
+        return self.target_emb(steps.transpose(1, 2).to(self.target_emb.weight.dtype))
+
+    def steps_out(self, x: Tensor) -> Tensor:
+        """Predicted frames [B, latents, L] of the decoder's output [B, L, D]."""
+        return self.heads(x).transpose(1, 2)
+
+    def forward(self, context: Tensor, target: Tensor, context_mask: Tensor | None = None,
+                target_lengths: Tensor | None = None, tags: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """Teacher-forced mean squared error, the same as a one-entry tensor [1] (where the
+        codes' model has its per-codebook losses) and the predicted frames [B, latents, T].
+
+        context [B, latents, Tc] and target [B, latents, T]; context_mask bool [B, Tc];
+        target_lengths int [B] (unpadded frames; the error is over those alone); tags int64
+        [B, columns].
+        """
+        T = target.shape[-1]
+        memory, memory_mask = self.memory(context, context_mask, tags, T)
+        target = target.float()
+        predicted = self.decode(F.pad(target, (1, -1)), memory, memory_mask)
+        error = (predicted.float() - target).square().mean(dim=1)  # [B, T]
+        valid = torch.ones_like(error, dtype=torch.bool) if target_lengths is None else \
+            torch.arange(T, device=target.device) < target_lengths.to(target.device)[:, None]
+        loss = error.masked_fill(~valid, 0.0).sum() / valid.sum().clamp(min=1)
+        return loss, loss[None], predicted
+
+
+def build(cfg: ModelConfig) -> Soloist:
+    """The model of a config: ``LatentSoloist`` for latents, else ``Soloist``."""
+    return LatentSoloist(cfg) if cfg.latents else Soloist(cfg)
 
 
 def _from_hub(repo_id: str) -> Path:

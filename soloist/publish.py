@@ -158,6 +158,7 @@ def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
     separator = "" if continuation else (
         " The separator, Demucs, is MIT code;\nits pretrained weights are \"provided only for "
         "scientific purposes\".")
+    measure = "mean squared error" if model.cfg.latents else "cross-entropy"
     listens = ("the real next segments given another track's previous segment over that given\n"
                "their own: above 1 when the model uses the segment before") if continuation \
         else ("the real solos given another track's backing over\nthat given their own: above "
@@ -184,7 +185,7 @@ Sources:
 
 ## Evaluation (test split)
 
-"Does it listen?" is the cross-entropy of {listens}.
+"Does it listen?" is the {measure} of {listens}.
 
 | metric | value |
 | --- | --- |
@@ -236,10 +237,14 @@ soloist accompany my_backing.mp3 --model {where} -o out   # a file, URL, stems f
 def _continuation_about(info: dict, where: str) -> tuple[str, str]:
     """The card's title, and what a continuation model does and how to extend a recording."""
     codec = info["codec"]
-    return "music continuation", f""" on pairs of consecutive segments of
-whole recordings: the encoder reads a segment's {codec['model']} tokens
+    tokens = (f"""latents ({codec['model']}'s encoder frames before quantization,
+{codec['latents']} channels at {codec['frame_rate']:g} Hz), the decoder regresses the next
+segment's latents frame by frame (mean squared error) for the codec's decoder to play,""")\
+        if codec.get("latents") else (f"""{codec['model']} tokens
 ({codec['codebooks']} codebooks of {codec['cardinality']} at {codec['frame_rate']:g} Hz),
-the decoder writes the next segment's tokens under MusicGen's delay pattern,
+the decoder writes the next segment's tokens under MusicGen's delay pattern,""")
+    return "music continuation", f""" on pairs of consecutive segments of
+whole recordings: the encoder reads a segment's {tokens}
 {info['window_seconds']:g} s at a time.
 
 ## Continue a recording

@@ -39,7 +39,7 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 FAILURE_COLUMNS = ["track", "row", "source", "stage", "reason"]
 CODEC_KEYS = ("model", "files", "sample_rate", "frame_rate", "codebooks",
-              "cardinality", "weights")
+              "cardinality", "latents", "weights")
 
 
 def batch_files(ingested: list[str], clipped: list[str], tokenized: list[str],

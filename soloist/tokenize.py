@@ -69,7 +69,7 @@ def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dic
     # vs 0.11 s on an H200 host), more than the reading it hid (BENCHMARKS.md)
     with clock("model load"):
         codec = load_codec(weights, settings["codebooks"], device, settings["precision"],
-                           settings["compile"])
+                           settings["compile"], settings.get("latents", False))
     manifest, rate = read_json(weights), codec.sample_rate
     batch = chunk_batch(settings["batch_size"], codec, settings["chunk_seconds"],
                         settings["warmup_seconds"])
@@ -80,8 +80,8 @@ def tokenize_tracks(todo: list[Track], weights: str | os.PathLike, settings: dic
             "sample_rate": rate, "frame_rate": codec.frame_rate,
             "cardinality": None if codec.continuous else codec.cardinality,
             "weights": "random" if manifest["random"] else manifest["mode"]}
-    if codec.continuous:  # our own codec's VAE: float16 latents [D, T], not codes
-        info["latents"] = True
+    if codec.continuous:  # float16 latents [D, T], not codes
+        info["latents"] = codec.dimension
     by_name = {t.name: t for t in todo}
     codes: dict[str, dict[str, np.ndarray]] = {}
     written: list[Future] = []

@@ -32,7 +32,7 @@ from soloist.condition import Vocabulary, vocabulary
 from soloist.data import eval_loader, train_loader
 from soloist.io import read_json, sha256_file, write_json, write_torch
 from soloist.launch import setup_distributed
-from soloist.model import PRESETS, ModelConfig, Soloist, peak_bf16_flops
+from soloist.model import PRESETS, ModelConfig, Soloist, build, peak_bf16_flops
 from soloist.training import (
     EXIT_REQUEUE,
     Signals,
@@ -100,13 +100,15 @@ class _Trainer:
                         "meaningful")
         self.frames = round(cfg["seconds"] * stats["frame_rate"])
         self.vocab = vocabulary(config["condition"], stats["per_track"])
+        latents = stats["codec"].get("latents") or 0  # continuous frames of D channels
         model_cfg = ModelConfig(**{
-            **asdict(PRESETS[cfg["preset"]]), "codebooks": stats["codebooks"],
-            "card": stats["cardinality"], "context_dropout": cfg["context_dropout"],
+            **asdict(PRESETS[cfg["preset"]]), "codebooks": 1 if latents else stats["codebooks"],
+            "card": 0 if latents else stats["cardinality"], "latents": latents,
+            "context_dropout": cfg["context_dropout"],
             "max_frames": self.frames,  # the window it generates in, too
             "tags": self.vocab.sizes() if self.vocab else [],
             "tag_dropout": config["condition"]["dropout"]})
-        self.raw = Soloist(model_cfg).to(self.device)
+        self.raw = build(model_cfg).to(self.device)
         self.model: torch.nn.Module = self.raw  # compiled and DDP-wrapped by start()
         self.optimizer = self.raw.configure_optimizers(cfg["weight_decay"], cfg["lr"],
                                                        (0.9, 0.95))
@@ -242,7 +244,8 @@ class _Trainer:
         tokens = frames * cfg["batch_size"] * cfg["grad_accum"] * world
         metrics = {"train/loss": per_codebook.mean().item(), "lr": lr,
                    "grad_norm": float(grad_norm), "tokens_per_s": tokens / dt, "step_time": dt}
-        metrics |= {f"train/loss_cb{k}": v for k, v in enumerate(per_codebook.tolist())}
+        if not self.raw.cfg.latents:  # one loss alone for latents: their MSE
+            metrics |= {f"train/loss_cb{k}": v for k, v in enumerate(per_codebook.tolist())}
         if self.peak_flops:
             metrics["mfu"] = self.raw.flops_per_token(frames) * tokens / dt / \
                 (self.peak_flops * world)
@@ -351,8 +354,8 @@ def _validate(model: Soloist, urls: list[str], cfg: dict, frames: int,
     if totals is None:
         return None
     per_codebook = (totals / n).tolist()
-    return {"val/loss": sum(per_codebook) / len(per_codebook)} | {
-        f"val/loss_cb{k}": v for k, v in enumerate(per_codebook)}
+    return {"val/loss": sum(per_codebook) / len(per_codebook)} | ({} if model.cfg.latents else {
+        f"val/loss_cb{k}": v for k, v in enumerate(per_codebook)})
 
 
 def _validation(best_val: float) -> dict:
@@ -375,7 +378,7 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, config: dict, stats: 
         names = [n for n, _ in model.named_parameters()]
         weights = weights | {n: e.cpu() for n, e in zip(names, saved["ema"], strict=True)}
     with torch.device("meta"):  # no init: the weights are assigned
-        exported = Soloist(model.cfg)
+        exported = build(model.cfg)
     exported.load_state_dict(weights, assign=True)
     training = {"preset": config["train"]["preset"], "step": saved["state"]["step"],
                 "checkpoint": source.name, **_validation(saved["state"]["best_val"])}

@@ -151,11 +151,11 @@ def codec_model(name: str, folder: str | os.PathLike | None = None) -> torch.nn.
 
 def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
                device: str | torch.device = "cpu", precision: str = "fp32",
-               compile: bool = False) -> Codec:
+               compile: bool = False, latents: bool = False) -> Codec:
     """The codec described by ``manifest`` with its first ``codebooks`` codebooks (None: the
     codec's default: all of our own codec's), in eval mode on ``device``, encoding in
     ``precision`` (fp32, bf16, or auto: bf16 on a GPU), its encoder ``torch.compile``d for
-    one input shape if ``compile``."""
+    one input shape if ``compile``; with ``latents`` its tokens are its encoder's frames."""
     from soloist.codec import Codec, compiled_encoder
 
     with _verified(manifest) as (info, folder):
@@ -172,4 +172,4 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
         log.warning("tokenize.compile: our own codec's encoder runs uncompiled (BENCHMARKS.md)")
     elif compile:
         compiled = compiled_encoder(model.encoder)
-    return Codec(name, model, codebooks or default, precision, compiled)
+    return Codec(name, model, codebooks or default, precision, compiled, latents)

@@ -7,8 +7,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soloist.generate import Decoder, Sampling, generate, generate_long, sample, windows
-from soloist.model import PRESETS, Soloist
+from soloist.generate import (
+    Decoder,
+    Sampling,
+    generate,
+    generate_long,
+    grouped,
+    guidance,
+    guided,
+    regress,
+    sample,
+    windows,
+)
+from soloist.model import PRESETS, LatentSoloist, Soloist, build
 
 TINY = dataclasses.replace(PRESETS["tiny"], dropout=0.0, context_dropout=0.0)
 CARD = TINY.card
@@ -177,3 +188,38 @@ def test_long_generation_is_seeded_per_backing():
     assert torch.equal(together[1], alone[0])  # its solo does not depend on the others
     other = generate_long(model, backings[1:2], 10, sampling, seeds=[9])
     assert not torch.equal(alone[0], other[0])
+
+
+# -- latents ---------------------------------------------------------------------------------
+
+def latent_model(tags: list[int] | None = None) -> LatentSoloist:
+    torch.manual_seed(5)
+    return build(dataclasses.replace(TINY, codebooks=1, card=0, latents=16,
+                                     tags=tags or [])).eval()
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, Sampling(cfg_scale=2.0, tag_cfg=(3.0, 0.0))])
+def test_regressed_latents_are_what_the_uncached_decoder_predicts_from_them(sampling):
+    model = latent_model([3, 5])
+    context = torch.randn(2, 16, 30, generator=torch.Generator().manual_seed(6))
+    mask = torch.arange(30) < torch.tensor([[30], [22]])
+    tags = torch.tensor([[1, 4], [2, 0]])
+    frames = regress(model, context, 20, mask, sampling, tags)
+    assert frames.shape == (2, 16, 20)
+    # teacher-forced on its own output, the decoder predicts that output again
+    groups = guidance(sampling, 2)
+    memory, memory_mask = model.encode(*grouped(groups, context, mask, tags))
+    steps = torch.nn.functional.pad(frames, (1, -1)).repeat(len(memory) // 2, 1, 1)
+    again = guided(groups, model.decode(steps, memory, memory_mask))
+    torch.testing.assert_close(again, frames, rtol=1e-4, atol=1e-5)
+
+
+def test_the_latents_loss_ignores_padded_frames():
+    model = latent_model()
+    context, target = torch.randn(2, 16, 12), torch.randn(2, 16, 12)
+    loss, _, predicted = model(context, target, target_lengths=torch.tensor([12, 7]))
+    padded = target.clone()
+    padded[1, :, 7:] = 1e3
+    assert torch.equal(model(context, padded, target_lengths=torch.tensor([12, 7]))[0], loss)
+    error = (predicted - target).square().mean(1)
+    torch.testing.assert_close(loss, torch.cat([error[0], error[1, :7]]).mean())

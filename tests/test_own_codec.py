@@ -203,6 +203,25 @@ def test_own_codec_in_the_dag(tmp_path, random_weights):
         tokenize("song1", *files, *out, codec / "own.json", settings)
 
 
+def test_a_vae_codec_gives_a_continuation_its_latents(tmp_path, random_weights):
+    workflow_copy(tmp_path)
+    with_weights(tmp_path, random_weights)
+    (tmp_path / "tracks.tsv").write_text("track\tsource\tsplit\nsong1\tdemo:song1\ttrain\n"
+                                         "song2\tdemo:song2\ttest\n")
+    config = CONFIG | {"codec": TINY | {"steps": 4, "bottleneck": "vae"},
+                       "task": {"name": "continuation", "seconds": 4, "output": "latents"}}
+    snakemake(tmp_path, "evaluate", config=config)
+    latents = read_npy(tmp_path / f"results/tokenize/{batch_of('song1', 8)}/song1/mix.npy")
+    assert latents.dtype == np.float16 and latents.shape == (32, 1500)  # the VAE's means
+    assert read_json(tmp_path / "results/train/config.json")["model"]["latents"] == 32
+    assert read_json(tmp_path / "results/evaluate/metrics.json")["mse"] > 0
+    # and it has no codes to learn
+    proc = snakemake(tmp_path, "-n", "evaluate", check=False,
+                     config=config | {"task": {"name": "continuation"}})
+    assert proc.returncode != 0
+    assert "codec.bottleneck: vae writes latents, not codes" in proc.stdout + proc.stderr
+
+
 def test_codec_tracks_trains_on_a_sheet_of_its_own(tmp_path, random_weights):
     workflow_copy(tmp_path)
     with_weights(tmp_path, random_weights)

@@ -1,7 +1,9 @@
-"""Tasks beside the solo one on the same DAG: continuation (a recording's next segment)."""
+"""Tasks beside the solo one on the same DAG: continuation (a recording's next segment), of
+codes or of latents."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -27,6 +29,7 @@ CONTINUATION = {
     "train": {"steps": 2, "batch_size": 2, "seconds": 2, "workers": 0, "eval_every": 2,
               "checkpoint_every": 2, "warmup_steps": 1, "epoch_batches": 4},
     "evaluate": {"examples": 1, "batches": 1, "seconds": 2}}
+LATENTS = CONTINUATION | {"task": CONTINUATION["task"] | {"output": "latents"}}
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +115,80 @@ def test_publish_writes_a_continuation_model_with_a_card_worded_for_it(continued
     assert read_json(continued / "results/publish/config.json")["task"] == "continuation"
 
 
+@pytest.fixture(scope="module")
+def latent(continued, tmp_path_factory):
+    """The continuation run again for latents, in a copy of its folder; and what a dry run
+    planned for that."""
+    workdir = tmp_path_factory.mktemp("latents")
+    shutil.copytree(continued, workdir, dirs_exist_ok=True)
+    planned = planned_jobs(workdir, "evaluate", config=LATENTS)
+    snakemake(workdir, "evaluate", config=LATENTS)
+    return workdir, planned
+
+
+def test_latents_retokenize_and_train_without_ingesting_again(latent):
+    workdir, planned = latent
+    assert planned == {"tokenize": 2, "shard": 1, "train": 1, "evaluate": 1}
+    mix = read_npy(workdir / f"results/tokenize/{batch_of('song1', 8)}/song1/mix.npy")
+    # EnCodec's encoder frames before quantization: 128 channels at 75 Hz
+    assert mix.dtype == np.float16 and mix.shape == (128, 20 * 75)
+    assert read_json(workdir / "results/shards/stats.json")["codec"]["latents"] == 128
+    urls = sorted(str(p) for p in (workdir / "results/shards/train").glob("*.tar"))
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    assert samples
+    for s in samples:
+        start = s["json"]["frame_start"]
+        np.testing.assert_array_equal(s["context.npy"], mix[:, start:start + 300])
+        np.testing.assert_array_equal(s["target.npy"], mix[:, start + 300:start + 600])
+
+
+def test_a_model_of_latents_is_scored_by_its_squared_error(latent):
+    workdir, _ = latent
+    config = read_json(workdir / "results/train/config.json")
+    assert (config["model"]["latents"], config["model"]["codebooks"]) == (128, 1)
+    metrics = read_json(workdir / "results/evaluate/metrics.json")
+    assert "ce" not in metrics and metrics["mse"] > 0
+    assert metrics["listen_ratio"] == pytest.approx(
+        metrics["mse_shuffled_backing"] / metrics["mse"])
+    page = (workdir / "results/evaluate/index.html").read_text()
+    assert f"Test MSE {metrics['mse']:.3f} with the real previous segment" in page
+    generated = sf.info(workdir / "results/evaluate/examples/00_generated.wav")
+    assert generated.frames == 2 * 24000
+
+
+def test_a_model_of_latents_resumes_after_sigterm_with_the_same_losses(latent, tmp_path):
+    workdir, _ = latent
+    stopped_at, _ = resumed_after_sigterm(workdir / "results/shards", tmp_path,
+                                          twelve_steps(LATENTS, tmp_path))
+    assert 2 <= stopped_at < 12
+
+
+def test_soloist_continue_extends_a_recording_with_a_model_of_latents(latent, tmp_path):
+    workdir, _ = latent
+    done = subprocess.run(
+        [sys.executable, "-m", "soloist.cli", "continue", "demo:song9", "--model",
+         str(workdir / "results/train"), "-o", str(tmp_path / "out"), "--seconds", "3",
+         "--weights", str(workdir / "resources/weights")],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    continuation, _ = sf.read(tmp_path / "out/song9/continuation.wav")
+    assert len(continuation) == 3 * 24000 and np.abs(continuation).max() > 0
+    snakemake(workdir, "publish", config=LATENTS)
+    card = (workdir / "results/publish/README.md").read_text()
+    assert "the decoder regresses the next\nsegment's latents" in card
+    assert "mean squared error of the real next segments" in card
+
+
 @pytest.mark.parametrize(("config", "message"), [
     ({"task": {"name": "medley"}}, "task.name"),
     ({"task": {"name": "continuation", "seconds": 4}, "train": {"seconds": 5}},
      "train.seconds (5) is longer than task.seconds (4)"),
     ({"task": {"name": "continuation"}, "augment": {"variants": [{"semitones": 2, "tempo": 1}]}},
      "augment.variants: task continuation takes no variants yet"),
+    ({"task": {"output": "latents"}}, "task.output: latents is for task continuation"),
+    ({"tokenize": {"model": "own"}, "codec": {"bottleneck": "vae"}},
+     "codec.bottleneck: vae writes latents, not codes"),
+    ({"task": {"name": "continuation", "output": "tokens"}}, "task.output"),
 ])
 def test_task_settings_are_checked(config, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

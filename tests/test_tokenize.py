@@ -11,6 +11,7 @@ import torch
 
 from soloist import codec
 from soloist import tokenize as tk
+from soloist.codec import decode, encode
 from soloist.device import fit_batch
 from soloist.io import read_json, read_npy, write_audio, write_json
 from soloist.tracks import Batch
@@ -235,3 +236,18 @@ def test_gpu_batches_fit_the_free_memory_and_the_kernels_index_range():
         codec.chunk_batch(128, on("cuda", causal=False, channels=64), 10, 0.5)
     with pytest.raises(ValueError, match="tokenize.chunk_seconds"):
         codec.chunk_batch("auto", on("cuda"), 3000, 0)
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_32khz", "dac_44khz"])
+def test_latents_are_the_frames_the_codes_quantize_and_decode_to_audio(name, codec_manifests):
+    codes, latents = (load_codec(codec_manifests[name], latents=latents)
+                      for latents in (False, True))
+    audio = music(1.3, codes.sample_rate)
+    frames = encode(latents, [audio], codes.sample_rate, chunk_seconds=10.0)[0]
+    assert frames.dtype == np.float16 and frames.shape[0] == latents.dimension
+    assert frames.shape[1] == encode(codes, [audio], codes.sample_rate, 10.0)[0].shape[1]
+    with torch.inference_mode():  # the codes are those of the frames, quantized
+        wave = torch.from_numpy(audio).float()[None, None]
+        torch.testing.assert_close(codes.quantize(latents.encode(wave)), codes.encode(wave))
+    played = decode(latents, frames)
+    assert played.shape == (frames.shape[1] * latents.hop,) and np.isfinite(played).all()
