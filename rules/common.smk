@@ -66,9 +66,10 @@ SPEED = {
     # gpus stays: it sets the global batch
     "codec": {"device", "checkpoint_every", "log_every", "workers"},
     "accompany": {"batch_size", "compile", "device", "threads", "gpus"},
-    # clip reads the task section; what the model outputs reaches tokenize alone (through
-    # tokenize_settings), not the clips
-    "task": {"output"},
+    # clip reads the task section for the segments' length: which task reads the segments
+    # (solo aside, which changes clip's inputs) and what it outputs (tokenize_settings) do
+    # not change them
+    "task": {"name", "output"},
 }
 
 
@@ -89,7 +90,7 @@ def _outputs_depend_on(name, value):
 
 def tokenize_settings():
     """tokenize's settings, and whether it writes latents (task.output) instead of codes."""
-    latents = config["task"]["output"] == "latents"
+    latents = config["task"]["output"] == "latents" or config["task"]["name"] == "mix"
     return settings("tokenize") | ({"latents": True} if latents else {})
 
 
@@ -137,13 +138,13 @@ def kept_audio(name, path):
 
 
 VARIANTS = bool(config["augment"]["variants"])  # pitch/tempo variants of the tracks
-# continuation: recordings whole, (previous, next) segment pairs; solo: backing -> solo
-CONTINUATION = config["task"]["name"] == "continuation"
+# continuation and mix: recordings whole, pairs of consecutive segments; solo: backing -> solo
+WHOLE = config["task"]["name"] != "solo"
 # What each per-track stage's tracks are made from, besides its own settings.
 UPSTREAM = {"ingest": [], "separate": ["ingest"], "augment": ["ingest", "separate"],
             "clip": ["ingest", "separate"] + ["augment"] * VARIANTS,
             "tokenize": ["ingest", "separate"] + ["augment"] * VARIANTS}
-if CONTINUATION:  # no separation: clip and tokenize read the ingested recordings
+if WHOLE:  # no separation: clip and tokenize read the ingested recordings
     UPSTREAM |= {"clip": ["ingest", "task"], "tokenize": ["ingest"]}
 
 
@@ -197,8 +198,8 @@ def augmented_tracks(wildcards):
 
 def made_from_input():
     """What clip and tokenize read of a batch: its separated tracks and their variants, or
-    (task: continuation) its ingested recordings."""
-    if CONTINUATION:
+    (task continuation or mix) its ingested recordings."""
+    if WHOLE:
         return {"ingested": record("ingest"), **kept_audio("audio", audio_folder("ingest"))}
     inputs = {"separated": record("separate"), **kept_audio("audio", audio_folder("separate"))}
     if VARIANTS:

@@ -19,6 +19,8 @@ rule train:
         settings=settings("train"),
         # tags change the model only when it has tag columns
         condition=settings("condition") if config["condition"]["columns"] else None,
+        # task mix's losses; its shards may be a continuation's of latents
+        mix=settings("mix") if config["task"]["name"] == "mix" else None,
     threads: 2
     resources:
         **train_resources(config["train"]),

@@ -44,7 +44,7 @@ from soloist.io import (
     write_json,
     write_spectrograms,
 )
-from soloist.model import Soloist
+from soloist.model import Soloist, task_error
 from soloist.tracks import Batch, track_of
 from soloist.weights import load_codec
 
@@ -104,9 +104,8 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
     decode step with torch.compile; ``name`` names the model on the page; ``tag_cfg`` is
     the guidance scale of each tag column (``sampling.tag_cfg`` is set from it).
     """
-    if model.info.get("task", "solo") != "solo":
-        raise AccompanyError(f"the model was trained for task {model.info['task']!r}, not "
-                             "solo: soloist continue extends recordings with it")
+    if task_error(model.info, "solo"):
+        raise AccompanyError(task_error(model.info, "solo"))
     sampling, tags = _tagged(model, inputs, sampling, tag_cfg or {})
     out_dir, clock = Path(out_dir), Clock()
     device = model.heads.weight.device

@@ -113,11 +113,11 @@ def clip(track: str, context: str | os.PathLike, target: str | os.PathLike,
 def clip_batch(records: dict[str, str | os.PathLike], record: str | os.PathLike,
                settings: dict, shape: dict, task: dict | None = None) -> list[dict]:
     """Clip every track of the upstream ``records`` by stage (a separate batch's and
-    augment's of its variants, or an ingest batch's for task: continuation) into the batch
-    of ``record``, keeping the tracks already clipped from the same audio with the same
-    ``shape``. For ``task`` continuation, a window is a (previous, next) pair of segments of
-    ``task["seconds"]``, one every segment, where the recording plays."""
-    if task and task["name"] == "continuation":
+    augment's of its variants, or an ingest batch's for task continuation or mix) into the
+    batch of ``record``, keeping the tracks already clipped from the same audio with the same
+    ``shape``. For ``task`` continuation or mix, a window is a (previous, next) pair of
+    segments of ``task["seconds"]``, one every segment, where the recording plays."""
+    if task and task["name"] != "solo":
         settings = settings | {"seconds": 2 * task["seconds"], "hop": task["seconds"],
                                "min_context_active": 0.0}
     upstream, made = made_from(records)

@@ -133,30 +133,35 @@ def validate_config(config: dict) -> dict:
 
 def _check_windows(config: dict) -> None:
     """The training crop and the evaluated solos fit in a sample: the clip window, or for
-    task continuation one segment of its pairs. Continuation has no variants yet."""
-    key = "task" if config["task"]["name"] == "continuation" else "clip"
+    task continuation and mix one segment of their pairs. Those have no variants yet."""
+    task = config["task"]["name"]
+    key = "clip" if task == "solo" else "task"
     window = config[key]["seconds"]
     too_long = [f"{stage}.seconds ({config[stage]['seconds']:g}) is longer than "
                 f"{key}.seconds ({window:g}), the window every sample has: set {stage}.seconds "
                 f"to at most {window:g}" for stage in ("train", "evaluate")
                 if (config[stage]["seconds"] or 0) > window]
     if key == "task" and config["augment"]["variants"]:
-        too_long.append("augment.variants: task continuation takes no variants yet")
+        too_long.append(f"augment.variants: task {task} takes no variants yet")
     if too_long:
         raise ConfigError("invalid config:\n  " + "\n  ".join(too_long))
 
 
 def _check_output(config: dict) -> None:
-    """Latents are for task continuation, and our own codec's VAE has nothing else."""
-    latents = config["task"]["output"] == "latents"
-    if latents and config["task"]["name"] != "continuation":
+    """Latents are for task continuation and mix (which has nothing else and no tags), and
+    our own codec's VAE has nothing else."""
+    task = config["task"]["name"]
+    if task == "mix" and config["condition"]["columns"]:
+        raise ConfigError("invalid config:\n  condition.columns: task mix takes no tags")
+    latents = config["task"]["output"] == "latents" or task == "mix"
+    if latents and task == "solo":
         raise ConfigError("invalid config:\n  task.output: latents is for task continuation "
-                          f"(task {config['task']['name']} learns codes)")
+                          "(task solo learns codes)")
     vae = config["tokenize"]["model"] == "own" and config["codec"]["bottleneck"] == "vae"
     if vae and not latents:
         raise ConfigError("invalid config:\n  tokenize.model: own with codec.bottleneck: vae "
                           "writes latents, not codes: set task.name: continuation and "
-                          "task.output: latents")
+                          "task.output: latents, or task.name: mix")
 
 
 def _check_codebooks(tokenize: dict, own: dict) -> None:

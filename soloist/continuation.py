@@ -22,7 +22,7 @@ from soloist.condition import model_tags
 from soloist.generate import Sampling, generate, regress
 from soloist.ingest import ingest_sheet
 from soloist.io import RANDOM_WARNING, read_audio, unclipped, write_audio, write_json
-from soloist.model import Soloist
+from soloist.model import Soloist, task_error
 from soloist.weights import load_codec
 
 log = logging.getLogger("soloist.continuation")
@@ -54,9 +54,8 @@ def continue_recordings(inputs: list[tuple[str, str, str]], model: Soloist,
     """Write ``out_dir/<name>/{continuation,extended}.wav`` for each input (name, kind,
     source) and ``out_dir/continue.json``, the summary it returns. ``tags`` (a model
     conditioned on tags: for every input) are guided by ``tag_cfg``, by column."""
-    if model.info.get("task") != "continuation":
-        raise ValueError(f"the model was trained for task {model.info.get('task', 'solo')!r}, "
-                         "not continuation: soloist accompany plays along with it")
+    if task_error(model.info, "continuation"):
+        raise ValueError(task_error(model.info, "continuation"))
     out_dir = Path(out_dir)
     device = model.heads.weight.device
     ids, scales = model_tags(model.info, [tags or {}], tag_cfg or {})

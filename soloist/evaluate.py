@@ -3,7 +3,7 @@
 "Does it listen?" compares the cross-entropy of the real solos given their own backing with
 the cross-entropy given another sample's backing: a model that uses the backing does worse
 with the wrong one (ratio > 1). A model of latents is scored by its mean squared error
-instead, the same way.
+instead, the same way; a mixer (task mix) by its masks' balance and complementarity.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from soloist.io import (
     write_json,
     write_spectrograms,
 )
+from soloist.mix import MaskMixer, mix_metrics
 from soloist.model import Soloist
 from soloist.weights import load_codec
 
@@ -110,35 +111,56 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     vocab = Vocabulary.of(model.info)
     tags = None if vocab is None else vocab.tensor([t for b in batches for t in b["tags"]])
     data = (context, target, mask, lengths)
-    # Another sample's backing: the set rotated by half its length, so no sample keeps its
-    # own and, samples being in track order, most get another track's. A rotation by one
-    # would pair most windows with the next window of their own track: 75% the same audio.
-    other = torch.roll(torch.arange(n), n // 2) if n > 1 else torch.arange(n)
-    metrics = {"samples": n, **(_latent_scores if model.cfg.latents else _code_scores)(
-        model, data, tags, other), "weights": model.info["weights"]}
-    if vocab is not None:
-        metrics |= _tag_scores(model, vocab, data, tags, other, metrics)
+    metrics = {"samples": n, **_scored(model, data, tags, vocab),
+               "weights": model.info["weights"]}
     if model.info["weights"] == "random":
         metrics["warning"] = RANDOM_WARNING
-    continuation = model.info.get("task") == "continuation"
+    task = model.info.get("task", "solo")
 
     codec = load_codec(codec_weights, model.info["codec"]["codebooks"],
                        latents=bool(model.cfg.latents))
     sampling = Sampling(cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg["cfg_scale"])
     examples = []
     for i in range(min(cfg["examples"], n)):
-        one = (context[i:i + 1, :, :frames], frames, mask[i:i + 1, :frames], sampling)
-        tag = None if tags is None else tags[i:i + 1]
-        generated = regress(model, *one, tags=tag) if model.cfg.latents else \
-            generate(model, *one, seed=cfg["seed"] + i, tags=tag)
+        generated = _generated(model, data, tags, i, frames, sampling, cfg["seed"] + i)
         examples.append(_write_example(out_dir / "examples", i, keys[i], codec,
                                        context[i, :, :lengths[i]], target[i, :, :lengths[i]],
-                                       generated[0], continuation))
-    _write_page(out_dir / "index.html", examples, metrics, continuation)
-    _write_page(out_dir / "listen.html", examples, metrics, continuation, embed=True)
+                                       generated, task))
+    _write_page(out_dir / "index.html", examples, metrics, task)
+    _write_page(out_dir / "listen.html", examples, metrics, task, embed=True)
     write_json(out_dir / "metrics.json", metrics)
     _log_to_mlflow(model_dir, out_dir, metrics, config["mlflow"])
     return metrics
+
+
+def _scored(model: Soloist, data: tuple, tags: torch.Tensor | None,
+            vocab: Vocabulary | None) -> dict:
+    """The test metrics of a model of codes or of latents (and "does it listen?"), and of
+    its tags; or a mixer's."""
+    if isinstance(model, MaskMixer):
+        return mix_metrics(model, data)
+    # Another sample's backing: the set rotated by half its length, so no sample keeps its
+    # own and, samples being in track order, most get another track's. A rotation by one
+    # would pair most windows with the next window of their own track: 75% the same audio.
+    n = len(data[0])
+    other = torch.roll(torch.arange(n), n // 2) if n > 1 else torch.arange(n)
+    metrics = (_latent_scores if model.cfg.latents else _code_scores)(model, data, tags, other)
+    if vocab is not None:
+        metrics |= _tag_scores(model, vocab, data, tags, other, metrics)
+    return metrics
+
+
+def _generated(model: Soloist, data: tuple, tags: torch.Tensor | None, i: int, frames: int,
+               sampling: Sampling, seed: int) -> torch.Tensor:
+    """Sample i's generated target [K, frames] (latents: [D, frames]) from its context: a
+    solo, a continuation, or its mix with its own target."""
+    context, target, mask = (x[i:i + 1, ..., :frames] for x in data[:3])
+    tag = None if tags is None else tags[i:i + 1]
+    if isinstance(model, MaskMixer):
+        return model.mix(context, target, mask)[0]
+    if model.cfg.latents:
+        return regress(model, context, frames, mask, sampling, tag)[0]
+    return generate(model, context, frames, mask, sampling, seed=seed, tags=tag)[0]
 
 
 def _code_scores(model: Soloist, data: tuple, tags: torch.Tensor | None,
@@ -200,41 +222,47 @@ def _frames(seconds: float | None, model: Soloist) -> int:
 
 def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,
                    context: torch.Tensor, target: torch.Tensor, generated: torch.Tensor,
-                   continuation: bool = False) -> dict:
+                   task: str = "solo") -> dict:
     """An example's audio: the context, the real and generated target, and both together
-    (played at once; a continuation after its context)."""
+    (played at once; a continuation after its context; for a mix, A and B at once)."""
     folder.mkdir(parents=True, exist_ok=True)
     rate = codec.sample_rate
     audio = {"backing": decode(codec, context), "real": decode(codec, target),
              "generated": decode(codec, generated)}
-    n = min(len(audio["backing"]), len(audio["generated"]))
-    audio["mix"] = np.concatenate([audio["backing"], audio["generated"]]) if continuation \
-        else audio["backing"][:n] + audio["generated"][:n]
+    second = audio["real" if task == "mix" else "generated"]
+    n = min(len(audio["backing"]), len(second))
+    audio["mix"] = np.concatenate([audio["backing"], second]) if task == "continuation" \
+        else audio["backing"][:n] + second[:n]
     files = {}
     for name, wave in audio.items():
         files[name] = f"{i:02d}_{name}.wav"
         write_audio(folder / files[name], unclipped(wave[None]), rate,
                     format="WAV")
     files["spectrogram"] = f"{i:02d}_spectrogram.png"
-    what = "continuation" if continuation else "solo"
+    _, (_, real_label, generated_label, _) = WORDS[task]
     write_spectrograms(folder / files["spectrogram"],
-                       {f"real {what}": audio["real"], f"generated {what}": audio["generated"]},
-                       rate)
+                       {real_label: audio["real"], generated_label: audio["generated"]}, rate)
     return {"key": key, "files": {k: f"examples/{v}" for k, v in files.items()}}
 
 
-# The listening page's words per task: (title, context, the target, its column of both)
-WORDS = {False: ("Generated solos", "backing", "solo", "backing + generated"),
-         True: ("Generated continuations", "previous segment", "continuation",
-                "previous, then generated")}
+# The listening page's words per task: its title, and its columns' (the context, the real
+# and the generated target, both)
+WORDS = {"solo": ("Generated solos", ("backing", "real solo", "generated solo",
+                                      "backing + generated")),
+         "continuation": ("Generated continuations", (
+             "previous segment", "real continuation", "generated continuation",
+             "previous, then generated")),
+         "mix": ("Mixed through complementary masks", ("A", "B", "masked mix",
+                                                        "A and B at once"))}
 
 
-def _write_page(path: Path, examples: list[dict], metrics: dict, continuation: bool = False,
+def _write_page(path: Path, examples: list[dict], metrics: dict, task: str = "solo",
                 embed: bool = False) -> None:
     """A listening page: backing, real and generated solo and the mix, side by side (for a
-    continuation: the segment before, the real and generated next one, and both in turn).
-    With ``embed`` the audio and images are inside the page (a page the report can hold)."""
-    title, context, target, both = WORDS[continuation]
+    continuation: the segment before, the real and generated next one, and both in turn;
+    for a mix: A, B, their masked mix and both at once). With ``embed`` the audio and
+    images are inside the page (a page the report can hold)."""
+    title, columns = WORDS[task]
     warning = (f'<p class="warning">{html.escape(metrics["warning"])}</p>'
                if "warning" in metrics else "")
 
@@ -253,9 +281,8 @@ def _write_page(path: Path, examples: list[dict], metrics: dict, continuation: b
 <style>{PAGE_STYLE}</style>
 </head><body>
 <h1>{title}</h1>{warning}
-<p>{_scores_line(metrics, context)}{_tags_line(metrics)}</p>
-<table><tr><th>sample</th><th>{context}</th><th>real {target}</th><th>generated {target}</th>
-<th>{both}</th><th>spectrograms</th></tr>
+<p>{_scores_line(metrics, columns[0])}{_tags_line(metrics)}</p>
+<table><tr><th>sample</th>{"".join(f"<th>{c}</th>" for c in columns)}<th>spectrograms</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
@@ -264,7 +291,14 @@ def _write_page(path: Path, examples: list[dict], metrics: dict, continuation: b
 
 
 def _scores_line(metrics: dict, context: str) -> str:
-    """What the page says of the test loss (CE, or MSE for latents) and "does it listen?"."""
+    """What the page says of the test loss (CE, or MSE for latents) and "does it listen?",
+    or of a mixer's masks."""
+    if "complementarity" in metrics:
+        return (f"Test loss {metrics['loss']:.3f} over {metrics['samples']} samples: "
+                f"balance {metrics['balance']:.3f} (the share of the mix's energy from A), "
+                f"complementarity {metrics['complementarity']:.3f} (the share from exactly "
+                f"one side; an even mix of the same segments: "
+                f"{metrics['complementarity_even']:.3f}).")
     measure = "mse" if "mse" in metrics else "ce"
     accuracy = f"; accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
     return (f"Test {measure.upper()} {metrics[measure]:.3f} with the real {context}, "

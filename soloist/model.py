@@ -86,6 +86,7 @@ class ModelConfig:
     tags: list[int] = field(default_factory=list)  # ids per tag column, 0 ("none") included
     tag_dropout: float = 0.1  # P(a column's tag -> none), each apart: guidance per column
     latents: int = 0  # channels of continuous latents in and out (LatentSoloist); 0: codes
+    mix: dict = field(default_factory=dict)  # task mix: the MaskMixer's loss weights
 
 
 PRESETS = {
@@ -164,11 +165,13 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm layer: self-attention, cross-attention to the memory (decoder only), MLP."""
+    """Pre-norm layer: self-attention (a decoder's causal), cross-attention to the memory
+    (decoder only), MLP."""
 
-    def __init__(self, cfg: ModelConfig, decoder: bool):
+    def __init__(self, cfg: ModelConfig, decoder: bool, causal: bool | None = None):
         super().__init__()
         self.decoder = decoder
+        self.causal = decoder if causal is None else causal
         self.norm1, self.attn = nn.RMSNorm(cfg.dim), Attention(cfg)
         if decoder:
             self.norm2, self.cross = nn.RMSNorm(cfg.dim), Attention(cfg, cross=True)
@@ -185,7 +188,7 @@ class Block(nn.Module):
         x then being steps ``at`` and ``mask`` which cached steps each of them sees."""
         self_kv, cross_kv = kv if kv is not None else (None, None)
         x = x + self.drop(self.attn(self.norm1(x), pos, mask=mask,
-                                    causal=self.decoder and kv is None, kv=self_kv, at=at))
+                                    causal=self.causal and kv is None, kv=self_kv, at=at))
         if self.decoder:
             x = x + self.drop(self.cross(self.norm2(x), pos, memory, memory_pos, memory_mask,
                                          kv=cross_kv))
@@ -229,11 +232,83 @@ class Cache:
         return self.aligned.shape[1]
 
 
+# What a model of each task is for: the hint when another task's command is given one
+USES = {"solo": "soloist accompany plays along with it",
+        "continuation": "soloist continue extends recordings with it",
+        "mix": "its mixes are on evaluate's listening page"}
+
+
+def task_error(info: dict, wanted: str) -> str | None:
+    """Why the model whose config is ``info`` cannot do task ``wanted``; None if it can."""
+    task = info.get("task", "solo")
+    return None if task == wanted else \
+        f"the model was trained for task {task!r}, not {wanted}: {USES[task]}"
+
+
 class ModelFolderError(ValueError):
     """A model folder that cannot be loaded; the message names the missing or bad file."""
 
 
-class Soloist(nn.Module):
+class ModelFolder:
+    """A model that is a folder: ``config.json`` (its ``ModelConfig`` under "model", beside
+    ``info``) and ``model.safetensors``; ``build`` makes the model of a config."""
+
+    cfg: ModelConfig
+    info: dict
+    step = 0  # the training step (the trainer sets it), for losses that change with it
+
+    def save_pretrained(self, folder: str | os.PathLike, info: dict | None = None) -> None:
+        """Write a model folder: ``model.safetensors`` and ``config.json`` (the model config
+        under "model", beside ``info``, default ``self.info``: codec, roles, training)."""
+        from safetensors.torch import save_file
+
+        from soloist.io import atomic_path, write_json
+
+        folder = Path(folder)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        write_json(folder / "config.json",
+                   {**(self.info if info is None else info), "model": asdict(self.cfg)})
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> Soloist:
+        """The model of a model folder (``save_pretrained``'s: ``results/train``,
+        ``results/publish``) or of a Hugging Face Hub repo id, in eval mode, with the rest
+        of its config.json as ``info``. No pickle: safetensors and JSON only."""
+        from safetensors.torch import load_file
+
+        folder = Path(source)
+        if not folder.is_dir():
+            folder = _from_hub(str(source))
+        config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+        for path in (config_file, weights_file):
+            if not path.is_file():
+                raise ModelFolderError(f"{path} is missing: a soloist model folder holds "
+                                       "config.json and model.safetensors")
+        try:
+            info = json.loads(config_file.read_text())
+            cfg = ModelConfig(**info.pop("model"))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelFolderError(f"{config_file} is not a soloist model config "
+                                   f"({type(e).__name__}: {e})") from None
+        try:
+            state = load_file(weights_file)
+        except Exception as e:  # safetensors' own error type for a bad header or short file
+            raise ModelFolderError(f"{weights_file} is corrupt or incomplete ({e}); export or "
+                                   "download the model again") from None
+        with torch.device(device):
+            model = build(cfg)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ModelFolderError(f"{weights_file} does not fit {config_file}: {e}") from None
+        model.info = info
+        return model.to(dtype=dtype).eval()
+
+
+class Soloist(ModelFolder, nn.Module):
     """Context codes [B, K, T] -> target codes [B, K, T] through a delayed decoder."""
 
     def __init__(self, cfg: ModelConfig):
@@ -264,6 +339,11 @@ class Soloist(nn.Module):
         self.apply(self._init_weights)
         nn.init.normal_(self.null, std=0.02)
         self.info: dict = {}  # config.json beyond the model config: codec, roles, training
+
+    @property
+    def loss_names(self) -> list[str]:
+        """What each of ``forward``'s parts of the loss is: a codebook's cross-entropy."""
+        return [f"cb{k}" for k in range(self.cfg.codebooks)]
 
     def input_layer(self) -> nn.Module:
         """One table per role holding K codebooks of card + 1 rows each (id ``card`` is the
@@ -455,61 +535,7 @@ class Soloist(nn.Module):
     def configure_optimizers(self, weight_decay: float, lr: float,
                              betas: tuple[float, float]) -> torch.optim.AdamW:
         """AdamW decaying matrices (linear and embedding weights) but not norms or the null."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=params[0].is_cuda)
-
-
-    def save_pretrained(self, folder: str | os.PathLike, info: dict | None = None) -> None:
-        """Write a model folder: ``model.safetensors`` and ``config.json`` (the model config
-        under "model", beside ``info``, default ``self.info``: codec, roles, training)."""
-        from safetensors.torch import save_file
-
-        from soloist.io import atomic_path, write_json
-
-        folder = Path(folder)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(folder / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        write_json(folder / "config.json",
-                   {**(self.info if info is None else info), "model": asdict(self.cfg)})
-
-    @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> Soloist:
-        """The model of a model folder (``save_pretrained``'s: ``results/train``,
-        ``results/publish``) or of a Hugging Face Hub repo id, in eval mode, with the rest
-        of its config.json as ``info``. No pickle: safetensors and JSON only."""
-        from safetensors.torch import load_file
-
-        folder = Path(source)
-        if not folder.is_dir():
-            folder = _from_hub(str(source))
-        config_file, weights_file = folder / "config.json", folder / "model.safetensors"
-        for path in (config_file, weights_file):
-            if not path.is_file():
-                raise ModelFolderError(f"{path} is missing: a soloist model folder holds "
-                                       "config.json and model.safetensors")
-        try:
-            info = json.loads(config_file.read_text())
-            cfg = ModelConfig(**info.pop("model"))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ModelFolderError(f"{config_file} is not a soloist model config "
-                                   f"({type(e).__name__}: {e})") from None
-        try:
-            state = load_file(weights_file)
-        except Exception as e:  # safetensors' own error type for a bad header or short file
-            raise ModelFolderError(f"{weights_file} is corrupt or incomplete ({e}); export or "
-                                   "download the model again") from None
-        with torch.device(device):
-            model = build(cfg)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ModelFolderError(f"{weights_file} does not fit {config_file}: {e}") from None
-        model.info = info
-        return model.to(dtype=dtype).eval()
+        return adamw(self, weight_decay, lr, betas)
 
 
 class LatentSoloist(Soloist):
@@ -520,6 +546,8 @@ class LatentSoloist(Soloist):
     (cfg.codebooks is 1), a mean squared error. Decoder step s reads frame s - 1 (step 0 a
     frame of zeros) and predicts frame s.
     """
+
+    loss_names = ["mse"]
 
     def __init__(self, cfg: ModelConfig):
         assert cfg.latents > 0 and cfg.codebooks == 1, "latents: one step per frame"
@@ -566,9 +594,24 @@ class LatentSoloist(Soloist):
         return loss, loss[None], predicted
 
 
-def build(cfg: ModelConfig) -> Soloist:
-    """The model of a config: ``LatentSoloist`` for latents, else ``Soloist``."""
+def build(cfg: ModelConfig) -> nn.Module:
+    """The model of a config: ``MaskMixer`` for task mix, ``LatentSoloist`` for latents,
+    else ``Soloist``."""
+    if cfg.mix:
+        from soloist.mix import MaskMixer
+
+        return MaskMixer(cfg)
     return LatentSoloist(cfg) if cfg.latents else Soloist(cfg)
+
+
+def adamw(model: nn.Module, weight_decay: float, lr: float,
+          betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW decaying ``model``'s matrices (its linear, convolution and embedding weights)
+    but not its norms, biases or vectors."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=params[0].is_cuda)
 
 
 def _from_hub(repo_id: str) -> Path:

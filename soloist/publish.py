@@ -31,6 +31,26 @@ INHERITED = {"cc-by-nc-4.0": "whose pretrained weights are CC-BY-NC 4.0, so this
                       "limit on its use"}
 
 
+# What a card says per task: what the model is, its Hub tags, how its evaluation reads
+# ({measure}: the test loss), and what its examples are
+CARD_WORDS = {
+    "solo": ("An encoder-decoder transformer", ["accompaniment", "saxophone"],
+             "\"Does it listen?\" is the {measure} of the real solos given another track's "
+             "backing over\nthat given their own: above 1 when the model uses the backing.",
+             "generated solos on test backings, alone and mixed"),
+    "continuation": ("An encoder-decoder transformer", ["continuation"],
+                     "\"Does it listen?\" is the {measure} of the real next segments given "
+                     "another track's previous segment over that given\ntheir own: above 1 "
+                     "when the model uses the segment before.",
+                     "continuations of test recordings, alone and after what they continue"),
+    "mix": ("A transformer mask generator", ["mixing"],
+            "`balance` is the share of a mix's energy from A (0.5: even), `complementarity`\n"
+            "the share from exactly one side (1: every latent element from one side alone);\n"
+            "`complementarity_even` is an even mix's of the same segments.",
+            "test segments A and B, their masked mix, and both at once"),
+}
+
+
 class PublishError(RuntimeError):
     """Publishing cannot start; the message says what to set."""
 
@@ -143,33 +163,29 @@ def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,
     codec = info["codec"]
     licence, why = _codec_licence(codec["model"])
     random = info["weights"] == "random"
-    continuation = info.get("task") == "continuation"
+    task = info.get("task", "solo")
+    what, tags, scored, examples_are = CARD_WORDS[task]
     front = {"license": licence, "library_name": "soloist", "pipeline_tag": "audio-to-audio",
-             "tags": ["music", *(["continuation"] if continuation else
-                                 ["accompaniment", "saxophone"]), "soloist", codec["model"]]
+             "tags": ["music", *tags, "soloist", codec["model"]]
              + (["random-weights"] if random else [])}
     warning = f"\n> **{info['warning']}**\n" if random else ""
     splits, kinds, scores = _card_tables(info, metrics, sources)
     listening = "\n".join(f"- [{e}]({e})" for e in examples) or "- (none)"
     loss = info["training"].get("best_val_loss")
     validation = "no validation split" if loss is None else f"validation loss {loss:.4f}"
-    title, about = (_continuation_about if continuation else _solo_about)(
-        info, repo_id or "results/publish")
-    separator = "" if continuation else (
+    title, about = ABOUT[task](info, repo_id or "results/publish")
+    separator = "" if task != "solo" else (
         " The separator, Demucs, is MIT code;\nits pretrained weights are \"provided only for "
         "scientific purposes\".")
-    measure = "mean squared error" if model.cfg.latents else "cross-entropy"
-    listens = ("the real next segments given another track's previous segment over that given\n"
-               "their own: above 1 when the model uses the segment before") if continuation \
-        else ("the real solos given another track's backing over\nthat given their own: above "
-              "1 when the model uses the backing")
+    scored = scored.format(measure="mean squared error" if model.cfg.latents
+                           else "cross-entropy")
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
 
 # soloist: {title}
 {warning}
-An encoder-decoder transformer ({model.num_params() / 1e6:.1f}M parameters, preset
+{what} ({model.num_params() / 1e6:.1f}M parameters, preset
 `{info['training']['preset']}`) trained with soloist{about}
 ## Training data
 
@@ -185,7 +201,7 @@ Sources:
 
 ## Evaluation (test split)
 
-"Does it listen?" is the {measure} of {listens}.
+{scored}
 
 | metric | value |
 | --- | --- |
@@ -204,10 +220,9 @@ from keep their own licences (above).
 
 - `model.safetensors`: the weights (safetensors: no pickle on load)
 - `config.json`: `model` (the architecture), `task`, `codec` (whose tokens it reads, and the
-  sha256 of those weights), `separator` (the roles; none for continuation),
+  sha256 of those weights), `separator` (the roles; none but for task solo),
   `window_seconds`, `training`, `data`{_condition_line(info)}
-- `examples/`: {"continuations of test recordings, alone and after what they continue"
-                if continuation else "generated solos on test backings, alone and mixed"}
+- `examples/`: {examples_are}
 """
 
 
@@ -257,3 +272,21 @@ soloist continue my_recording.mp3 --model {where} -o out --seconds 10   # a file
 by it (any length: a window at a time, each continuing the last). In Python:
 `Soloist.from_pretrained("{where}")` (`from soloist import Soloist`).
 """
+
+
+def _mix_about(info: dict, where: str) -> tuple[str, str]:
+    """The card's title, and what a mixer does."""
+    codec = info["codec"]
+    return "mixing through complementary masks", f""" on pairs of consecutive segments of
+whole recordings: it reads the {codec['model']} encoder's latents of two segments A and B
+({codec['latents']} channels at {codec['frame_rate']:g} Hz, {info['window_seconds']:g} s),
+A's frames attending to B's, and gives A a mask m per frame and channel and B the mask
+1 - m; the mix m A + (1 - m) B plays through the codec's decoder. Its losses: the mix as
+loud as each side, half its energy from each, each element from one side alone, and a
+critic of real segments (weights: `mix` in config.json's `model`). In Python:
+`Soloist.from_pretrained("{where}")` loads it (`from soloist import Soloist`);
+`model.mix(a, b)` mixes latents [B, D, T].
+"""
+
+
+ABOUT = {"solo": _solo_about, "continuation": _continuation_about, "mix": _mix_about}

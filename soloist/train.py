@@ -107,15 +107,19 @@ class _Trainer:
             "context_dropout": cfg["context_dropout"],
             "max_frames": self.frames,  # the window it generates in, too
             "tags": self.vocab.sizes() if self.vocab else [],
-            "tag_dropout": config["condition"]["dropout"]})
+            "tag_dropout": config["condition"]["dropout"],
+            "mix": config["mix"] if config["task"]["name"] == "mix" else {}})
         self.raw = build(model_cfg).to(self.device)
         self.model: torch.nn.Module = self.raw  # compiled and DDP-wrapped by start()
         self.optimizer = self.raw.configure_optimizers(cfg["weight_decay"], cfg["lr"],
                                                        (0.9, 0.95))
         self.ema = [p.detach().clone() for p in self.raw.parameters()] if cfg["ema"] else None
-        # a model with tags has their buckets and dropout in its shapes and training
-        tagged = {"condition": config["condition"]} if self.vocab else {}
-        self.ckpt_dir, self.key = out_dir / "checkpoints", run_key(shards, cfg | tagged)
+        # a model with tags has their buckets and dropout in its shapes and training; a
+        # mixer trains on the shards a continuation of latents does
+        shaped = {"condition": config["condition"]} if self.vocab else {}
+        if model_cfg.mix:
+            shaped["mix"] = model_cfg.mix
+        self.ckpt_dir, self.key = out_dir / "checkpoints", run_key(shards, cfg | shaped)
         self.state = {"step": 0, "best_val": math.inf, "evals_since_best": 0, "history": []}
         self.urls = [str(p) for p in sorted((shards / "train").glob("*.tar"))]
         self.valid_urls = [str(p) for p in sorted((shards / "valid").glob("*.tar"))]
@@ -215,7 +219,8 @@ class _Trainer:
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        per_codebook = torch.zeros(self.raw.cfg.codebooks, device=self.device)
+        self.raw.step = step  # a model's losses may change with it (task mix: the critic's)
+        total = parts = torch.zeros((), device=self.device)
         for micro in range(cfg["grad_accum"]):
             batch = next(data)
             self.skipped[batch["worker"]] = batch["skipped"]
@@ -223,7 +228,8 @@ class _Trainer:
             with self.autocast, (nullcontext() if sync else self.model.no_sync()):
                 loss, losses, _ = self.model(*_inputs(batch, self.device, self.vocab))
                 (loss / cfg["grad_accum"]).backward()
-            per_codebook += losses.detach().float() / cfg["grad_accum"]
+            total = total + loss.detach().float() / cfg["grad_accum"]
+            parts = parts + losses.detach().float() / cfg["grad_accum"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(),
                                                    cfg["grad_clip"] or math.inf)
         self.optimizer.step()
@@ -232,20 +238,22 @@ class _Trainer:
             with torch.no_grad():
                 for e, p in zip(self.ema, self.raw.parameters(), strict=True):
                     e.lerp_(p.detach(), 1 - cfg["ema"])
+        losses = torch.cat([total[None], parts])
         if world > 1:
-            dist.all_reduce(per_codebook)
-            per_codebook /= world
+            dist.all_reduce(losses)
+            losses /= world
         self.state["step"] = step + 1
-        return self._metrics(per_codebook, lr, grad_norm, time.perf_counter() - t0)
+        return self._metrics(losses, lr, grad_norm, time.perf_counter() - t0)
 
-    def _metrics(self, per_codebook: torch.Tensor, lr: float, grad_norm: torch.Tensor,
+    def _metrics(self, losses: torch.Tensor, lr: float, grad_norm: torch.Tensor,
                  dt: float) -> dict:
+        """Metrics of a step whose ``losses`` are [the loss, the model's parts of it...]."""
         cfg, frames, world = self.cfg, self.frames, self.world
         tokens = frames * cfg["batch_size"] * cfg["grad_accum"] * world
-        metrics = {"train/loss": per_codebook.mean().item(), "lr": lr,
-                   "grad_norm": float(grad_norm), "tokens_per_s": tokens / dt, "step_time": dt}
-        if not self.raw.cfg.latents:  # one loss alone for latents: their MSE
-            metrics |= {f"train/loss_cb{k}": v for k, v in enumerate(per_codebook.tolist())}
+        loss, *parts = losses.tolist()
+        metrics = {"train/loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+                   "tokens_per_s": tokens / dt, "step_time": dt}
+        metrics |= {f"train/loss_{n}": v for n, v in zip(self.raw.loss_names, parts, strict=True)}
         if self.peak_flops:
             metrics["mfu"] = self.raw.flops_per_token(frames) * tokens / dt / \
                 (self.peak_flops * world)
@@ -347,15 +355,16 @@ def _validate(model: Soloist, urls: list[str], cfg: dict, frames: int,
         if i >= cfg["eval_batches"]:
             break
         with autocast:
-            _, losses, _ = model(*_inputs(batch, device, vocab))
-        totals = losses.float() if totals is None else totals + losses.float()
+            loss, losses, _ = model(*_inputs(batch, device, vocab))
+        both = torch.cat([loss.float()[None], losses.float()])
+        totals = both if totals is None else totals + both
         n += 1
     model.train()
     if totals is None:
         return None
-    per_codebook = (totals / n).tolist()
-    return {"val/loss": sum(per_codebook) / len(per_codebook)} | ({} if model.cfg.latents else {
-        f"val/loss_cb{k}": v for k, v in enumerate(per_codebook)})
+    loss, *parts = (totals / n).tolist()
+    return {"val/loss": loss} | {f"val/loss_{name}": v
+                                 for name, v in zip(model.loss_names, parts, strict=True)}
 
 
 def _validation(best_val: float) -> dict:
@@ -389,17 +398,16 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, config: dict, stats: 
 def model_info(config: dict, stats: dict, frames: int, training: dict,
                vocab: Vocabulary | None) -> dict:
     """What a model folder says beside the model config: its task, the codec whose tokens it
-    reads, the separator roles that made its backing and solo (none for a continuation), its
+    reads, the separator roles that made its backing and solo (none for the other tasks), its
     window, what it learned from, and the ``vocab`` of its tags (if it has any)."""
     splits = {}
     for split, counts in stats["splits"].items():
         seconds = sum(t["duration"] for t in stats["per_track"] if t["split"] == split)
         splits[split] = {"tracks": counts["tracks"], "windows": counts["samples"],
                          "hours": round(seconds / 3600, 4)}
-    continuation = config["task"]["name"] == "continuation"
     info = {"soloist_version": version("soloist"), "weights": stats["weights"],
             "task": config["task"]["name"], "codec": stats["codec"],
-            "separator": None if continuation else
+            "separator": None if config["task"]["name"] != "solo" else
             {k: config["separate"][k] for k in ("model", "context", "target")},
             "window_seconds": frames / stats["frame_rate"], "training": training,
             "data": {"tracks": stats["tracks_ok"], "splits": splits}}

@@ -1,8 +1,9 @@
 """Tasks beside the solo one on the same DAG: continuation (a recording's next segment), of
-codes or of latents."""
+codes or of latents, and mix (two segments' latents through complementary masks)."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,9 @@ CONTINUATION = {
               "checkpoint_every": 2, "warmup_steps": 1, "epoch_batches": 4},
     "evaluate": {"examples": 1, "batches": 1, "seconds": 2}}
 LATENTS = CONTINUATION | {"task": CONTINUATION["task"] | {"output": "latents"}}
+# the critic joins after a step, so that a resumed run has it on both sides of the cut
+MIX = CONTINUATION | {"task": {"name": "mix", "seconds": 4},
+                      "mix": {"adversarial": 0.5, "adversarial_from": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +183,74 @@ def test_soloist_continue_extends_a_recording_with_a_model_of_latents(latent, tm
     assert "mean squared error of the real next segments" in card
 
 
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, random_weights):
+    workdir = tmp_path_factory.mktemp("mix")
+    workflow_copy(workdir)
+    with_weights(workdir, random_weights)
+    (workdir / "tracks.tsv").write_text("track\tsource\tsplit\nsong1\tdemo:song1\ttrain\n"
+                                        "song2\tdemo:song2\ttest\n")
+    snakemake(workdir, "evaluate", config=MIX)
+    return workdir
+
+
+def test_a_mix_mixes_latents_of_consecutive_segments(mixed):
+    assert not (mixed / "results/separate").exists()
+    mix = read_npy(mixed / f"results/tokenize/{batch_of('song1', 8)}/song1/mix.npy")
+    assert mix.dtype == np.float16 and mix.shape == (128, 20 * 75)
+    urls = sorted(str(p) for p in (mixed / "results/shards/train").glob("*.tar"))
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    assert samples
+    for s in samples:  # A and B: a segment and the one after it
+        start = s["json"]["frame_start"]
+        np.testing.assert_array_equal(s["context.npy"], mix[:, start:start + 300])
+        np.testing.assert_array_equal(s["target.npy"], mix[:, start + 300:start + 600])
+    config = read_json(mixed / "results/train/config.json")
+    assert config["task"] == "mix" and config["model"]["latents"] == 128
+    assert config["model"]["mix"] == {"rms": 1.0, "balance": 1.0, "complementarity": 1.0,
+                                      "adversarial": 0.5, "adversarial_from": 1}
+
+
+def test_a_mixer_is_scored_by_balance_and_complementarity(mixed):
+    metrics = read_json(mixed / "results/evaluate/metrics.json")
+    for key in ("loss", "balance", "complementarity", "complementarity_even"):
+        assert 0 <= metrics[key] < math.inf, key
+    assert 0 < metrics["balance"] < 1 and metrics["complementarity"] <= 1
+    page = (mixed / "results/evaluate/index.html").read_text()
+    assert "Mixed through complementary masks" in page
+    assert f"complementarity {metrics['complementarity']:.3f}" in page
+    assert sf.info(mixed / "results/evaluate/examples/00_generated.wav").frames == 2 * 24000
+
+
+def test_a_mixer_trains_on_the_shards_of_a_continuation_of_latents(latent):
+    assert planned_jobs(latent[0], "evaluate", config=MIX, overlay="mix.yaml") == \
+        {"train": 1, "evaluate": 1}
+
+
+def test_a_mixer_resumes_after_sigterm_with_the_same_losses(mixed, tmp_path):
+    stopped_at, _ = resumed_after_sigterm(mixed / "results/shards", tmp_path,
+                                          twelve_steps(MIX, tmp_path))
+    assert 2 <= stopped_at < 12
+    assert read_json(tmp_path / "cut/config.json")["task"] == "mix"
+
+
+def test_a_mixer_is_published_with_a_card_of_its_own_and_refused_by_continue(mixed, tmp_path):
+    workdir = mixed
+    snakemake(workdir, "publish", config=MIX)
+    card = (workdir / "results/publish/README.md").read_text()
+    for words in ("# soloist: mixing through complementary masks", "A transformer mask "
+                  "generator", "`complementarity_even` is an even mix's", "| balance |"):
+        assert words in card, words
+    assert "Does it listen?" not in card and "soloist accompany" not in card
+    refused = subprocess.run(
+        [sys.executable, "-m", "soloist.cli", "continue", "demo:song9", "--model",
+         str(workdir / "results/train"), "-o", str(tmp_path / "out"), "--weights",
+         str(workdir / "resources/weights")], capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert ("trained for task 'mix', not continuation: its mixes are on evaluate's listening "
+            "page") in refused.stderr
+
+
 @pytest.mark.parametrize(("config", "message"), [
     ({"task": {"name": "medley"}}, "task.name"),
     ({"task": {"name": "continuation", "seconds": 4}, "train": {"seconds": 5}},
@@ -189,6 +261,11 @@ def test_soloist_continue_extends_a_recording_with_a_model_of_latents(latent, tm
     ({"tokenize": {"model": "own"}, "codec": {"bottleneck": "vae"}},
      "codec.bottleneck: vae writes latents, not codes"),
     ({"task": {"name": "continuation", "output": "tokens"}}, "task.output"),
+    ({"task": {"name": "mix"}, "condition": {"columns": ["style"]}},
+     "condition.columns: task mix takes no tags"),
+    ({"task": {"name": "mix"}, "mix": {"critic": 1.0}}, "mix"),
+    ({"task": {"name": "mix"}, "augment": {"variants": [{"semitones": 2, "tempo": 1}]}},
+     "augment.variants: task mix takes no variants yet"),
 ])
 def test_task_settings_are_checked(config, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -12,7 +12,7 @@ from soloist.tracks import upstream_records  # noqa: E402
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-latents = snakemake.config["task"]["output"] == "latents"
-tokenize_batch(upstream_records(snakemake.input), snakemake.output[0],
-               snakemake.input.weights, snakemake.config["tokenize"] | {"latents": latents},
-               snakemake.params.settings)
+settings = snakemake.params.settings  # tokenize_settings: with latents, if they are asked for
+tokenize_batch(upstream_records(snakemake.input), snakemake.output[0], snakemake.input.weights,
+               snakemake.config["tokenize"] | {"latents": settings.get("latents", False)},
+               settings)
