@@ -11,6 +11,7 @@ skipped, logged and counted, never fatal.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import random
@@ -117,6 +118,17 @@ def train_loader(urls: list[str], *, batch_size: int, frames: int, pad: int, see
         next(it)
     for _ in range(batches - skip):
         yield next(it)
+
+
+def latent_scale(urls: list[str], samples: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation, float32 [D] each, of the latents of the
+    first ``samples`` samples of ``urls`` (contexts and targets, every frame), in shard
+    order: the same for every run on the same shards."""
+    stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_skip),
+                              wds.map(decode, handler=_skip))
+    x = torch.cat([torch.from_numpy(np.concatenate([s["context"], s["target"]], -1))
+                   for s in itertools.islice(stream, samples)], -1).double()  # [D, frames]
+    return x.mean(-1).float(), x.std(-1).clamp(min=1e-8).float()
 
 
 def eval_loader(urls: list[str], *, batch_size: int, frames: int, pad: int,

@@ -262,7 +262,7 @@ def regress(model: LatentSoloist, context: Tensor, frames: int,
     memory, memory_mask = model.encode(*grouped(groups, context, context_mask, tags))
     cache = model.new_cache(len(memory), frames, memory.shape[1])
     model.fill_cache(cache, memory, memory_mask)
-    step, out = memory.new_zeros(len(memory), model.cfg.latents, 1), []
+    step, out = model.first_step(len(memory)), []
     for s in range(frames):
         out.append(guided(groups, model.decode(step, cache=cache, start=s).float()))
         step = out[-1].repeat(len(memory) // B, 1, 1)

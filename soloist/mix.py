@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from soloist.model import Block, ModelConfig, ModelFolder, adamw, rope
+from soloist.model import Block, ModelConfig, ModelFolder, adamw, rope, standard
 
 LOSSES = ("rms", "balance", "complementarity", "generator", "critic")
 
@@ -79,6 +79,10 @@ class MaskMixer(ModelFolder, nn.Module):
         self.norm = nn.RMSNorm(D)
         self.to_mask = nn.Linear(D, cfg.latents)
         self.critic = Critic(cfg.latents, D) if self.weights.adversarial > 0 else None
+        # what it reads is standardized by the training latents' scale (model.set_scale);
+        # the mix itself is in the codec's units
+        self.register_buffer("mean", torch.zeros(cfg.latents))
+        self.register_buffer("std", torch.ones(cfg.latents))
         self.info: dict = {}
 
     def masks(self, a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -87,10 +91,10 @@ class MaskMixer(ModelFolder, nn.Module):
         T, dtype = a.shape[-1], self.a_in.weight.dtype
         pos = rope(torch.arange(T, device=a.device), self.cfg.dim // self.cfg.heads)
         keys = None if mask is None else mask[:, None, None]
-        y = self.b_in(b.transpose(1, 2).to(dtype))
+        y = self.b_in(standard(self, b).transpose(1, 2).to(dtype))
         for layer in self.b_layers:
             y = layer(y, pos, keys)
-        x = self.a_in(a.transpose(1, 2).to(dtype))
+        x = self.a_in(standard(self, a).transpose(1, 2).to(dtype))
         for layer in self.a_layers:
             x = layer(x, pos, keys, y, pos, keys)
         return torch.sigmoid(self.to_mask(self.norm(x)).float()).transpose(1, 2)
@@ -128,6 +132,7 @@ class MaskMixer(ModelFolder, nn.Module):
         if self.critic is None:
             zero = mixed.new_zeros(())
             return zero, zero
+        mixed, a, b = (standard(self, x) for x in (mixed, a, b))
         frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
         generator = -functional_call(self.critic, frozen, (mixed,)).mean()
         real = torch.cat([self.critic(a), self.critic(b)])

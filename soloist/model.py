@@ -543,8 +543,8 @@ class LatentSoloist(Soloist):
 
     The codec encoder's continuous frames in and out (task.output: latents), D =
     cfg.latents: linear maps in place of the code embeddings and heads, no delay pattern
-    (cfg.codebooks is 1), a mean squared error. Decoder step s reads frame s - 1 (step 0 a
-    frame of zeros) and predicts frame s.
+    (cfg.codebooks is 1), a mean squared error. Decoder step s reads frame s - 1 (step 0 the
+    mean frame, ``first_step``) and predicts frame s.
     """
 
     loss_names = ["mse"]
@@ -552,6 +552,17 @@ class LatentSoloist(Soloist):
     def __init__(self, cfg: ModelConfig):
         assert cfg.latents > 0 and cfg.codebooks == 1, "latents: one step per frame"
         super().__init__(cfg)
+        # the model reads and predicts standardized frames, whatever the codec's scale, and
+        # its MSE is in units of each channel's spread
+        self.register_buffer("mean", torch.zeros(cfg.latents))  # set by set_scale
+        self.register_buffer("std", torch.ones(cfg.latents))
+
+    def first_step(self, rows: int) -> Tensor:
+        """What decoder step 0 reads, [rows, latents, 1]: the mean frame (zeros, standardized)."""
+        return self.mean[None, :, None].expand(rows, -1, 1)
+
+    def standard(self, x: Tensor) -> Tensor:
+        return standard(self, x).to(self.heads.weight.dtype)
 
     def input_layer(self) -> nn.Module:
         return nn.Linear(self.cfg.latents, self.cfg.dim, bias=False)
@@ -561,23 +572,25 @@ class LatentSoloist(Soloist):
 
     def frames_in(self, context: Tensor, context_mask: Tensor | None) -> Tensor:
         """The encoder's input [B, T, D] of context latents [B, latents, T] (padding: zeros)."""
+        context = self.standard(context)
         if context_mask is not None:
             context = context * context_mask[:, None]
-        return self.context_emb(context.transpose(1, 2).to(self.context_emb.weight.dtype))
+        return self.context_emb(context.transpose(1, 2))
 
     def steps_in(self, steps: Tensor) -> Tensor:
         """The decoder's input [B, L, D] of the frames before each step [B, latents, L]."""
-        return self.target_emb(steps.transpose(1, 2).to(self.target_emb.weight.dtype))
+        return self.target_emb(self.standard(steps).transpose(1, 2))
 
     def steps_out(self, x: Tensor) -> Tensor:
-        """Predicted frames [B, latents, L] of the decoder's output [B, L, D]."""
-        return self.heads(x).transpose(1, 2)
+        """Predicted frames float32 [B, latents, L] of the decoder's output [B, L, D]."""
+        return self.heads(x).transpose(1, 2).float() * self.std[:, None] + self.mean[:, None]
 
     def forward(self, context: Tensor, target: Tensor, context_mask: Tensor | None = None,
                 target_lengths: Tensor | None = None, tags: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
-        """Teacher-forced mean squared error, the same as a one-entry tensor [1] (where the
-        codes' model has its per-codebook losses) and the predicted frames [B, latents, T].
+        """Teacher-forced mean squared error of the standardized frames, the same as a
+        one-entry tensor [1] (where the codes' model has its per-codebook losses) and the
+        predicted frames [B, latents, T].
 
         context [B, latents, Tc] and target [B, latents, T]; context_mask bool [B, Tc];
         target_lengths int [B] (unpadded frames; the error is over those alone); tags int64
@@ -586,12 +599,25 @@ class LatentSoloist(Soloist):
         T = target.shape[-1]
         memory, memory_mask = self.memory(context, context_mask, tags, T)
         target = target.float()
-        predicted = self.decode(F.pad(target, (1, -1)), memory, memory_mask)
-        error = (predicted.float() - target).square().mean(dim=1)  # [B, T]
+        steps = torch.cat([self.first_step(len(target)), target[..., :-1]], -1)
+        predicted = self.decode(steps, memory, memory_mask)
+        error = ((predicted - target) / self.std[:, None]).square().mean(dim=1)  # [B, T]
         valid = torch.ones_like(error, dtype=torch.bool) if target_lengths is None else \
             torch.arange(T, device=target.device) < target_lengths.to(target.device)[:, None]
         loss = error.masked_fill(~valid, 0.0).sum() / valid.sum().clamp(min=1)
         return loss, loss[None], predicted
+
+
+def set_scale(model: nn.Module, mean: Tensor, std: Tensor) -> None:
+    """Give a model of latents the training latents' per-channel mean and std [D]
+    (``data.latent_scale``), kept in its ``mean`` and ``std`` buffers."""
+    model.mean.copy_(mean)
+    model.std.copy_(std)
+
+
+def standard(model: nn.Module, x: Tensor) -> Tensor:
+    """Latents [B, D, T] standardized by a model's ``mean`` and ``std`` [D]: float32."""
+    return (x.float() - model.mean[:, None]) / model.std[:, None]
 
 
 def build(cfg: ModelConfig) -> nn.Module:

@@ -29,10 +29,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from soloist.condition import Vocabulary, vocabulary
-from soloist.data import eval_loader, train_loader
+from soloist.data import eval_loader, latent_scale, train_loader
 from soloist.io import read_json, sha256_file, write_json, write_torch
 from soloist.launch import setup_distributed
-from soloist.model import PRESETS, ModelConfig, Soloist, build, peak_bf16_flops
+from soloist.model import PRESETS, ModelConfig, Soloist, build, peak_bf16_flops, set_scale
 from soloist.training import (
     EXIT_REQUEUE,
     Signals,
@@ -110,6 +110,9 @@ class _Trainer:
             "tag_dropout": config["condition"]["dropout"],
             "mix": config["mix"] if config["task"]["name"] == "mix" else {}})
         self.raw = build(model_cfg).to(self.device)
+        self.urls = [str(p) for p in sorted((shards / "train").glob("*.tar"))]
+        if latents and self.urls:  # no shards: start() says so
+            set_scale(self.raw, *latent_scale(self.urls))
         self.model: torch.nn.Module = self.raw  # compiled and DDP-wrapped by start()
         self.optimizer = self.raw.configure_optimizers(cfg["weight_decay"], cfg["lr"],
                                                        (0.9, 0.95))
@@ -121,7 +124,6 @@ class _Trainer:
             shaped["mix"] = model_cfg.mix
         self.ckpt_dir, self.key = out_dir / "checkpoints", run_key(shards, cfg | shaped)
         self.state = {"step": 0, "best_val": math.inf, "evals_since_best": 0, "history": []}
-        self.urls = [str(p) for p in sorted((shards / "train").glob("*.tar"))]
         self.valid_urls = [str(p) for p in sorted((shards / "valid").glob("*.tar"))]
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" else nullcontext())

@@ -201,6 +201,8 @@ def latent_model(tags: list[int] | None = None) -> LatentSoloist:
 @pytest.mark.parametrize("sampling", [GREEDY, Sampling(cfg_scale=2.0, tag_cfg=(3.0, 0.0))])
 def test_regressed_latents_are_what_the_uncached_decoder_predicts_from_them(sampling):
     model = latent_model([3, 5])
+    model.mean.normal_(generator=torch.Generator().manual_seed(7))  # a training set's scale
+    model.std.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(8))
     context = torch.randn(2, 16, 30, generator=torch.Generator().manual_seed(6))
     mask = torch.arange(30) < torch.tensor([[30], [22]])
     tags = torch.tensor([[1, 4], [2, 0]])
@@ -209,7 +211,7 @@ def test_regressed_latents_are_what_the_uncached_decoder_predicts_from_them(samp
     # teacher-forced on its own output, the decoder predicts that output again
     groups = guidance(sampling, 2)
     memory, memory_mask = model.encode(*grouped(groups, context, mask, tags))
-    steps = torch.nn.functional.pad(frames, (1, -1)).repeat(len(memory) // 2, 1, 1)
+    steps = torch.cat([model.first_step(2), frames[..., :-1]], -1).repeat(len(memory) // 2, 1, 1)
     again = guided(groups, model.decode(steps, memory, memory_mask))
     torch.testing.assert_close(again, frames, rtol=1e-4, atol=1e-5)
 
@@ -223,3 +225,19 @@ def test_the_latents_loss_ignores_padded_frames():
     assert torch.equal(model(context, padded, target_lengths=torch.tensor([12, 7]))[0], loss)
     error = (predicted - target).square().mean(1)
     torch.testing.assert_close(loss, torch.cat([error[0], error[1, :7]]).mean())
+
+
+def test_latents_are_standardized_with_their_training_scale():
+    model = latent_model()
+    context, target = torch.randn(2, 16, 12), torch.randn(2, 16, 12)
+    loss, _, predicted = model(context, target)
+    std, mean = torch.rand(16) * 1000 + 1, torch.randn(16) * 50
+    model.mean.copy_(mean)
+    model.std.copy_(std)
+
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        return x * std[:, None] + mean[:, None]
+
+    loss_scaled, _, predicted_scaled = model(scaled(context), scaled(target))
+    torch.testing.assert_close(loss_scaled, loss)
+    torch.testing.assert_close(predicted_scaled, scaled(predicted), rtol=1e-4, atol=1e-3)

@@ -7,6 +7,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from conftest import (
 
 from soloist.config import ConfigError, batch_of, validate_config
 from soloist.io import read_json, read_npy
+from soloist.model import Soloist
 
 CONTINUATION = {
     "tracks": "tracks.tsv", "weights": "random", "demo": {"seconds": 20},
@@ -36,15 +38,36 @@ MIX = CONTINUATION | {"task": {"name": "mix", "seconds": 4},
                       "mix": {"adversarial": 0.5, "adversarial_from": 1}}
 
 
-@pytest.fixture(scope="module")
-def continued(tmp_path_factory, random_weights):
-    workdir = tmp_path_factory.mktemp("continuation")
+def two_songs(workdir: Path, weights: Path, config: dict) -> Path:
+    """``workdir`` after ``evaluate`` with ``config`` on two 20 s demo songs, one to train
+    on and one to test on."""
     workflow_copy(workdir)
-    with_weights(workdir, random_weights)
+    with_weights(workdir, weights)
     (workdir / "tracks.tsv").write_text("track\tsource\tsplit\nsong1\tdemo:song1\ttrain\n"
                                         "song2\tdemo:song2\ttest\n")
-    snakemake(workdir, "evaluate", config=CONTINUATION)
+    snakemake(workdir, "evaluate", config=config)
     return workdir
+
+
+def pairs(workdir: Path) -> tuple[np.ndarray, list[dict]]:
+    """song1's tokens (its mix, whole) and its training samples; checks that each sample is
+    a pair of consecutive 4 s segments of them."""
+    mix = read_npy(workdir / f"results/tokenize/{batch_of('song1', 8)}/song1/mix.npy")
+    urls = sorted(str(p) for p in (workdir / "results/shards/train").glob("*.tar"))
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    # pairs of 4 s segments, one every 4 s, in a 20 s song: 4 pairs where the song plays
+    assert 1 <= len(samples) <= 4
+    for s in samples:
+        meta, start = s["json"], s["json"]["frame_start"]
+        assert meta["task"] == "continuation" and meta["frames"] == 300
+        np.testing.assert_array_equal(s["context.npy"], mix[:, start:start + 300])
+        np.testing.assert_array_equal(s["target.npy"], mix[:, start + 300:start + 600])
+    return mix, samples
+
+
+@pytest.fixture(scope="module")
+def continued(tmp_path_factory, random_weights):
+    return two_songs(tmp_path_factory.mktemp("continuation"), random_weights, CONTINUATION)
 
 
 def test_continuation_tokenizes_recordings_whole_without_separating(continued):
@@ -56,16 +79,8 @@ def test_continuation_tokenizes_recordings_whole_without_separating(continued):
 
 
 def test_continuation_shards_hold_consecutive_segment_pairs(continued):
-    mix = read_npy(continued / f"results/tokenize/{batch_of('song1', 8)}/song1/mix.npy")
-    urls = sorted(str(p) for p in (continued / "results/shards/train").glob("*.tar"))
-    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
-    # pairs of 4 s segments, one every 4 s, in a 20 s song: 4 pairs where the song plays
-    assert 1 <= len(samples) <= 4
-    for s in samples:
-        meta, start = s["json"], s["json"]["frame_start"]
-        assert meta["task"] == "continuation" and meta["frames"] == 300
-        np.testing.assert_array_equal(s["context.npy"], mix[:, start:start + 300])
-        np.testing.assert_array_equal(s["target.npy"], mix[:, start + 300:start + 600])
+    mix, samples = pairs(continued)
+    assert mix.dtype == np.int16
     stats = read_json(continued / "results/shards/stats.json")
     assert stats["splits"]["train"]["samples"] == len(samples)
     assert stats["clip_vs_truth"] is None  # no solo was looked for
@@ -76,11 +91,15 @@ def test_continuation_trains_and_evaluates(continued):
     assert read_json(continued / "results/evaluate/metrics.json")["samples"] > 0
 
 
-def test_continuation_resumes_after_sigterm_with_the_same_losses(continued, tmp_path):
-    stopped_at, _ = resumed_after_sigterm(continued / "results/shards", tmp_path,
-                                          twelve_steps(CONTINUATION, tmp_path))
+@pytest.mark.parametrize(("run", "config"), [("continued", CONTINUATION), ("latent", LATENTS),
+                                           ("mixed", MIX)])
+def test_every_task_resumes_after_sigterm_with_the_same_losses(run, config, request, tmp_path):
+    shards = request.getfixturevalue(run) / "results/shards"
+    stopped_at, _ = resumed_after_sigterm(shards, tmp_path, twelve_steps(config, tmp_path))
     assert 2 <= stopped_at < 12
-    assert read_json(tmp_path / "cut/config.json")["task"] == "continuation"
+    saved = read_json(tmp_path / "cut/config.json")
+    assert (saved["task"], saved["model"]["latents"]) == \
+        (config["task"]["name"], 128 if run != "continued" else 0)
 
 
 def test_soloist_continue_extends_a_recording_and_names_a_bad_one(continued, tmp_path):
@@ -121,33 +140,30 @@ def test_publish_writes_a_continuation_model_with_a_card_worded_for_it(continued
 
 @pytest.fixture(scope="module")
 def latent(continued, tmp_path_factory):
-    """The continuation run again for latents, in a copy of its folder; and what a dry run
-    planned for that."""
+    """The continuation run again for latents, in a copy of its folder."""
     workdir = tmp_path_factory.mktemp("latents")
     shutil.copytree(continued, workdir, dirs_exist_ok=True)
-    planned = planned_jobs(workdir, "evaluate", config=LATENTS)
     snakemake(workdir, "evaluate", config=LATENTS)
-    return workdir, planned
+    return workdir
 
 
-def test_latents_retokenize_and_train_without_ingesting_again(latent):
-    workdir, planned = latent
-    assert planned == {"tokenize": 2, "shard": 1, "train": 1, "evaluate": 1}
-    mix = read_npy(workdir / f"results/tokenize/{batch_of('song1', 8)}/song1/mix.npy")
+def test_latents_retokenize_and_train_without_ingesting_again(continued, latent):
+    assert planned_jobs(continued, "evaluate", config=LATENTS, overlay="latents.yaml") == \
+        {"tokenize": 2, "shard": 1, "train": 1, "evaluate": 1}
+    mix, samples = pairs(latent)
     # EnCodec's encoder frames before quantization: 128 channels at 75 Hz
     assert mix.dtype == np.float16 and mix.shape == (128, 20 * 75)
-    assert read_json(workdir / "results/shards/stats.json")["codec"]["latents"] == 128
-    urls = sorted(str(p) for p in (workdir / "results/shards/train").glob("*.tar"))
-    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
-    assert samples
-    for s in samples:
-        start = s["json"]["frame_start"]
-        np.testing.assert_array_equal(s["context.npy"], mix[:, start:start + 300])
-        np.testing.assert_array_equal(s["target.npy"], mix[:, start + 300:start + 600])
+    assert read_json(latent / "results/shards/stats.json")["codec"]["latents"] == 128
+    # the model reads them standardized by the training samples' spread, per channel
+    frames = np.concatenate([np.concatenate([s["context.npy"], s["target.npy"]], -1)
+                             for s in samples], -1).astype(np.float64)
+    model = Soloist.from_pretrained(latent / "results/train")
+    np.testing.assert_allclose(model.std.numpy(), frames.std(-1, ddof=1), rtol=1e-4)
+    np.testing.assert_allclose(model.mean.numpy(), frames.mean(-1), rtol=1e-4, atol=1e-7)
 
 
 def test_a_model_of_latents_is_scored_by_its_squared_error(latent):
-    workdir, _ = latent
+    workdir = latent
     config = read_json(workdir / "results/train/config.json")
     assert (config["model"]["latents"], config["model"]["codebooks"]) == (128, 1)
     metrics = read_json(workdir / "results/evaluate/metrics.json")
@@ -160,15 +176,8 @@ def test_a_model_of_latents_is_scored_by_its_squared_error(latent):
     assert generated.frames == 2 * 24000
 
 
-def test_a_model_of_latents_resumes_after_sigterm_with_the_same_losses(latent, tmp_path):
-    workdir, _ = latent
-    stopped_at, _ = resumed_after_sigterm(workdir / "results/shards", tmp_path,
-                                          twelve_steps(LATENTS, tmp_path))
-    assert 2 <= stopped_at < 12
-
-
 def test_soloist_continue_extends_a_recording_with_a_model_of_latents(latent, tmp_path):
-    workdir, _ = latent
+    workdir = latent
     done = subprocess.run(
         [sys.executable, "-m", "soloist.cli", "continue", "demo:song9", "--model",
          str(workdir / "results/train"), "-o", str(tmp_path / "out"), "--seconds", "3",
@@ -185,26 +194,13 @@ def test_soloist_continue_extends_a_recording_with_a_model_of_latents(latent, tm
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, random_weights):
-    workdir = tmp_path_factory.mktemp("mix")
-    workflow_copy(workdir)
-    with_weights(workdir, random_weights)
-    (workdir / "tracks.tsv").write_text("track\tsource\tsplit\nsong1\tdemo:song1\ttrain\n"
-                                        "song2\tdemo:song2\ttest\n")
-    snakemake(workdir, "evaluate", config=MIX)
-    return workdir
+    return two_songs(tmp_path_factory.mktemp("mix"), random_weights, MIX)
 
 
 def test_a_mix_mixes_latents_of_consecutive_segments(mixed):
     assert not (mixed / "results/separate").exists()
-    mix = read_npy(mixed / f"results/tokenize/{batch_of('song1', 8)}/song1/mix.npy")
+    mix, _ = pairs(mixed)  # A and B: a segment and the one after it
     assert mix.dtype == np.float16 and mix.shape == (128, 20 * 75)
-    urls = sorted(str(p) for p in (mixed / "results/shards/train").glob("*.tar"))
-    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
-    assert samples
-    for s in samples:  # A and B: a segment and the one after it
-        start = s["json"]["frame_start"]
-        np.testing.assert_array_equal(s["context.npy"], mix[:, start:start + 300])
-        np.testing.assert_array_equal(s["target.npy"], mix[:, start + 300:start + 600])
     config = read_json(mixed / "results/train/config.json")
     assert config["task"] == "mix" and config["model"]["latents"] == 128
     assert config["model"]["mix"] == {"rms": 1.0, "balance": 1.0, "complementarity": 1.0,
@@ -223,15 +219,8 @@ def test_a_mixer_is_scored_by_balance_and_complementarity(mixed):
 
 
 def test_a_mixer_trains_on_the_shards_of_a_continuation_of_latents(latent):
-    assert planned_jobs(latent[0], "evaluate", config=MIX, overlay="mix.yaml") == \
+    assert planned_jobs(latent, "evaluate", config=MIX, overlay="mix.yaml") == \
         {"train": 1, "evaluate": 1}
-
-
-def test_a_mixer_resumes_after_sigterm_with_the_same_losses(mixed, tmp_path):
-    stopped_at, _ = resumed_after_sigterm(mixed / "results/shards", tmp_path,
-                                          twelve_steps(MIX, tmp_path))
-    assert 2 <= stopped_at < 12
-    assert read_json(tmp_path / "cut/config.json")["task"] == "mix"
 
 
 def test_a_mixer_is_published_with_a_card_of_its_own_and_refused_by_continue(mixed, tmp_path):
