@@ -243,7 +243,9 @@ def parser() -> argparse.ArgumentParser:
     c = commands.add_parser(
         "continue", help="extend recordings by N seconds (a model of task continuation)",
         description="Generate what comes after each recording and write "
-                    "OUT_DIR/<name>/{continuation,extended}.wav.")
+                    "OUT_DIR/<name>/{continuation,extended}.wav. A model of latents "
+                    "(task.output: latents) predicts rather than samples: the sampling "
+                    "options do not change what it writes.")
     c.add_argument("recording", nargs="+", metavar="RECORDING",
                    help="an audio file ffmpeg reads, a URL yt-dlp takes, a folder of stems, "
                         "or demo:<name>")

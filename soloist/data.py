@@ -126,8 +126,11 @@ def latent_scale(urls: list[str], samples: int = 256) -> tuple[torch.Tensor, tor
     order: the same for every run on the same shards."""
     stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_skip),
                               wds.map(decode, handler=_skip))
-    x = torch.cat([torch.from_numpy(np.concatenate([s["context"], s["target"]], -1))
-                   for s in itertools.islice(stream, samples)], -1).double()  # [D, frames]
+    frames = [torch.from_numpy(np.concatenate([s["context"], s["target"]], -1))
+              for s in itertools.islice(stream, samples)]
+    if not frames:
+        raise ValueError(f"no readable sample in {len(urls)} training shards ({urls[0]}, ...)")
+    x = torch.cat(frames, -1).double()  # [D, all frames]
     return x.mean(-1).float(), x.std(-1).clamp(min=1e-8).float()
 
 

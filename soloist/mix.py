@@ -39,7 +39,7 @@ class MixWeights:
     rms: float = 1.0
     balance: float = 1.0
     complementarity: float = 1.0
-    adversarial: float = 0.1  # 0: no critic
+    adversarial: float = 0.0  # 0: no critic
     adversarial_from: int = 100
 
 

@@ -16,7 +16,8 @@ TINY = dataclasses.replace(PRESETS["tiny"], codebooks=1, card=0, latents=8, dim=
 
 def mixer(**weights) -> MaskMixer:
     torch.manual_seed(0)
-    return build(dataclasses.replace(TINY, mix={"adversarial_from": 3} | weights))
+    return build(dataclasses.replace(TINY, mix={"adversarial": 0.1, "adversarial_from": 3}
+                                     | weights))
 
 
 def latents(seed: int, batch: int = 4, frames: int = 24) -> torch.Tensor:

@@ -59,7 +59,7 @@ EXPECTED = {
     "task.output": ("latents", stages("clip", "tokenize")),
     # task mix's losses: the default run (task solo) has no mixer
     **{f"mix.{key}": (value, NOTHING) for key, value in {
-        "rms": 0.5, "balance": 0.5, "complementarity": 2.0, "adversarial": 0.0,
+        "rms": 0.5, "balance": 0.5, "complementarity": 2.0, "adversarial": 0.1,
         "adversarial_from": 10}.items()},
     # a column of the sheet: its tags go into the shards; the rest only shapes a model with tags
     "condition.columns": (["style"], SHARD),
