@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from soloist.config import batch_of, read_tracks, row_of, validate_config, write_sheet
+from soloist.config import (batch_of, read_tracks, row_of, validate_config, wants_latents,
+                            write_sheet)
 from soloist.synth import STEMS
 from soloist.fetch_weights import weights_mode
 from soloist.launch import resources as train_resources
@@ -90,8 +91,7 @@ def _outputs_depend_on(name, value):
 
 def tokenize_settings():
     """tokenize's settings, and whether it writes latents (task.output) instead of codes."""
-    latents = config["task"]["output"] == "latents" or config["task"]["name"] == "mix"
-    return settings("tokenize") | ({"latents": True} if latents else {})
+    return settings("tokenize") | ({"latents": True} if wants_latents(config) else {})
 
 
 def condition_tags():

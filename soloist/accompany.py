@@ -104,8 +104,8 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
     decode step with torch.compile; ``name`` names the model on the page; ``tag_cfg`` is
     the guidance scale of each tag column (``sampling.tag_cfg`` is set from it).
     """
-    if task_error(model.info, "solo"):
-        raise AccompanyError(task_error(model.info, "solo"))
+    if error := task_error(model.info, "solo"):
+        raise AccompanyError(error)
     sampling, tags = _tagged(model, inputs, sampling, tag_cfg or {})
     out_dir, clock = Path(out_dir), Clock()
     device = model.heads.weight.device

@@ -147,13 +147,18 @@ def _check_windows(config: dict) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(too_long))
 
 
+def wants_latents(config: dict) -> bool:
+    """Whether the tokens are latents: asked for (task.output), or task mix's only kind."""
+    return config["task"]["output"] == "latents" or config["task"]["name"] == "mix"
+
+
 def _check_output(config: dict) -> None:
     """Latents are for task continuation and mix (which has nothing else and no tags), and
     our own codec's VAE has nothing else."""
     task = config["task"]["name"]
     if task == "mix" and config["condition"]["columns"]:
         raise ConfigError("invalid config:\n  condition.columns: task mix takes no tags")
-    latents = config["task"]["output"] == "latents" or task == "mix"
+    latents = wants_latents(config)
     if latents and task == "solo":
         raise ConfigError("invalid config:\n  task.output: latents is for task continuation "
                           "(task solo learns codes)")

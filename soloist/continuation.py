@@ -54,8 +54,8 @@ def continue_recordings(inputs: list[tuple[str, str, str]], model: Soloist,
     """Write ``out_dir/<name>/{continuation,extended}.wav`` for each input (name, kind,
     source) and ``out_dir/continue.json``, the summary it returns. ``tags`` (a model
     conditioned on tags: for every input) are guided by ``tag_cfg``, by column."""
-    if task_error(model.info, "continuation"):
-        raise ValueError(task_error(model.info, "continuation"))
+    if error := task_error(model.info, "continuation"):
+        raise ValueError(error)
     out_dir = Path(out_dir)
     device = model.heads.weight.device
     ids, scales = model_tags(model.info, [tags or {}], tag_cfg or {})

@@ -78,7 +78,7 @@ def mse(model: Soloist, context: torch.Tensor, target: torch.Tensor, mask: torch
     return total / max(count, 1)
 
 
-def test_loss(model: Soloist, data: tuple, tags: torch.Tensor | None) -> float:
+def _test_loss(model: Soloist, data: tuple, tags: torch.Tensor | None) -> float:
     """The test loss of (context, target, mask, lengths): the mean cross-entropy over
     codebooks, or a model of latents' mean squared error."""
     if model.cfg.latents:
@@ -196,12 +196,12 @@ def _tag_scores(model: Soloist, vocab: Vocabulary, data: tuple, tags: torch.Tens
     tags (all columns, then each column alone) over that with its own: above 1 when the
     tags matter."""
     measure = "mse" if model.cfg.latents else "ce"
-    own, shuffled = metrics[measure], test_loss(model, data, tags[other])
+    own, shuffled = metrics[measure], _test_loss(model, data, tags[other])
     out = {f"{measure}_shuffled_tags": shuffled, "tags_ratio": shuffled / own}
     for c, column in enumerate(vocab.columns):
         one = tags.clone()
         one[:, c] = tags[other, c]
-        out[f"tags_ratio_{column}"] = test_loss(model, data, one) / own
+        out[f"tags_ratio_{column}"] = _test_loss(model, data, one) / own
     log.info("test %s with shuffled tags %.4f (ratio %.3f)", measure.upper(), shuffled,
              out["tags_ratio"])
     return out

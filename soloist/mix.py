@@ -114,7 +114,12 @@ class MaskMixer(ModelFolder, nn.Module):
         T = a.shape[-1]
         valid = None if target_lengths is None else \
             torch.arange(T, device=a.device) < target_lengths.to(a.device)[:, None]
-        m = self.masks(a, b, valid)
+        return self.losses(a, b, self.masks(a, b, valid), valid)
+
+    def losses(self, a: Tensor, b: Tensor, m: Tensor, valid: Tensor | None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """``forward``'s outputs for latents a, b and A's mask m [B, D, T] (valid bool
+        [B, T]: the real frames, or None)."""
         parts = m * a, (1 - m) * b
         mixed = parts[0] + parts[1]
         scores = mix_scores(*parts, valid)
@@ -182,7 +187,7 @@ def mix_metrics(model: MaskMixer, data: tuple, batch_size: int = 16) -> dict:
         m = model.masks(a, b, valid)
         masked += energies(m * a, (1 - m) * b, valid)
         even += energies(a / 2, b / 2, valid)
-        loss += float(model(a, b, None, length)[0]) * len(a)
+        loss += float(model.losses(a, b, m, valid)[0]) * len(a)
     total = (masked[0] + masked[1]).clamp(min=1e-12)
     return {"loss": loss / len(context), "balance": float(masked[0] / total),
             "complementarity": float(masked[2] / total),
