@@ -66,6 +66,7 @@ class MaskMixer(ModelFolder, nn.Module):
     """
 
     loss_names = LOSSES
+    loss_label = "weighted sum of the mix losses"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

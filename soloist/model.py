@@ -311,6 +311,8 @@ class ModelFolder:
 class Soloist(ModelFolder, nn.Module):
     """Context codes [B, K, T] -> target codes [B, K, T] through a delayed decoder."""
 
+    loss_label = "mean CE over codebooks"  # what its training loss is, for the loss plot
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         assert cfg.dim % cfg.heads == 0 and (cfg.dim // cfg.heads) % 2 == 0
@@ -548,6 +550,7 @@ class LatentSoloist(Soloist):
     """
 
     loss_names = ["mse"]
+    loss_label = "MSE of standardized latents"
 
     def __init__(self, cfg: ModelConfig):
         assert cfg.latents > 0 and cfg.codebooks == 1, "latents: one step per frame"

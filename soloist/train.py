@@ -323,8 +323,8 @@ class _Trainer:
             _export(out_dir, self.ckpt_dir, self.raw, self.config, self.stats, self.vocab)
             log_metrics({"skipped_samples": total_skipped}, state["step"])
             log.info("skipped %d corrupt samples or shards", total_skipped)
-            loss_plot(state["history"], out_dir / "loss.png", "train loss (mean CE over codebooks)",
-                      "Training loss")
+            loss_plot(state["history"], out_dir / "loss.png",
+                      f"train loss ({self.raw.loss_label})", "Training loss")
             mlflow.log_artifact(str(out_dir / "loss.png"))
             mlflow.end_run()
             write_json(out_dir / "train.json", result | {"mlflow_run_id": self.run.info.run_id})
