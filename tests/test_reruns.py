@@ -54,8 +54,8 @@ EXPECTED = {
     # clip and tokenize read the ingested recordings; nothing separates them
     "task.name": ("continuation", stages("clip", "tokenize")),
     "task.seconds": (8, NOTHING),  # the solo task has no segment pairs
-    # latents are for continuation alone: both change (tests/test_tasks.py checks that
-    # task.output alone reruns tokenize and what follows, not clip)
+    # latents need task continuation (or mix): both change here (tests/test_tasks.py checks
+    # that task.output alone reruns tokenize and what follows, not clip)
     "task.output": ("latents", stages("clip", "tokenize")),
     # task mix's losses: the default run (task solo) has no mixer
     **{f"mix.{key}": (value, NOTHING) for key, value in {
