@@ -150,7 +150,7 @@ def main() -> None:
               f"{cfg['batch_size'] * cfg['segment_seconds'] / per_step:.0f} audio-s per s",
               flush=True)
         ours = load_codec(tmp / "codec" / "own.json", device=device)
-        untrained = untrained_like(ours, tracks)
+        untrained = untrained_like(ours)
         untrained.model.to(device)
         print(f"held-out: {len(tracks)} songs x {args.seconds:g} s at {kbps:g} kbps")
         print(f"{'codec':<12}{'mel':>8}{'stft':>8}{'SI-SDR dB':>11}")

@@ -260,6 +260,23 @@ def source_of(row, stems=False):
     return row.source
 
 
+def demo_truths():
+    """The truth.json of each demo song of the sheet, by its row: a demo row's, or the one
+    beside a folder of stems (the synthesizer writes one beside its stems)."""
+    truths = {r.track: f"results/demo_corpus/{r.demo_name}/truth.json"
+              for r in ROWS.values() if r.kind == "demo"}
+    stems = {r.track: Path(r.source).parent / "truth.json"
+             for r in ROWS.values() if r.kind == "stems"}
+    return truths | {track: str(path) for track, path in stems.items() if path.is_file()}
+
+
+def demo_solos(split):
+    """The saxophone stem and truth of each demo song of the sheet in ``split``, by row."""
+    return {r.track: {"stem": f"results/demo_corpus/{r.demo_name}/stems/other.flac",
+                      "truth": f"results/demo_corpus/{r.demo_name}/truth.json"}
+            for r in ROWS.values() if r.kind == "demo" and in_splits([r.track], [split])}
+
+
 def accompany_backings():
     """What accompany needs to know of each row of its sheet (the script's input)."""
     return [{"name": r.track, "kind": r.kind, "source": source_of(r), "tags": row_tags(r)}

@@ -8,6 +8,7 @@ rule evaluate:
         manifest="results/shards/manifest.parquet",
         shards="results/shards/test",  # what it scores
         weights=weights_manifest("codec"),
+        truths=list(demo_truths().values()),  # a demo song's fit is scored against its truth
     output:
         metrics="results/evaluate/metrics.json",
         page="results/evaluate/index.html",
@@ -16,6 +17,7 @@ rule evaluate:
         examples=directory("results/evaluate/examples"),
     params:
         settings=settings("evaluate"),
+        truths=demo_truths(),
     threads: 2
     log:
         "results/logs/evaluate/evaluate.log",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from soloist import fit
 from soloist import ingest as ingest_stage
 from soloist import separate as separate_stage
 from soloist.codec import decode, encode, resampler
@@ -77,6 +78,7 @@ class _Track:
     audio: Path | None = None  # the backing, once ingested (and separated)
     reason: str | None = None  # why it failed
     stage: str | None = None
+    fit: dict | None = None  # its solo's truth-free fit figures (soloist.fit.backing_fit)
 
 
 def load_model(source: str | os.PathLike, device: str = "auto") -> Soloist:
@@ -148,6 +150,7 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
                 wave = _to_rate(decode(codec, solo), codec.sample_rate, rate, backing.shape[1],
                                 device)
                 _write_track(out_dir / t.name, backing, wave, rate)
+                t.fit = fit.backing_fit(wave, backing.mean(0), rate)
         solo_seconds = sum(backings[t.name][0].shape[1] / backings[t.name][1] for t in ok)
         result |= {"solo_seconds": round(solo_seconds, 3),
                    "generate_seconds": round(clock.spans["generate"], 3),
@@ -203,7 +206,8 @@ def _entry(t: _Track, backings: dict[str, tuple[np.ndarray, int]]) -> dict:
     if t.reason is not None:
         return entry | {"stage": t.stage, "reason": t.reason}
     audio, rate = backings[t.name]
-    return entry | {"seconds": round(audio.shape[1] / rate, 3)}
+    return entry | {"seconds": round(audio.shape[1] / rate, 3)} | \
+        ({"fit": t.fit} if t.fit else {})
 
 
 def _ingest(inputs: list[Backing], work: Path, config: dict, seconds: float | None
@@ -326,7 +330,8 @@ def _write_page(path: Path, result: dict, model: Soloist) -> None:
             continue
         cells = "".join(f'<td><audio controls preload="auto" src="{name}/{part}.wav"></audio>'
                         "</td>" for part in ("backing", "solo", "mix"))
-        rows.append(f"<tr><td>{name}<br><small>{t['seconds']:.1f} s</small></td>{cells}"
+        rows.append(f"<tr><td>{name}<br><small>{t['seconds']:.1f} s</small>"
+                    f"{_fit_cell(t.get('fit'))}</td>{cells}"
                     f'<td><img src="{name}/spectrogram.png" alt="spectrogram">'
                     "</td></tr>")
     failed = ("<h2>Not played</h2><table><tr><th>input</th><th>source</th><th>stage</th>"
@@ -342,12 +347,26 @@ def _write_page(path: Path, result: dict, model: Soloist) -> None:
 {model.info['codec']['model']} tokens); seed {result['seed']}, temperature
 {s['temperature']:g}, top-k {s['top_k']}, top-p {s['top_p']:g}, CFG {s['cfg_scale']:g},
 windows overlapping by {result['overlap_seconds']:g} s{speed}.</p>
+<p>Under each input: the solo's fit to the backing's key and beats as trackers estimate
+them (no truth needed): in key (the share of its pitched time in the key's scale) and on
+beat (of its onsets on a beat or its triplets, within 50 ms), beside the same solo a
+tritone up and half a beat late, which should score lower.</p>
 <table><tr><th>input</th><th>backing</th><th>solo</th><th>mix</th><th>spectrograms</th></tr>
 {chr(10).join(rows)}
 </table>{failed}</body></html>
 """
     with atomic_path(path) as tmp:
         tmp.write_text(page)
+
+
+def _fit_cell(figures: dict | None) -> str:
+    if not figures:
+        return ""
+    lines = [f"key {html.escape(figures['key'])}, {figures['tempo_bpm']:g} bpm"]
+    lines += [f"{f.replace('_', ' ')} {v:.2f} (tritone {figures['tritone'][f]:.2f}, half a "
+              f"beat late {figures['half_beat'][f]:.2f})"
+              for f, v in figures["generated"].items()]
+    return "<br><small>" + "<br>".join(lines) + "</small>"
 
 
 def log_to_mlflow(out_dir: str | os.PathLike, summary: dict, run_id: str,
@@ -361,5 +380,14 @@ def log_to_mlflow(out_dir: str | os.PathLike, summary: dict, run_id: str,
         mlflow.log_metrics({"accompany/tracks_ok": len(ok),
                             "accompany/tracks_failed": len(summary["tracks"]) - len(ok)} |
                            {f"accompany/{k}": summary[k] for k in
-                            ("solo_seconds", "generate_seconds", "realtime") if k in summary})
+                            ("solo_seconds", "generate_seconds", "realtime") if k in summary} |
+                           _fit_means(ok))
         mlflow.log_artifacts(str(out_dir), artifact_path="accompany")
+
+
+def _fit_means(tracks: list[dict]) -> dict[str, float]:
+    """The truth-free fit figures' means over the tracks played: accompany/fit/<solo>/<fig>."""
+    fits = [t["fit"] for t in tracks if "fit" in t]
+    return {f"accompany/fit/{solo}/{figure}": float(np.mean([f[solo][figure] for f in fits]))
+            for solo in ("generated", "tritone", "half_beat") if fits
+            for figure in fits[0][solo]}

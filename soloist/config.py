@@ -26,6 +26,9 @@ TRACK_ID = re.compile(r"[A-Za-z0-9._-]+")
 FIXED_COLUMNS = ("track", "source", "split")  # the others are tags (condition.columns)
 # A playlist row `p` expands into tracks `p.001`, `p.002`, ...
 ENTRY_ID = re.compile(r"(?P<row>.+)\.(?P<index>[0-9]{3,})")
+# ... and so does a row `p  demo:*N`: N demo songs, p.001 to p.N, each a row of its own
+DEMO_SONGS = re.compile(r"demo:\*(?P<count>[0-9]+)")
+MOST_DEMO_SONGS = 100_000
 
 
 class ConfigError(ValueError):
@@ -231,15 +234,11 @@ def read_tracks(path: str | os.PathLike, key: str = "tracks",
                 raise ConfigError(
                     f"{path} line {n}: track {track!r} already on line {lines[track]}"
                 )
-            if record["source"].startswith("demo:"):
-                name = record["source"][5:]
-                if not TRACK_ID.fullmatch(name):
-                    raise ConfigError(f"{path} line {n}: demo name {name!r} must match "
-                                      f"{TRACK_ID.pattern}")
-            rows[track] = Row(track, record["source"], source_kind(record["source"]),
-                              record.get("split", ""),
-                              {k: v for k, v in record.items() if k not in FIXED_COLUMNS})
-            lines[track] = n
+            for row in _expanded(record, f"{path} line {n}"):
+                if row.track in rows:
+                    raise ConfigError(f"{path} line {n}: track {row.track!r} already on line "
+                                      f"{lines[row.track]}")
+                rows[row.track], lines[row.track] = row, n
     for track in rows:
         m = ENTRY_ID.fullmatch(track)
         if m and m["row"] in rows and rows[m["row"]].kind == "url":
@@ -249,6 +248,23 @@ def read_tracks(path: str | os.PathLike, key: str = "tracks",
         raise ConfigError(f"track sheet {path} lists no tracks")
     _check_condition(path, reader.fieldnames or [], rows, condition)
     return rows
+
+
+def _expanded(record: dict[str, str], where: str) -> list[Row]:
+    """A sheet record's rows: itself, or for ``demo:*N`` its N demo songs."""
+    source, split = record["source"], record.get("split", "")
+    tags = {k: v for k, v in record.items() if k not in FIXED_COLUMNS}
+    if m := DEMO_SONGS.fullmatch(source):
+        count = int(m["count"])
+        if not 1 <= count <= MOST_DEMO_SONGS:
+            raise ConfigError(f"{where}: {source} asks for {count} demo songs; give 1 to "
+                              f"{MOST_DEMO_SONGS}")
+        names = [f"{record['track']}.{i:03d}" for i in range(1, count + 1)]
+        return [Row(name, f"demo:{name}", "demo", split, tags) for name in names]
+    if source.startswith("demo:") and not TRACK_ID.fullmatch(source[5:]):
+        raise ConfigError(f"{where}: demo name {source[5:]!r} must match {TRACK_ID.pattern} "
+                          "(or write demo:*N for N demo songs)")
+    return [Row(record["track"], source, source_kind(source), split, tags)]
 
 
 def _check_condition(path: Path, header: list[str], rows: dict[str, Row],

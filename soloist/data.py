@@ -66,7 +66,7 @@ def collate(samples: list[dict], frames: int, pad: int) -> dict:
 
     Returns context, target [B, K, frames] int64 (latents: [B, D, frames] float32); lengths
     [B]; context_mask [B, frames] (True on real frames); keys; tags (each sample's {column:
-    value}).
+    value}); meta (each sample's metadata).
     """
     first = torch.from_numpy(samples[0]["context"])
     context = torch.full((len(samples), first.shape[0], frames), pad, dtype=first.dtype)
@@ -80,6 +80,7 @@ def collate(samples: list[dict], frames: int, pad: int) -> dict:
     return {"context": context, "target": target, "lengths": lengths, "context_mask": mask,
             "keys": [s["key"] for s in samples],
             "tags": [s["meta"].get("tags", {}) for s in samples],
+            "meta": [s["meta"] for s in samples],
             "skipped": _skipped, "worker": f"{rank}/{worker}"}
 
 

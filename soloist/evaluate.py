@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soloist import fit
 from soloist.codec import decode
 from soloist.condition import Vocabulary
 from soloist.data import eval_loader
@@ -87,11 +88,14 @@ def _test_loss(model: Soloist, data: tuple, tags: torch.Tensor | None) -> float:
 
 
 def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
-             codec_weights: str | os.PathLike, out_dir: str | os.PathLike, config: dict) -> dict:
+             codec_weights: str | os.PathLike, out_dir: str | os.PathLike, config: dict,
+             truths: dict[str, str | os.PathLike] | None = None) -> dict:
     """Score the test split, generate ``examples`` solos, write metrics.json and index.html.
 
     ``config`` is the whole workflow config (``evaluate``, ``tokenize`` and ``mlflow`` used).
-    Everything is also logged into the training's MLflow run.
+    ``truths``: the ``truth.json`` of each demo song of the sheet, by its row: a solo's fit
+    is then measured against the truth too (``soloist.fit``). Everything is also logged
+    into the training's MLflow run.
     """
     cfg, model_dir, shards, out_dir = config["evaluate"], Path(model_dir), Path(shards), \
         Path(out_dir)
@@ -107,6 +111,7 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     context, target, mask, lengths = (torch.cat([b[k] for b in batches]) for k in
                                       ("context", "target", "context_mask", "lengths"))
     keys = [k for b in batches for k in b["keys"]]
+    metas = [m for b in batches for m in b["meta"]]
     n = len(keys)
     vocab = Vocabulary.of(model.info)
     tags = None if vocab is None else vocab.tensor([t for b in batches for t in b["tags"]])
@@ -120,12 +125,16 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     codec = load_codec(codec_weights, model.info["codec"]["codebooks"],
                        latents=bool(model.cfg.latents))
     sampling = Sampling(cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg["cfg_scale"])
-    examples = []
-    for i in range(min(cfg["examples"], n)):
-        generated = _generated(model, data, tags, i, frames, sampling, cfg["seed"] + i)
-        examples.append(_write_example(out_dir / "examples", i, keys[i], codec,
-                                       context[i, :, :lengths[i]], target[i, :, :lengths[i]],
-                                       generated, task))
+    examples, heard = [], []
+    for j, i in enumerate(_spread(metas, cfg["examples"])):
+        generated = _generated(model, data, tags, i, frames, sampling, cfg["seed"] + j)
+        example, audio = _write_example(out_dir / "examples", j, keys[i], codec,
+                                        context[i, :, :lengths[i]], target[i, :, :lengths[i]],
+                                        generated, task)
+        examples.append(example)
+        heard.append((metas[i], audio))
+    if task == "solo" and examples:
+        metrics["fit"] = _fit(heard, examples, codec.sample_rate, truths or {})
     _write_page(out_dir / "index.html", examples, metrics, task)
     _write_page(out_dir / "listen.html", examples, metrics, task, embed=True)
     write_json(out_dir / "metrics.json", metrics)
@@ -148,6 +157,56 @@ def _scored(model: Soloist, data: tuple, tags: torch.Tensor | None,
     if vocab is not None:
         metrics |= _tag_scores(model, vocab, data, tags, other, metrics)
     return metrics
+
+
+def _spread(metas: list[dict], count: int) -> list[int]:
+    """``count`` samples taken in turn from each track (the first window of each, then the
+    second...), so that the examples hear as many songs as there are."""
+    by_track: dict[str, list[int]] = {}
+    for i, meta in enumerate(metas):
+        by_track.setdefault(meta.get("row", ""), []).append(i)
+    order = [i for rank in range(max(map(len, by_track.values()), default=0))
+             for track in by_track.values() if rank < len(track) for i in track[rank:rank + 1]]
+    return order[:count]
+
+
+def _fit(heard: list[tuple[dict, dict]], examples: list[dict], rate: int,
+         truths: dict[str, str | os.PathLike]) -> dict:
+    """Each example's fit figures (``soloist.fit``) with their controls, written into its
+    entry; their means over the examples. The floors' other song is the next example from
+    another track (else the next example)."""
+    rows = {"truth": [], "free": []}
+    agreements = []
+    solos = [(meta, {name: fit.hear(audio[name], rate) for name in ("real", "generated")})
+             for meta, audio in heard]
+    for i, (example, (meta, audio)) in enumerate(zip(examples, heard, strict=True)):
+        solo = solos[i][1]
+        others = [s for m, s in solos[i + 1:] + solos[:i] if m.get("row") != meta.get("row")]
+        other = (others or [s for _, s in solos[i + 1:] + solos[:i]] or [solo])[0]["real"]
+        start = meta["frame_start"] / meta["frame_rate"]
+        backing = fit.estimate(audio["backing"], rate)
+        truth_json = truths.get(meta.get("row", ""))
+        beat_s = 60 / read_json(truth_json)["tempo_bpm"] if truth_json else \
+            float(np.median(np.diff(backing.beats))) if len(backing.beats) > 1 else 0.5
+        heard_all = {"generated": solo["generated"]} | fit.controls(solo["real"], other, beat_s)
+        example["fit"] = {"free": {k: fit.free_scores(h, backing) for k, h in heard_all.items()}}
+        rows["free"].append(example["fit"]["free"])
+        if truth_json:
+            truth = read_json(truth_json)
+            example["fit"]["truth"] = {k: fit.truth_scores(h, fit.Truth.of(truth), start)
+                                       for k, h in heard_all.items()}
+            rows["truth"].append(example["fit"]["truth"])
+            example["fit"]["estimate"] = fit.agreement(backing, truth, start,
+                                                       len(audio["backing"]) / rate)
+            agreements.append(example["fit"]["estimate"])
+    out = {"examples": len(examples), "with_truth": len(rows["truth"]),
+           "free": fit.summary(rows["free"]),
+           "per_example": [{"key": e["key"], **e["fit"]} for e in examples]}
+    if rows["truth"]:
+        out["truth"] = fit.summary(rows["truth"])
+        out["estimators"] = {k: float(np.mean([a[k] for a in agreements]))
+                             for k in ("key_score", "beat_f")}
+    return out
 
 
 def _generated(model: Soloist, data: tuple, tags: torch.Tensor | None, i: int, frames: int,
@@ -222,9 +281,10 @@ def _frames(seconds: float | None, model: Soloist) -> int:
 
 def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,
                    context: torch.Tensor, target: torch.Tensor, generated: torch.Tensor,
-                   task: str = "solo") -> dict:
+                   task: str = "solo") -> tuple[dict, dict[str, np.ndarray]]:
     """An example's audio: the context, the real and generated target, and both together
-    (played at once; a continuation after its context; for a mix, A and B at once)."""
+    (played at once; a continuation after its context; for a mix, A and B at once). Returns
+    its entry and its decoded audio (mono, at the codec's rate) by name."""
     folder.mkdir(parents=True, exist_ok=True)
     rate = codec.sample_rate
     audio = {"backing": decode(codec, context), "real": decode(codec, target),
@@ -242,7 +302,7 @@ def _write_example(folder: Path, i: int, key: str, codec: torch.nn.Module,
     _, (_, real_label, generated_label, _) = WORDS[task]
     write_spectrograms(folder / files["spectrogram"],
                        {real_label: audio["real"], generated_label: audio["generated"]}, rate)
-    return {"key": key, "files": {k: f"examples/{v}" for k, v in files.items()}}
+    return {"key": key, "files": {k: f"examples/{v}" for k, v in files.items()}}, audio
 
 
 # The listening page's words per task: its title, and its columns' (the context, the real
@@ -274,7 +334,8 @@ def _write_page(path: Path, examples: list[dict], metrics: dict, task: str = "so
         f = ex["files"]
         cells = "".join(f'<td><audio controls preload="auto" src="{src(f[k], "audio/wav")}">'
                         "</audio></td>" for k in ("backing", "real", "generated", "mix"))
-        rows.append(f"<tr><td>{html.escape(ex['key'])}</td>{cells}<td><img "
+        rows.append(f"<tr><td>{html.escape(ex['key'])}{_fit_cell(ex.get('fit'))}</td>"
+                    f"{cells}<td><img "
                     f"src=\"{src(f['spectrogram'], 'image/png')}\" alt=\"spectrogram\"></td></tr>")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>soloist: {title.lower()}</title>
@@ -282,12 +343,50 @@ def _write_page(path: Path, examples: list[dict], metrics: dict, task: str = "so
 </head><body>
 <h1>{title}</h1>{warning}
 <p>{_scores_line(metrics, columns[0])}{_tags_line(metrics)}</p>
+{_fit_table(metrics.get("fit"))}
 <table><tr><th>sample</th>{"".join(f"<th>{c}</th>" for c in columns)}<th>spectrograms</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
     with atomic_path(path) as tmp:
         tmp.write_text(page)
+
+
+FIT_WORDS = {"generated": "generated solo", "real": "real solo (ceiling)",
+             "tritone": "real, a tritone up", "half_beat": "real, half a beat late",
+             "other_song": "another song's solo"}
+
+
+def _fit_table(summary: dict | None) -> str:
+    """The fit figures' means over the examples, the generated solo beside its controls."""
+    if not summary:
+        return ""
+    groups = [g for g in ("truth", "free") if g in summary]
+    figures = [(g, f) for g in groups for f in summary[g]["generated"]]
+    head = "".join(f"<th>{f.replace('_', ' ')}</th>" for _, f in figures)
+    rows = "".join(
+        f"<tr><td>{FIT_WORDS[name]}</td>"
+        + "".join(f"<td>{summary[g][name][f]:.2f}</td>" for g, f in figures) + "</tr>"
+        for name in FIT_WORDS if name in summary[groups[0]])
+    estimators = summary.get("estimators")
+    agreement = (f" The backing's key and beats, estimated without the truth (for in key and "
+                 f"on beat), scored {estimators['key_score']:.2f} (mir_eval's key score) and "
+                 f"beat F {estimators['beat_f']:.2f} against it." if estimators else "")
+    return (f"<h2>Does it fit the backing?</h2><p>Over {summary['examples']} examples "
+            f"({summary['with_truth']} with the demo's truth: in scale, chord tones, on grid, "
+            f"with band). The real solo is the ceiling, the three below it are floors: a "
+            f"figure means something between them.{agreement}</p>"
+            f"<table><tr><th>solo</th>{head}</tr>{rows}</table>")
+
+
+def _fit_cell(figures: dict | None) -> str:
+    """An example's fit, generated against real, under its name."""
+    if not figures:
+        return ""
+    group = figures.get("truth") or figures["free"]
+    return "<br><small>" + "<br>".join(
+        f"{f.replace('_', ' ')} {v:.2f} (real {group['real'][f]:.2f})"
+        for f, v in group["generated"].items()) + "</small>"
 
 
 def _scores_line(metrics: dict, context: str) -> str:
@@ -318,6 +417,13 @@ def _tags_line(metrics: dict) -> str:
             f"one column at a time: {columns}).")
 
 
+def _fit_metrics(summary: dict) -> dict[str, float]:
+    """The fit means as MLflow metrics: ``fit/<truth|free>/<solo>/<figure>``."""
+    return {f"fit/{group}/{name}/{figure}": value
+            for group in ("truth", "free") for name, figures in summary.get(group, {}).items()
+            for figure, value in figures.items()}
+
+
 def _log_to_mlflow(model_dir: Path, out_dir: Path, metrics: dict, mlflow_cfg: dict) -> None:
     import mlflow
 
@@ -329,6 +435,6 @@ def _log_to_mlflow(model_dir: Path, out_dir: Path, metrics: dict, mlflow_cfg: di
     mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test/{k}": v for k, v in metrics.items()
-                            if isinstance(v, float)})
+                            if isinstance(v, float)} | _fit_metrics(metrics.get("fit", {})))
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluate")
 

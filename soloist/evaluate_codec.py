@@ -17,11 +17,13 @@ import math
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from soloist import fit
 from soloist.codec import Codec, decode, encode
 from soloist.distances import Distances
 from soloist.io import (
@@ -35,6 +37,7 @@ from soloist.io import (
     write_spectrograms,
 )
 from soloist.own_codec import OwnCodec
+from soloist.synth import make_song
 from soloist.weights import load_codec
 
 log = logging.getLogger("soloist.evaluate_codec")
@@ -42,9 +45,12 @@ OPUS_MIN_KBPS = 6.0  # libopus's lowest bitrate
 
 
 def evaluate_codec(manifest: str | os.PathLike, audio: list[str | os.PathLike],
-                   out_dir: str | os.PathLike, config: dict) -> dict:
+                   out_dir: str | os.PathLike, config: dict,
+                   solos: dict[str, dict[str, str]] | None = None) -> dict:
     """Score the codec of ``manifest`` (``train_codec``'s ``own.json``) on the first
-    ``evaluate_codec.seconds`` of each ``audio`` file; write ``out_dir``."""
+    ``evaluate_codec.seconds`` of each ``audio`` file, and on ``solos`` (held-out demo
+    songs' saxophone ``stem`` and ``truth``, by name): does a round trip keep their pitch,
+    and their fit? Writes ``out_dir``."""
     cfg, out_dir = config["evaluate_codec"], Path(out_dir)
     if not audio:
         raise RuntimeError("no held-out audio: the sheet has no ingested track in the test "
@@ -52,8 +58,10 @@ def evaluate_codec(manifest: str | os.PathLike, audio: list[str | os.PathLike],
     ours = load_codec(manifest)
     rate, arch = ours.sample_rate, ours.model.cfg
     tracks = {Path(p).stem: mono(p, rate, cfg["seconds"]) for p in audio}
-    untrained = untrained_like(ours, list(tracks.values()))
+    untrained = untrained_like(ours)
     distances = Distances(rate)
+    solo_audio = {name: _solo(paths, rate, cfg["seconds"]) for name, paths in
+                  (solos or {}).items()}
     rows = []
     for k in _codebook_counts(arch.codebooks):
         kbps = k * ours.frame_rate * math.log2(arch.codebook_size) / 1000
@@ -64,11 +72,18 @@ def evaluate_codec(manifest: str | os.PathLike, audio: list[str | os.PathLike],
                              ("untrained", lambda x, k=k: roundtrip(untrained, x, k))):
             scores = [distances.scores(method(x), x) for x in tracks.values()]
             row[name] = {m: float(np.mean([s[m] for s in scores])) for m in scores[0]}
+            if solo_audio:
+                row[name] |= _solo_scores(solo_audio, method, rate)
         rows.append(row)
-        log.info("%d codebooks (%.2f kbps): mel %.3f, opus %.3f, untrained %.3f", k, kbps,
-                 row["ours"]["mel"], row["opus"]["mel"], row["untrained"]["mel"])
+        log.info("%d codebooks (%.2f kbps): mel %.3f, opus %.3f, untrained %.3f; pitch kept "
+                 "%s", k, kbps, row["ours"]["mel"], row["opus"]["mel"],
+                 row["untrained"]["mel"], {n: row[n].get("pitch") for n in row
+                                           if isinstance(row[n], dict)})
     metrics = {"tracks": len(tracks), "seconds": cfg["seconds"], "sample_rate": rate,
-               "bitrates": rows, **_summary(rows)}
+               "solos": len(solo_audio), "bitrates": rows, **_summary(rows)}
+    if solo_audio:
+        metrics["solo_original"] = _mean([fit.truth_scores(h, truth, start) for h, truth, start
+                                          in (s[1:] for s in solo_audio.values())])
     write_json(out_dir / "metrics.json", metrics)
     _plot(rows, out_dir / "distances.png")
     examples = _examples(tracks, ours, untrained, rate, out_dir)
@@ -86,19 +101,57 @@ def mono(path: str | os.PathLike, rate: int, seconds: float) -> torch.Tensor:
     return AF.resample(mono, sr, rate)
 
 
+def _solo(paths: dict[str, str], rate: int, seconds: float
+          ) -> tuple[torch.Tensor, fit.Heard, fit.Truth, float]:
+    """A held-out saxophone stem's ``seconds`` from where its solo starts, mono at ``rate``;
+    what the trackers hear of it, its truth, and where it starts (s)."""
+    import torchaudio.functional as AF
+
+    truth = read_json(paths["truth"])
+    start = truth["solo_intervals"][0][0] if truth["solo_intervals"] else 0.0
+    audio, sr = read_audio(paths["stem"])
+    x = AF.resample(torch.from_numpy(audio.mean(0)[round(start * sr):
+                                                   round((start + seconds) * sr)]), sr, rate)
+    return x, fit.hear(x.numpy(), rate), fit.Truth.of(truth), start
+
+
+def _solo_scores(solos: dict[str, tuple], method: Callable[[torch.Tensor], torch.Tensor],
+                 rate: int) -> dict[str, float]:
+    """How a round trip (``method``) keeps the solos: the share of their jointly voiced
+    frames within 50 cents of the original's pitch (``pitch``), and their fit figures."""
+    pitch, figures = [], []
+    for x, original, truth, start in solos.values():
+        heard = fit.hear(method(x).numpy(), rate)
+        pitch.append(fit.pitch_agreement(heard, original))
+        figures.append(fit.truth_scores(heard, truth, start))
+    return {"pitch": float(np.mean(pitch)), **_mean(figures)}
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
 def _codebook_counts(most: int) -> list[int]:
     """1, 2, 4, ... up to and with ``most``: the bitrates to score."""
     counts = [2 ** i for i in range(int(math.log2(most)) + 1)]
     return counts + ([most] if counts[-1] != most else [])
 
 
-def untrained_like(trained: Codec, tracks: list[torch.Tensor]) -> Codec:
-    """The same codec with random weights, its codebooks drawn from the tracks' latents as
-    training would start them (a first step in training mode, no gradient)."""
+def untrained_like(trained: Codec) -> Codec:
+    """The same codec with random weights, its codebooks drawn from the latents of a demo
+    song as training would start them (a first step in training mode, no gradient). Not
+    from the scored tracks: codebooks drawn from the very frames they quantize would
+    quantize them exactly."""
+    import torchaudio.functional as AF
+
     torch.manual_seed(0)
     model = OwnCodec(trained.model.cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_song("codebooks", tmp, seconds=30, seed=0)
+        audio, sr = read_audio(Path(tmp) / "mixture.flac")
+    song = AF.resample(torch.from_numpy(audio.mean(0)), sr, trained.sample_rate)
     with torch.no_grad():
-        model.train()(torch.cat(tracks)[None, None][..., :trained.sample_rate * 30])
+        model.train()(song[None, None].float())
     return Codec(trained.name, model.eval(), trained.codebooks)
 
 
@@ -126,9 +179,11 @@ def _summary(rows: list[dict]) -> dict:
     """The comparisons the issue's targets name: at the most codebooks, our mel distance
     over Opus's (at that bitrate or its lowest) and over the untrained codec's."""
     top = rows[-1]
+    pitch = {f"pitch_{name}": top[name]["pitch"] for name in ("ours", "opus", "untrained")
+             if "pitch" in top[name]}
     return {"mel_vs_opus": top["ours"]["mel"] / top["opus"]["mel"],
             "mel_vs_untrained": top["ours"]["mel"] / top["untrained"]["mel"],
-            "kbps": top["kbps"]}
+            "kbps": top["kbps"], **pitch}
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -137,11 +192,13 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (metric, label) in zip(axes, (("mel", "mel distance (lower is better)"),
-                                          ("stft", "multi-resolution STFT distance"),
-                                          ("si_sdr", "SI-SDR dB (higher is better)")),
-                                   strict=True):
+    panels = [("mel", "mel distance (lower is better)"),
+              ("stft", "multi-resolution STFT distance"),
+              ("si_sdr", "SI-SDR dB (higher is better)")]
+    if "pitch" in rows[0]["ours"]:
+        panels.append(("pitch", "solo frames within 50 cents"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6))
+    for ax, (metric, label) in zip(axes, panels, strict=True):
         for name in ("ours", "opus", "untrained"):
             x = [r["opus_kbps" if name == "opus" else "kbps"] for r in rows]
             ax.plot(x, [r[name][metric] for r in rows], "o-", label=name)
@@ -179,17 +236,25 @@ def _page(path: Path, examples: list[dict], metrics: dict) -> None:
             "</td>" for k in ("input", "ours", "opus", "untrained"))
         + f'<td><img src="{html.escape(e["files"]["spectrogram"])}" alt="spectrograms"></td>'
         "</tr>" for e in examples)
+    pitch = "pitch" in metrics["bitrates"][0]["ours"]
     table = "".join(f"<tr><td>{r['codebooks']}</td><td>{r['kbps']:g}</td>"
                     f"<td>{r['ours']['mel']:.3f}</td><td>{r['opus']['mel']:.3f} "
-                    f"({r['opus_kbps']:g} kbps)</td><td>{r['untrained']['mel']:.3f}</td></tr>"
+                    f"({r['opus_kbps']:g} kbps)</td><td>{r['untrained']['mel']:.3f}</td>"
+                    + ("".join(f"<td>{r[n]['pitch']:.3f}</td>" for n in
+                               ("ours", "opus", "untrained")) if pitch else "") + "</tr>"
                     for r in metrics["bitrates"])
+    pitch_head = ("<th>pitch kept, ours</th><th>pitch kept, Opus</th>"
+                  "<th>pitch kept, untrained</th>") if pitch else ""
+    solos = (f"<p>Pitch kept: the share of the frames of {metrics['solos']} held-out "
+             "saxophone solos where the round trip and the original both sound a pitch, "
+             "within 50 cents of each other.</p>") if pitch else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>soloist: the codec</title>
 <style>{PAGE_STYLE}</style></head><body>
 <h1>Our codec against Opus and against itself untrained</h1>
-<p>{metrics['tracks']} held-out tracks, {metrics['seconds']:g} s each.</p>
+<p>{metrics['tracks']} held-out tracks, {metrics['seconds']:g} s each.</p>{solos}
 <table><tr><th>codebooks</th><th>kbps</th><th>mel, ours</th><th>mel, Opus</th>
-<th>mel, untrained</th></tr>{table}</table>
+<th>mel, untrained</th>{pitch_head}</tr>{table}</table>
 <p><img src="distances.png" alt="distances against the bitrate"></p>
 <table><tr><th>track</th><th>input</th><th>ours</th><th>Opus</th><th>untrained</th>
 <th>spectrograms</th></tr>
@@ -206,7 +271,7 @@ def _log_to_mlflow(codec_dir: Path, out_dir: Path, metrics: dict, mlflow_cfg: di
     run_id = read_json(codec_dir / "train.json").get("mlflow_run_id")
     mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
     with mlflow.start_run(run_id=run_id):
-        for row in metrics["bitrates"]:
+        for row in metrics["bitrates"]:  # the distances, pitch kept and fit figures
             mlflow.log_metrics({f"codec/{name}_{m}_{row['codebooks']}cb": v
                                 for name in ("ours", "opus", "untrained")
                                 for m, v in row[name].items()})

@@ -93,10 +93,14 @@ class ResidualVQ(nn.Module):
         residual = x.detach().transpose(1, 2).reshape(-1, D)  # [B*T, D]
         quantized, codes = torch.zeros_like(residual), []
         for k in range(n):
-            if self.training:
-                self._update(k, residual)
+            if self.training and not self.initialised[k]:
+                self._initialise(k, residual)
             idx = torch.cdist(residual, self.embed[k]).argmin(-1)
             q = self.embed[k][idx]
+            # moved after quantizing: codes restarted from this batch's vectors would quantize
+            # those very vectors exactly, leaving the later codebooks nothing to learn
+            if self.training:
+                self._update(k, residual, idx)
             quantized, residual = quantized + q, residual - q
             codes.append(idx.view(B, T))
         quantized = quantized.view(B, T, D).transpose(1, 2)
@@ -108,16 +112,22 @@ class ResidualVQ(nn.Module):
         return sum(self.embed[k][codes[:, k]] for k in range(codes.shape[1])).transpose(1, 2)
 
     @torch.no_grad()
-    def _update(self, k: int, vectors: Tensor) -> None:
-        """EMA of codebook k toward ``vectors`` [N, D] (summed over DDP ranks); unused codes
-        and a never-used codebook restart from random vectors of the batch."""
+    def _initialise(self, k: int, vectors: Tensor) -> None:
+        """Codebook k from random rows of ``vectors`` [N, D] (rank 0's, under DDP)."""
+        self.embed[k] = _sample(vectors, self.embed.shape[1])
+        self.embed_sum[k] = self.embed[k]
+        self.cluster_size[k] = 1.0
+        self.initialised[k] = 1.0
+        if dist.is_initialized():
+            dist.broadcast(self.embed, 0)
+            dist.broadcast(self.embed_sum, 0)
+
+    @torch.no_grad()
+    def _update(self, k: int, vectors: Tensor, idx: Tensor) -> None:
+        """EMA of codebook k toward ``vectors`` [N, D], which it quantized to codes ``idx``
+        [N] (summed over DDP ranks); unused codes restart from random vectors of the batch."""
         size = self.embed.shape[1]
-        if not self.initialised[k]:
-            self.embed[k] = _sample(vectors, size)
-            self.embed_sum[k] = self.embed[k]
-            self.cluster_size[k] = 1.0
-            self.initialised[k] = 1.0
-        onehot = F.one_hot(torch.cdist(vectors, self.embed[k]).argmin(-1), size).type_as(vectors)
+        onehot = F.one_hot(idx, size).type_as(vectors)
         counts, sums = onehot.sum(0), onehot.t() @ vectors
         if dist.is_initialized():
             dist.all_reduce(counts)

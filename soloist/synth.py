@@ -40,7 +40,17 @@ FORMS = {
     "ii-V-I": (
         (2, "m7"), (7, "7"), (0, "maj7"), (9, "7"), (2, "m7"), (7, "7"), (0, "maj7"), (0, "maj7"),
     ),
+    "rhythm": ((0, "maj7"), (9, "7"), (2, "m7"), (7, "7")),  # I vi ii V
+    "turnaround": (
+        (0, "maj7"), (0, "maj7"), (5, "7"), (5, "7"), (4, "m7"), (9, "7"), (2, "m7"), (7, "7"),
+    ),
+    # dorian on the second degree, a half step up and back: the key's scale, then another
+    "modal": ((2, "m7"),) * 8 + ((3, "m7"),) * 4 + ((2, "m7"),) * 4,
 }  # fmt: skip
+TEMPI = (90, 231)  # bpm, [low, high)
+SWING = (0.5, 0.7)  # the swung eighth's place in a beat: 0.5 straight, 2/3 triplet feel
+TIMBRES = 3  # per instrument: wavetables of other brightness and formants
+LEVEL_DB = 4.0  # each backing stem within +-LEVEL_DB of its balance; the sax likewise
 # rootless piano voicings: 3rd and 7th plus colour tones
 VOICINGS = {"maj7": (4, 7, 11, 14), "m7": (3, 7, 10, 14), "7": (4, 9, 10, 14)}
 STEMS = {"other": "saxophone", "drums": "drums", "bass": "bass", "piano": "piano"}
@@ -65,6 +75,7 @@ class _Song:
     beat_s: float
     swing: float  # where the swung offbeat eighth falls within a beat (2/3 = triplet feel)
     bars: tuple[Chord, ...]  # chord of every bar the backing plays, plus one to walk into
+    timbres: dict[str, int]  # instrument -> which of its TIMBRES
 
     def chord_at(self, beat: float) -> Chord:
         return self.bars[int(beat // 4)]
@@ -96,13 +107,12 @@ def make_song(
     solos = [notes for notes in solos if notes]
 
     drums = _render_drums(rng, _drum_hits(rng, song, len(song.bars) - 1), n, sr)
-    bass = _pan(_render_tones(rng, "bass", _bass_line(rng, song), n, sr), rng.uniform(-0.1, 0.1))
-    piano = _pan(
-        _render_tones(rng, "piano", _piano_hits(rng, song), n, sr), rng.uniform(-0.4, -0.2)
-    )
-    sax = _pan(
-        _render_sax(rng, [x for notes in solos for x in notes], n, sr), rng.uniform(0.1, 0.35)
-    )
+    bass = _pan(_render_tones(rng, "bass", _bass_line(rng, song), n, sr, song.timbres["bass"]),
+                rng.uniform(-0.1, 0.1))
+    piano = _pan(_render_tones(rng, "piano", _piano_hits(rng, song), n, sr,
+                               song.timbres["piano"]), rng.uniform(-0.4, -0.2))
+    sax = _pan(_render_sax(rng, [x for notes in solos for x in notes], n, sr,
+                           song.timbres["sax"]), rng.uniform(0.1, 0.35))
 
     stops = _band_stops(solos, song.beat_s * sr)
     gate = _gate(stops, n, round(0.005 * sr))
@@ -110,7 +120,7 @@ def make_song(
     fade = np.minimum(1.0, np.arange(n, 0, -1) / (0.01 * sr))  # no click where the song is cut
     stems = {}
     for stem, audio, level_db in (("drums", drums, -1), ("bass", bass, 0), ("piano", piano, -3)):
-        level = 10 ** ((level_db + rng.uniform(-1.5, 1.5)) / 20)
+        level = 10 ** ((level_db + rng.uniform(-LEVEL_DB, LEVEL_DB)) / 20)
         stems[stem] = audio * gate * fade * (level / _rms(audio))
     backing = stems["drums"] + stems["bass"] + stems["piano"]
     solo_mask = np.zeros(n, dtype=bool)
@@ -118,7 +128,7 @@ def make_song(
         solo_mask[notes[0][0] : notes[-1][0] + notes[-1][1]] = True
     if solo_mask.any():
         sax *= _rms(backing[:, solo_mask]) / _rms(sax[:, solo_mask])
-        sax *= 10 ** (rng.uniform(-2.5, 2.5) / 20)
+        sax *= 10 ** (rng.uniform(-LEVEL_DB, LEVEL_DB) / 20)
     stems["other"] = sax
 
     mixture = backing + sax
@@ -143,7 +153,9 @@ def _truth(name: str, seed: int, seconds: float, sr: int, song: _Song, solos: li
         "sample_rate": sr,
         "key": NOTE_NAMES[song.key],
         "tempo_bpm": song.tempo,
+        "swing": round(song.swing, 4),  # the swung eighth's place within a beat
         "form": song.form,
+        "timbres": song.timbres,
         "chords": _chord_spans(song, seconds),
         "solo_intervals": [
             [round(notes[0][0] / sr, 4), round((notes[-1][0] + notes[-1][1]) / sr, 4)]
@@ -164,7 +176,7 @@ def _truth(name: str, seed: int, seconds: float, sr: int, song: _Song, solos: li
 
 def _plan(rng: Rng, seconds: float) -> _Song:
     key = int(rng.integers(12))
-    tempo = int(rng.integers(100, 221))
+    tempo = int(rng.integers(*TEMPI))
     form = str(rng.choice(list(FORMS)))
     beat_s = 60.0 / tempo
     n_bars = int(np.ceil(seconds / (4 * beat_s))) + 1
@@ -172,7 +184,8 @@ def _plan(rng: Rng, seconds: float) -> _Song:
     bars = tuple(
         ((key + cycle[i % len(cycle)][0]) % 12, cycle[i % len(cycle)][1]) for i in range(n_bars)
     )
-    return _Song(key, tempo, form, beat_s, float(rng.uniform(0.6, 0.68)), bars)
+    timbres = {instrument: int(rng.integers(TIMBRES)) for instrument in ("sax", "bass", "piano")}
+    return _Song(key, tempo, form, beat_s, float(rng.uniform(*SWING)), bars, timbres)
 
 
 def _chord_name(chord: Chord) -> str:
@@ -429,18 +442,23 @@ def _sines(n_harmonics: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=1024)
-def _wavetables(instrument: str, midi: int, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
-    """(dark, bright) single cycles for one pitch, band-limited below Nyquist."""
+def _wavetables(instrument: str, midi: int, sample_rate: int, timbre: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(dark, bright) single cycles for one pitch, band-limited below Nyquist; ``timbre``
+    (0 .. TIMBRES - 1) moves the slope of the harmonics and the sax's formant."""
     k = np.arange(1, 65)
     f = k * _hz(midi)
+    slope = (0.0, 0.25, -0.15)[timbre]  # steeper: darker
     if instrument == "sax":  # all harmonics, a formant near 1.4 kHz, reedy top
-        bright = k**-0.6 * (1 + 1.5 * np.exp(-(((f - 1400) / 700) ** 2))) / (1 + (f / 4000) ** 2)
+        formant = (1400, 1100, 1800)[timbre]
+        bright = k**-(0.6 + slope) * (1 + 1.5 * np.exp(-(((f - formant) / 700) ** 2))) \
+            / (1 + (f / 4000) ** 2)
         dark = bright * np.exp(-f / 1500)
     elif instrument == "bass":
-        bright = k**-1.2 / (1 + (f / 1200) ** 2)
+        bright = k**-(1.2 + slope) / (1 + (f / 1200) ** 2)
         dark = k**-2.0 * (k <= 3)
     else:  # piano
-        bright = k**-1.1 / (1 + (f / 3000) ** 2)
+        bright = k**-(1.1 + slope) / (1 + (f / 3000) ** 2)
         dark = k**-2.0 * (k <= 4)
     keep = f < 0.45 * sample_rate
     tables = []
@@ -471,7 +489,8 @@ def _add(out: np.ndarray, start: int, segment: np.ndarray) -> None:
     out[..., start : start + segment.shape[-1]] += segment
 
 
-def _render_sax(rng: Rng, notes: list[tuple[int, int, int, float]], n: int, sr: int) -> np.ndarray:
+def _render_sax(rng: Rng, notes: list[tuple[int, int, int, float]], n: int, sr: int,
+                timbre: int = 0) -> np.ndarray:
     """Monophonic sax: scoop into the pitch, delayed vibrato, brightness following the
     envelope, a little breath noise. Silent outside the notes."""
     out = np.zeros(n)
@@ -486,13 +505,14 @@ def _render_sax(rng: Rng, notes: list[tuple[int, int, int, float]], n: int, sr: 
         attack, release = min(0.03, dur / 4), min(0.06, dur / 3)
         env = np.minimum(1.0, t / attack) * np.minimum(1.0, (dur - t) / release)
         env *= 1.0 - 0.2 * t / max(dur, 0.5)
-        tone = _osc(_wavetables("sax", pitch, sr), cycles, velocity * env)
+        tone = _osc(_wavetables("sax", pitch, sr, timbre), cycles, velocity * env)
         offset = int(rng.integers(0, len(breath) - length))
         _add(out, start, velocity * env * (tone + 0.04 * breath[offset : offset + length]))
     return out
 
 
-def _render_tones(rng: Rng, instrument: str, notes: list[Note], n: int, sr: int) -> np.ndarray:
+def _render_tones(rng: Rng, instrument: str, notes: list[Note], n: int, sr: int,
+                  timbre: int = 0) -> np.ndarray:
     """Plucked/struck tones: a bright attack that fades into a darker, slowly decaying body."""
     out = np.zeros(n)
     for start_s, dur_s, pitch, velocity in notes:
@@ -506,7 +526,7 @@ def _render_tones(rng: Rng, instrument: str, notes: list[Note], n: int, sr: int)
         env = (1 - np.exp(-t / 0.003)) * np.exp(-t / body_decay)
         env *= np.minimum(1.0, (dur_s - t) / min(release, dur_s / 2))
         brightness = velocity * np.exp(-t / bright_decay)
-        tone = _osc(_wavetables(instrument, pitch, sr), cycles, brightness)
+        tone = _osc(_wavetables(instrument, pitch, sr, timbre), cycles, brightness)
         _add(out, start, velocity * env * tone)
     return out
 

@@ -59,6 +59,10 @@ def test_accompany_plays_a_full_length_solo_the_same_for_the_same_seed(done, son
         assert np.abs(solo[-len(solo) // 5:]).max() > 0.01
     summary = read_json(tmp_path / "a/accompany.json")
     assert [t["seconds"] for t in summary["tracks"]] == [12.5, 12.5]
+    for track in summary["tracks"]:  # the truth-free fit, beside its floors
+        assert set(track["fit"]) == {"key", "tempo_bpm", "generated", "tritone", "half_beat"}
+        assert set(track["fit"]["generated"]) == {"in_key", "on_beat"}
+    assert "in key" in (tmp_path / "a/index.html").read_text()
     other = accompany(done, *inputs[:1], "-o", str(tmp_path / "c"), "--seed", "4")
     assert other.returncode == 0
     assert (tmp_path / "c/mixture/solo.wav").read_bytes() != \

@@ -123,10 +123,24 @@ def test_sheet_kinds_and_playlist_rows(tmp_path):
     ("track\tsource\nx\tdemo:../../etc\n", "line 2: demo name '../../etc' must match"),
     ("track\tsource\n", "lists no tracks"),
     ("track\tsource\np\thttp://h/list\np.001\tdemo:x\n", "collides with the playlist entries"),
+    ("track\tsource\nc\tdemo:*0\n", "line 2: demo:*0 asks for 0 demo songs; give 1 to"),
+    ("track\tsource\nc\tdemo:*2\nc.002\tdemo:x\n", "line 3: track 'c.002' already on line 2"),
 ])
 def test_bad_sheet_names_the_row(tmp_path, text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         read_tracks(write_sheet(tmp_path, text))
+
+
+def test_a_demo_row_with_a_count_is_that_many_songs(tmp_path):
+    """``demo:*N``: N synthesized songs without N rows, each a row of its own (its split by
+    the hash of its id unless the row gives one, its tags the row's)."""
+    rows = read_tracks(write_sheet(tmp_path, "track\tsource\tsplit\tstyle\n"
+                                             "corpus\tdemo:*12\t\tbop\nheld\tdemo:*2\ttest\t\n"))
+    assert list(rows)[:3] == ["corpus.001", "corpus.002", "corpus.003"] and len(rows) == 14
+    song = rows["corpus.012"]
+    assert (song.source, song.kind, song.split, song.tags) == ("demo:corpus.012", "demo", "",
+                                                               {"style": "bop"})
+    assert rows["held.002"].split == "test" and row_of("held.001", rows).track == "held.001"
 
 
 def test_sheet_errors_name_the_file_line(tmp_path):

@@ -17,8 +17,11 @@ NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 # written out here rather than imported, so a wrong table in the module fails these tests
 SCALES = {"maj7": {0, 2, 4, 5, 7, 9, 11}, "m7": {0, 2, 3, 5, 7, 9, 10}, "7": {0, 2, 4, 5, 7, 9, 10}}
 TONES = {"maj7": {0, 4, 7, 11}, "m7": {0, 3, 7, 10}, "7": {0, 4, 7, 10}}
-# slow and fast tempos, both forms (the fixture checks this stays so)
-SONGS = [("alpha", 0), ("beta", 0), ("alpha", 1), ("beta", 1)]
+FORMS = ("blues", "ii-V-I", "rhythm", "turnaround", "modal")
+# the tonic chord each form has somewhere, as (semitones above the key, quality)
+TONICS = {"blues": (0, "7"), "modal": (2, "m7")}
+# slow and fast tempos, several forms (the fixture checks this stays so)
+SONGS = [("alpha", 0), ("beta", 0), ("zeta", 2), ("beta", 1)]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def songs(tmp_path_factory):
         truth = make_song(name, d, seconds=SECONDS, seed=seed, sample_rate=SR)
         stems = {s: read_audio(d / "stems" / f"{s}.flac")[0] for s in STEMS}
         out.append((d, truth, stems, read_audio(d / "mixture.flac")[0]))
-    assert {t["form"] for _, t, _, _ in out} == {"blues", "ii-V-I"}
+    assert len({t["form"] for _, t, _, _ in out}) >= 2
     assert (
         min(t["tempo_bpm"] for _, t, _, _ in out) < 120 < max(t["tempo_bpm"] for _, t, _, _ in out)
     )
@@ -99,17 +102,18 @@ def test_stems_sum_to_mixture(songs):
 def test_song_parameters_in_range(songs):
     forms = set()
     for _, truth, _, _ in songs:
-        assert 100 <= truth["tempo_bpm"] <= 220
+        assert 90 <= truth["tempo_bpm"] <= 230 and 0.5 <= truth["swing"] <= 0.7
         assert truth["key"] in NAMES
-        assert truth["form"] in ("blues", "ii-V-I")
+        assert truth["form"] in FORMS
+        assert set(truth["timbres"]) == {"sax", "bass", "piano"}
         forms.add(truth["form"])
         chords = truth["chords"]
         assert chords[0][0] == 0 and chords[-1][1] == SECONDS
         for (_, end, _), (start, _, _) in zip(chords, chords[1:], strict=False):
             assert start == end
-        key = NAMES.index(truth["key"])
-        tonic = "7" if truth["form"] == "blues" else "maj7"
-        assert (key, tonic) in [_chord_at(truth, start) for start, _, _ in chords]
+        degree, quality = TONICS.get(truth["form"], (0, "maj7"))
+        tonic = ((NAMES.index(truth["key"]) + degree) % 12, quality)
+        assert tonic in [_chord_at(truth, start) for start, _, _ in chords]
 
 
 def test_sax_only_inside_solo_intervals(songs):
@@ -199,17 +203,19 @@ def test_sax_follows_the_harmony(songs):
 
 
 def test_sax_follows_the_swing(songs):
-    """Onsets sit on the beat, on triplets or on a swung offbeat of the song's tempo."""
+    """Onsets sit on the beat, on triplets or on the song's swung offbeat (its truth says
+    where: 0.5 straight to 0.7)."""
     for _, truth, _, _ in songs:
         beat = 60 / truth["tempo_bpm"]
         offbeats = []
         for start, _, _ in truth["notes"]:
             frac = (start / beat) % 1
             tol = 0.002 / beat
-            assert frac < tol or frac > 1 - tol or abs(frac - 1 / 3) < tol or 0.6 <= frac <= 0.69
-            if 0.5 < frac < 0.9:
+            assert frac < tol or frac > 1 - tol or min(
+                abs(frac - x) for x in (1 / 3, 2 / 3, truth["swing"])) < tol, (frac, truth)
+            if abs(frac - truth["swing"]) < tol:
                 offbeats.append(frac)
-        assert offbeats  # eighths are swung, not straight
+        assert offbeats  # the swung eighths are there
 
 
 def test_most_songs_have_two_solo_sections():
@@ -226,10 +232,10 @@ def test_most_songs_have_two_solo_sections():
 
 
 def test_rests_stay_short_at_the_slowest_tempo():
-    """At 100 BPM four beats of rest would be 2.4 s: the line must shorten them."""
+    """At 90 BPM four beats of rest would be 2.7 s: the line must shorten them."""
     for i in range(20):
         rng = np.random.default_rng(i)
-        song = dataclasses.replace(_plan(rng, 120.0), tempo=100, beat_s=0.6)
+        song = dataclasses.replace(_plan(rng, 120.0), tempo=90, beat_s=60 / 90)
         (notes,) = _sax_line(rng, song, [(2, 40)])
         assert len(notes) > 50
         for (t0, d0, _, _), (t1, _, _, _) in zip(notes, notes[1:], strict=False):

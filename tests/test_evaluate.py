@@ -37,6 +37,34 @@ def test_the_model_listens_to_the_backing(done):
     assert metrics["listen_ratio"] > 1.02, metrics  # 1.09 when measured; noise is ~0.005
 
 
+def test_the_fit_figures_stand_beside_their_controls(done):
+    """Each example's fit (soloist.fit) against the truth of its song (the test split's
+    multitracks were synthesized, their truth.json beside their stems) and against the
+    key and beats estimated from its backing, for the generated solo, the real one and the
+    three floors; their means in metrics.json, MLflow and on the page."""
+    from mlflow.tracking import MlflowClient
+
+    fit = read_json(done / "results/evaluate/metrics.json")["fit"]
+    solos = {"generated", "real", "tritone", "half_beat", "other_song"}
+    assert fit["examples"] == fit["with_truth"] == E2E["evaluate"]["examples"]
+    assert set(fit["truth"]) == set(fit["free"]) == solos
+    assert set(fit["truth"]["generated"]) == {"in_scale", "chord_tones", "on_grid",
+                                              "with_band"}
+    assert set(fit["free"]["real"]) == {"in_key", "on_beat"}
+    # the examples come from both test songs, and each one's other song is the other
+    assert {e["key"].split("~")[0] for e in fit["per_example"]} == {"mt3", "mt4"}
+    assert all(0 <= v <= 1 for e in fit["per_example"] for g in ("truth", "free")
+               for figures in e[g].values() for v in figures.values())
+    assert 0 <= fit["estimators"]["key_score"] <= 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{done}/results/mlflow.db")
+    run = client.get_run(read_json(done / "results/train/train.json")["mlflow_run_id"])
+    assert run.data.metrics["fit/truth/generated/in_scale"] == fit["truth"]["generated"][
+        "in_scale"]
+    page = (done / "results/evaluate/index.html").read_text()
+    assert "Does it fit the backing?" in page and "real, a tritone up" in page
+    assert page.count("in scale ") == E2E["evaluate"]["examples"]  # under each example
+
+
 def test_generated_solos_have_the_requested_length(done):
     seconds = E2E["evaluate"]["seconds"]
     for i in range(E2E["evaluate"]["examples"]):

@@ -182,6 +182,16 @@ def test_own_codec_in_the_dag(tmp_path, random_weights):
     top = metrics["bitrates"][-1]
     assert top["kbps"] == pytest.approx(4 * 75 * 6 / 1000) and top["opus_kbps"] == 6.0
     assert top["ours"]["mel"] < top["untrained"]["mel"]
+    # the bitrate reaches the round trip: each codebook more scores otherwise, and no worse
+    mel = [r["ours"]["mel"] for r in metrics["bitrates"]]
+    print(f"mel distance at 1, 2, 4 codebooks: {mel}")
+    assert len(set(mel)) == 3 and mel[-1] < mel[0]
+    # the held-out demo song's saxophone: is its pitch kept, and its fit? (the original's
+    # figures through the same trackers are the reference)
+    assert metrics["solos"] == 1 and metrics["solo_original"]["in_scale"] > 0.9
+    assert all(0 <= r[name]["pitch"] <= 1 for r in metrics["bitrates"]
+               for name in ("ours", "opus", "untrained"))
+    assert "pitch kept, ours" in (tmp_path / "results/evaluate_codec/index.html").read_text()
     assert "Opus" in (tmp_path / "results/evaluate_codec/index.html").read_text()
     # a codec folder that lost or changed a file is an error naming it, not a crash deep in
     # a loader; the way out is to train it again

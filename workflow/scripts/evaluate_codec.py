@@ -11,4 +11,5 @@ torch.set_num_threads(snakemake.threads)
 i = snakemake.input
 audio = ingested_audio(i.ingested, "test", snakemake.params.splits,
                        snakemake.params.fractions)
-evaluate_codec(i.manifest, audio, Path(snakemake.output.metrics).parent, snakemake.config)
+evaluate_codec(i.manifest, audio, Path(snakemake.output.metrics).parent, snakemake.config,
+               snakemake.params.solos)
