@@ -8,6 +8,7 @@ rule demo_corpus:
     params:
         seconds=config["demo"]["seconds"],
         seed=config["seed"],
+        variety=config["demo"]["variety"],
     log:
         "results/logs/demo_corpus/{name}.log",
     benchmark:

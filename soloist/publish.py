@@ -137,7 +137,22 @@ def _card_tables(info: dict, metrics: dict, sources: Counter) -> tuple[str, str,
         for (kind, licence_of), n in sorted(sources.items()))
     scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()
                        if isinstance(v, float) and not k.startswith(("ce_cb", "accuracy_cb")))
-    return splits, kinds, scores
+    return splits, kinds, scores + _fit_rows(metrics.get("fit"))
+
+
+def _fit_rows(fit: dict | None) -> str:
+    """The fit figures' rows of the card's score table: the generated solo's, with the real
+    solo's (the ceiling) and the best of its floors' beside it."""
+    if not fit:
+        return ""
+    rows = []
+    for group in ("truth", "free"):
+        solos = fit.get(group, {})
+        for figure, value in solos.get("generated", {}).items():
+            floor = max(solos[name][figure] for name in ("tritone", "half_beat", "other_song"))
+            rows.append(f"\n| fit: {figure} (real solo {solos['real'][figure]:.4f}, best "
+                        f"floor {floor:.4f}) | {value:.4f} |")
+    return "".join(rows)
 
 
 def _condition_line(info: dict) -> str:

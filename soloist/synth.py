@@ -47,10 +47,15 @@ FORMS = {
     # dorian on the second degree, a half step up and back: the key's scale, then another
     "modal": ((2, "m7"),) * 8 + ((3, "m7"),) * 4 + ((2, "m7"),) * 4,
 }  # fmt: skip
-TEMPI = (90, 231)  # bpm, [low, high)
-SWING = (0.5, 0.7)  # the swung eighth's place in a beat: 0.5 straight, 2/3 triplet feel
-TIMBRES = 3  # per instrument: wavetables of other brightness and formants
-LEVEL_DB = 4.0  # each backing stem within +-LEVEL_DB of its balance; the sax likewise
+# What a song may draw: the classic demo songs (the default corpus, which the tests and the
+# README's figures rest on), or with ``variety`` (demo.variety, for corpora to learn from)
+# every form above, wider tempi and swings, other timbres and levels. The classic songs draw
+# no timbre, so that their audio stays what it was.
+CLASSIC = {"forms": ("blues", "ii-V-I"), "tempi": (100, 221), "swing": (0.6, 0.68),
+           "level_db": 1.5, "sax_db": 2.5}
+VARIETY = {"forms": tuple(FORMS), "tempi": (90, 231), "swing": (0.5, 0.7), "level_db": 4.0,
+           "sax_db": 4.0}  # tempi [low, high) bpm; swing: 0.5 straight, 2/3 triplets
+TIMBRES = 3  # per instrument, with variety: wavetables of other brightness and formants
 # rootless piano voicings: 3rd and 7th plus colour tones
 VOICINGS = {"maj7": (4, 7, 11, 14), "m7": (3, 7, 10, 14), "7": (4, 9, 10, 14)}
 STEMS = {"other": "saxophone", "drums": "drums", "bass": "bass", "piano": "piano"}
@@ -87,16 +92,19 @@ def make_song(
     seconds: float = 60.0,
     seed: int = 0,
     sample_rate: int = 44100,
+    variety: bool = False,
 ) -> dict:
     """Writes out_dir/mixture.flac, out_dir/stems/{drums,bass,piano,other}.flac (stereo,
     sample_rate, 16-bit FLAC; `other` is the saxophone, named like Demucs' stem so the default
-    role mapping applies), out_dir/truth.json; returns the truth dict."""
+    role mapping applies), out_dir/truth.json; returns the truth dict. ``variety``: draw
+    from every form, tempo, swing, timbre and level (VARIETY), not the classic songs'."""
     out_dir = Path(out_dir)
     sr = sample_rate
     n = int(round(seconds * sr))
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()))
 
-    song = _plan(rng, seconds)
+    ranges = VARIETY if variety else CLASSIC
+    song = _plan(rng, seconds, ranges, variety)
     bar_s = 4 * song.beat_s
     sections = _solo_sections(rng, int(seconds / bar_s + 1e-9))
     # sax notes on the sample grid, so truth.json says exactly where the audio is
@@ -120,7 +128,7 @@ def make_song(
     fade = np.minimum(1.0, np.arange(n, 0, -1) / (0.01 * sr))  # no click where the song is cut
     stems = {}
     for stem, audio, level_db in (("drums", drums, -1), ("bass", bass, 0), ("piano", piano, -3)):
-        level = 10 ** ((level_db + rng.uniform(-LEVEL_DB, LEVEL_DB)) / 20)
+        level = 10 ** ((level_db + rng.uniform(-ranges["level_db"], ranges["level_db"])) / 20)
         stems[stem] = audio * gate * fade * (level / _rms(audio))
     backing = stems["drums"] + stems["bass"] + stems["piano"]
     solo_mask = np.zeros(n, dtype=bool)
@@ -128,7 +136,7 @@ def make_song(
         solo_mask[notes[0][0] : notes[-1][0] + notes[-1][1]] = True
     if solo_mask.any():
         sax *= _rms(backing[:, solo_mask]) / _rms(sax[:, solo_mask])
-        sax *= 10 ** (rng.uniform(-LEVEL_DB, LEVEL_DB) / 20)
+        sax *= 10 ** (rng.uniform(-ranges["sax_db"], ranges["sax_db"]) / 20)
     stems["other"] = sax
 
     mixture = backing + sax
@@ -174,18 +182,19 @@ def _truth(name: str, seed: int, seconds: float, sr: int, song: _Song, solos: li
 # ----------------------------------------------------------------------------- the score
 
 
-def _plan(rng: Rng, seconds: float) -> _Song:
+def _plan(rng: Rng, seconds: float, ranges: dict = CLASSIC, timbres: bool = False) -> _Song:
     key = int(rng.integers(12))
-    tempo = int(rng.integers(*TEMPI))
-    form = str(rng.choice(list(FORMS)))
+    tempo = int(rng.integers(*ranges["tempi"]))
+    form = str(rng.choice(list(ranges["forms"])))
     beat_s = 60.0 / tempo
     n_bars = int(np.ceil(seconds / (4 * beat_s))) + 1
     cycle = FORMS[form]
     bars = tuple(
         ((key + cycle[i % len(cycle)][0]) % 12, cycle[i % len(cycle)][1]) for i in range(n_bars)
     )
-    timbres = {instrument: int(rng.integers(TIMBRES)) for instrument in ("sax", "bass", "piano")}
-    return _Song(key, tempo, form, beat_s, float(rng.uniform(*SWING)), bars, timbres)
+    swing = float(rng.uniform(*ranges["swing"]))
+    drawn = {i: int(rng.integers(TIMBRES)) if timbres else 0 for i in ("sax", "bass", "piano")}
+    return _Song(key, tempo, form, beat_s, swing, bars, drawn)
 
 
 def _chord_name(chord: Chord) -> str:

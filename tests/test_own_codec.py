@@ -53,6 +53,22 @@ def test_round_trip_shapes_codes_and_the_folder_without_pickle(tmp_path):
     assert torch.equal(OwnCodec.from_pretrained(tmp_path / "own").eval().encode(audio), codes)
 
 
+def test_a_training_step_quantizes_with_the_codebooks_it_had():
+    """Dead codes restart from the batch only after it is quantized: restarted first, they
+    quantize the batch's own vectors almost exactly, so training sees a residual that
+    held-out audio never leaves, and the finer codebooks learn from next to nothing."""
+    from soloist.own_codec import ResidualVQ
+
+    torch.manual_seed(0)
+    # decay 0: a code unused in one batch is dead at once
+    vq = ResidualVQ(OwnCodecConfig(dimension=8, codebooks=2, codebook_size=64, ema_decay=0.0))
+    vq.train()
+    vq(torch.randn(1, 8, 32), 2)  # starts the codebooks; its 32 vectors leave 32 codes dead
+    batch = torch.randn(1, 8, 32)
+    _, _, commitment = vq(batch, 1)  # restarts the dead codes from this batch, afterwards
+    assert commitment > 0.1 * batch.var()  # restarted first: 0.04 of its variance
+
+
 def test_the_quantizer_trains_in_fp32_under_bf16_autocast():
     # as train_codec runs on a GPU; its bf16 codebook sums once failed the fp32 EMA update
     codec = tiny().train()
@@ -182,10 +198,12 @@ def test_own_codec_in_the_dag(tmp_path, random_weights):
     top = metrics["bitrates"][-1]
     assert top["kbps"] == pytest.approx(4 * 75 * 6 / 1000) and top["opus_kbps"] == 6.0
     assert top["ours"]["mel"] < top["untrained"]["mel"]
-    # the bitrate reaches the round trip: each codebook more scores otherwise, and no worse
+    # the bitrate reaches the round trip: each codebook more scores otherwise (that more
+    # score better is test_quantizer_dropout_trains_every_bitrate's; held out, after these
+    # 30 steps, they do not yet: BENCHMARKS.md, "Does our own codec keep pitch?")
     mel = [r["ours"]["mel"] for r in metrics["bitrates"]]
     print(f"mel distance at 1, 2, 4 codebooks: {mel}")
-    assert len(set(mel)) == 3 and mel[-1] < mel[0]
+    assert len(set(mel)) == 3  # the same floats if the bitrate never reached the codec
     # the held-out demo song's saxophone: is its pitch kept, and its fit? (the original's
     # figures through the same trackers are the reference)
     assert metrics["solos"] == 1 and metrics["solo_original"]["in_scale"] > 0.9

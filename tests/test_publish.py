@@ -37,7 +37,9 @@ def test_publish_writes_a_model_folder_with_its_card(done, no_token):
                   "Does it listen?", f"| listen_ratio | {metrics['listen_ratio']:.4f} |",
                   "tracks synthesized by soloist's demo corpus",
                   "downloaded with yt-dlp: licence not known",
-                  "examples/00_mix.wav"):
+                  "examples/00_mix.wav",
+                  f"| {metrics['fit']['truth']['generated']['in_scale']:.4f} |",
+                  "fit: in_scale (real solo ", "fit: in_key (real solo "):
         assert words in text, words
     assert (folder / "examples/00_mix.wav").read_bytes() == \
         (done / "results/evaluate/examples/00_mix.wav").read_bytes()
