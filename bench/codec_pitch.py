@@ -42,8 +42,8 @@ def make_songs(folder: Path, count: int) -> list[Path]:
     return [folder / f"s{i}" for i in range(count)]
 
 
-def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, out: str
-                  ) -> None:
+def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, out: str,
+                  device: str) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -70,11 +70,12 @@ def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, 
         if steps is None:
             pace = (time.perf_counter() - started) / 100
             steps = max(100, 100 + int((minutes * 60 - (time.perf_counter() - started)) / pace))
-        config |= {"codec": cfg | {"device": "cuda", "steps": steps, "workers": 4,
+        config |= {"codec": cfg | {"device": device, "steps": steps,
+                                   "workers": 4 if device == "cuda" else 0,
                                    "checkpoint_every": 10**9, "log_every": 10**9},
                    "mlflow": {"experiment": "bench", "tracking_uri": f"sqlite:///{work}/m.db"}}
         tc.train_codec([Path(s) for s in songs], work, config)
-    model = tc.OwnCodec.from_pretrained(work / "own").cuda().eval()
+    model = tc.OwnCodec.from_pretrained(work / "own").to(device).eval()
     if bypass:
         model.quantizer = _Bypass(model.cfg)
     stems, rounds, stats = [], {k: [] for k in COUNTS}, []
@@ -84,10 +85,10 @@ def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, 
             start = truth["solo_intervals"][0][0]
             x = mono(Path(folder) / "stems/other.flac", RATE, start + 10)[round(start * RATE):]
             stems.append(x.numpy())
-            h = model.encoder(x[None, None].cuda())
+            h = model.encoder(x[None, None].to(device))
             stats.append([float(h.std(dim=2).mean()), float(h.abs().mean())])
             for k in COUNTS:
-                y = model.decode(model.encode(x[None, None].cuda(), k))[0, :len(x)]
+                y = model.decode(model.encode(x[None, None].to(device), k))[0, :len(x)]
                 rounds[k].append(y.float().cpu().numpy())
     np.savez(Path(out) / f"{name}.npz", steps=steps, stats=np.array(stats),
              stems=_int16(stems), **{f"k{k}": _int16(v) for k, v in rounds.items()})
@@ -134,10 +135,11 @@ def train(args: argparse.Namespace) -> None:
     folders = make_songs(out / ".songs", args.songs)
     songs = [str(f / "mixture.flac") for f in folders[:-args.held_out]]
     held = [str(f) for f in folders[-args.held_out:]]
-    print(f"device {torch.cuda.get_device_name()}; {len(songs)} songs to train on, "
-          f"{len(held)} held out", flush=True)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    print(f"device {name}; {len(songs)} songs to train on, {len(held)} held out", flush=True)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=train_variant, args=(v, songs, held, args.minutes, str(out)))
+    procs = [ctx.Process(target=train_variant, args=(v, songs, held, args.minutes, str(out),
+                                                     args.device))
              for v in args.variant]
     for p in procs:
         p.start()
@@ -181,6 +183,7 @@ def main() -> None:
     t.add_argument("--held-out", type=int, default=4)
     t.add_argument("--minutes", type=float, default=7.0)
     t.add_argument("--variant", nargs="+", default=["base:"])
+    t.add_argument("--device", default="cuda")
     s = sub.add_parser("score")
     s.add_argument("folder")
     args = ap.parse_args()

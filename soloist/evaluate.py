@@ -172,39 +172,28 @@ def _spread(metas: list[dict], count: int) -> list[int]:
 
 def _fit(heard: list[tuple[dict, dict]], examples: list[dict], rate: int,
          truths: dict[str, str | os.PathLike]) -> dict:
-    """Each example's fit figures (``soloist.fit``) with their controls, written into its
-    entry; their means over the examples. The floors' other song is the next example from
+    """Each example's fit figures (``soloist.fit.example_fit``), written into its entry,
+    and their means over the examples. The floors' other song is the next example from
     another track (else the next example)."""
-    rows = {"truth": [], "free": []}
-    agreements = []
-    solos = [(meta, {name: fit.hear(audio[name], rate) for name in ("real", "generated")})
+    solos = [(meta.get("row", ""), {name: fit.hear(audio[name], rate)
+                                    for name in ("real", "generated")})
              for meta, audio in heard]
     for i, (example, (meta, audio)) in enumerate(zip(examples, heard, strict=True)):
-        solo = solos[i][1]
-        others = [s for m, s in solos[i + 1:] + solos[:i] if m.get("row") != meta.get("row")]
-        other = (others or [s for _, s in solos[i + 1:] + solos[:i]] or [solo])[0]["real"]
-        start = meta["frame_start"] / meta["frame_rate"]
-        backing = fit.estimate(audio["backing"], rate)
-        truth_json = truths.get(meta.get("row", ""))
-        beat_s = 60 / read_json(truth_json)["tempo_bpm"] if truth_json else \
-            float(np.median(np.diff(backing.beats))) if len(backing.beats) > 1 else 0.5
-        heard_all = {"generated": solo["generated"]} | fit.controls(solo["real"], other, beat_s)
-        example["fit"] = {"free": {k: fit.free_scores(h, backing) for k, h in heard_all.items()}}
-        rows["free"].append(example["fit"]["free"])
-        if truth_json:
-            truth = read_json(truth_json)
-            example["fit"]["truth"] = {k: fit.truth_scores(h, fit.Truth.of(truth), start)
-                                       for k, h in heard_all.items()}
-            rows["truth"].append(example["fit"]["truth"])
-            example["fit"]["estimate"] = fit.agreement(backing, truth, start,
-                                                       len(audio["backing"]) / rate)
-            agreements.append(example["fit"]["estimate"])
-    out = {"examples": len(examples), "with_truth": len(rows["truth"]),
-           "free": fit.summary(rows["free"]),
+        row, solo = solos[i]
+        turn = solos[i + 1:] + solos[:i] or [solos[i]]
+        other = next((s for r, s in turn if r != row), turn[0][1])["real"]
+        truth = read_json(truths[row]) if row in truths else None
+        example["fit"] = fit.example_fit(solo["generated"], solo["real"], other,
+                                         audio["backing"], rate, truth,
+                                         meta["frame_start"] / meta["frame_rate"])
+    figures = [e["fit"] for e in examples]
+    known = [f for f in figures if "truth" in f]
+    out = {"examples": len(examples), "with_truth": len(known),
+           "free": fit.summary([f["free"] for f in figures]),
            "per_example": [{"key": e["key"], **e["fit"]} for e in examples]}
-    if rows["truth"]:
-        out["truth"] = fit.summary(rows["truth"])
-        out["estimators"] = {k: float(np.mean([a[k] for a in agreements]))
+    if known:
+        out["truth"] = fit.summary([f["truth"] for f in known])
+        out["estimators"] = {k: float(np.mean([f["estimate"][k] for f in known]))
                              for k in ("key_score", "beat_f")}
     return out
 

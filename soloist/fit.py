@@ -235,6 +235,11 @@ class Estimate:
         return f"{NOTE_NAMES[self.tonic]} {'minor' if self.minor else 'major'}"
 
     @property
+    def beat_s(self) -> float:
+        """The median beat, s (0.5 when the tracker found fewer than two beats)."""
+        return float(np.median(np.diff(self.beats))) if len(self.beats) > 1 else 0.5
+
+    @property
     def scale(self) -> np.ndarray:
         mask = np.zeros(12, bool)
         mask[[(self.tonic + i) % 12 for i in (MINOR_SCALE if self.minor else MAJOR_SCALE)]] = 1
@@ -298,12 +303,28 @@ def backing_fit(solo: np.ndarray, backing: np.ndarray, rate: int) -> dict:
     beside their floors: the same solo a tritone up and half a (estimated) beat late."""
     backing_estimate = estimate(backing, rate)
     heard = hear(solo, rate)
-    beats = backing_estimate.beats
-    beat_s = float(np.median(np.diff(beats))) if len(beats) > 1 else 0.5
+    beat_s = backing_estimate.beat_s
     return {"key": backing_estimate.key, "tempo_bpm": round(60 / beat_s, 1),
             "generated": free_scores(heard, backing_estimate),
             "tritone": free_scores(heard.transposed(6), backing_estimate),
             "half_beat": free_scores(heard.shifted(beat_s / 2), backing_estimate)}
+
+
+def example_fit(generated: Heard, real: Heard, other: Heard, backing: np.ndarray, rate: int,
+                truth: dict | None, start: float) -> dict:
+    """An evaluated example's figures: ``free`` for the generated solo, the real one and the
+    floors (``controls``; ``other``: another song's real solo) against the key and beats
+    estimated from its mono ``backing``; with the song's ``truth`` (the window starting at
+    ``start`` s) also ``truth``'s figures and how the estimates agree with it."""
+    backing_estimate = estimate(backing, rate)
+    beat_s = 60 / truth["tempo_bpm"] if truth else backing_estimate.beat_s
+    solos = {"generated": generated} | controls(real, other, beat_s)
+    out = {"free": {name: free_scores(h, backing_estimate) for name, h in solos.items()}}
+    if truth:
+        song = Truth.of(truth)
+        out["truth"] = {name: truth_scores(h, song, start) for name, h in solos.items()}
+        out["estimate"] = agreement(backing_estimate, truth, start, len(backing) / rate)
+    return out
 
 
 # ----------------------------------------------------------------------------- controls
