@@ -9,8 +9,14 @@ encoder's latent statistics. Here (``score``): the share of the frames that the 
 and a round trip both voice within 50 cents (``soloist.fit``: CREPE, which the GPU machine
 lacks), the mel distance, and a table with a ratio line.
 
-    PYTHONPATH=. python3 bench/codec_pitch.py train --minutes 7 --variant base: lr3:lr=0.001
+    PYTHONPATH=. python3 bench/codec_pitch.py train --out $OUT --minutes 6.5 \
+        --variant fixed: ae:vq=off adv:adversarial_from=300
     PYTHONPATH=. .venv/bin/python bench/codec_pitch.py score OUT
+
+On the device tool's machines (no internet, torch only), carry the wheels in ``.whl/``
+(``pip download --python-version 3.12 --only-binary=:all:`` of transformers, soundfile,
+safetensors, huggingface_hub, pyyaml, tqdm and their dependencies, and auraloss with
+``--no-deps``) and ``pip install --no-index --find-links .whl`` them first.
 """
 
 from __future__ import annotations
