@@ -16,7 +16,7 @@ Against a demo song's ``truth.json`` (``truth_scores``):
 
 For any backing (``free_scores``): the key and the beats are estimated from the backing
 (librosa: chroma against Krumhansl's key profiles, its beat tracker), and ``in_key`` and
-``on_beat`` are scored against them (beats and their triplets).
+``on_beat`` are scored against them (beats and their triplets, within 50 ms).
 
 A figure means something only between its controls (``controls``): the true solo (the
 ceiling), and as floors the true solo a tritone up, half a beat late, and another song's
@@ -50,9 +50,6 @@ TRIPLETS = (0.0, 1 / 3, 2 / 3)
 MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
 MINOR_PROFILE = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
 MAJOR_SCALE, MINOR_SCALE = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)
-TRUTH_FIGURES = ("in_scale", "chord_tones", "on_grid", "with_band")
-FREE_FIGURES = ("in_key", "on_beat")
-CONTROLS = ("real", "tritone", "half_beat", "other_song")
 
 
 @dataclass(frozen=True)
@@ -198,7 +195,8 @@ def _chord(name: str) -> tuple[int, str]:
 
 
 def truth_scores(heard: Heard, truth: Truth, start: float) -> dict[str, float]:
-    """``TRUTH_FIGURES`` of a solo heard from ``start`` seconds into its song."""
+    """in_scale, chord_tones, on_grid and with_band of a solo heard from ``start`` seconds
+    into its song."""
     t = start + np.arange(len(heard.midi)) * HOP_S
     voiced = ~np.isnan(heard.midi)
     pcs = np.round(heard.midi[voiced]).astype(int) % 12
@@ -275,7 +273,7 @@ def estimate(backing: np.ndarray, rate: int) -> Estimate:
 
 
 def free_scores(heard: Heard, backing: Estimate) -> dict[str, float]:
-    """``FREE_FIGURES`` of a solo over a backing whose key and beats were estimated."""
+    """in_key and on_beat of a solo over a backing whose key and beats were estimated."""
     voiced = heard.midi[~np.isnan(heard.midi)]
     pcs = np.round(voiced).astype(int) % 12
     return {"in_key": _share(backing.scale[pcs]),
