@@ -144,13 +144,18 @@ def accompany(inputs: list[Backing], model: Soloist, out_dir: str | os.PathLike,
             solos = _generate(model, codes, [t.name for t in ok], overlap_frames, sampling,
                               seed, batch_size, compile, progress,
                               None if tags is None else [tags[t.name] for t in ok])
+        waves = {}
         with clock("decode and write"):
             for t, solo in zip(ok, solos, strict=True):
                 backing, rate = backings[t.name]
                 wave = _to_rate(decode(codec, solo), codec.sample_rate, rate, backing.shape[1],
                                 device)
                 _write_track(out_dir / t.name, backing, wave, rate)
-                t.fit = fit.backing_fit(wave, backing.mean(0), rate)
+                waves[t.name] = wave
+        with clock("fit"):  # read off the audio, as a listener hears it
+            for t in ok:
+                t.fit = fit.backing_fit(waves[t.name], backings[t.name][0].mean(0),
+                                        backings[t.name][1], str(device))
         solo_seconds = sum(backings[t.name][0].shape[1] / backings[t.name][1] for t in ok)
         result |= {"solo_seconds": round(solo_seconds, 3),
                    "generate_seconds": round(clock.spans["generate"], 3),

@@ -77,14 +77,14 @@ class Heard:
         return Heard(midi, playing, onsets[onsets < self.seconds])
 
 
-def hear(audio: np.ndarray, rate: int) -> Heard:
-    """Pitch, playing and onsets of a mono solo [N] at ``rate``."""
+def hear(audio: np.ndarray, rate: int, device: str = "cpu") -> Heard:
+    """Pitch (CREPE on ``device``), playing and onsets of a mono solo [N] at ``rate``."""
     import librosa
 
     audio = np.asarray(audio, np.float32)
     frames = max(1, int(np.ceil(len(audio) / rate / HOP_S)))
     playing = _playing(audio, rate, frames)
-    midi = _pitch(audio, rate, frames)
+    midi = _pitch(audio, rate, frames, device)
     midi[~playing] = np.nan
     hop = round(HOP_S * rate)
     onsets = librosa.onset.onset_detect(y=audio, sr=rate, hop_length=hop, units="time",
@@ -92,7 +92,7 @@ def hear(audio: np.ndarray, rate: int) -> Heard:
     return Heard(midi, playing, np.asarray(onsets, np.float64))
 
 
-def _pitch(audio: np.ndarray, rate: int, frames: int) -> np.ndarray:
+def _pitch(audio: np.ndarray, rate: int, frames: int, device: str) -> np.ndarray:
     """[frames] MIDI pitch, nan where CREPE hears no periodicity."""
     import librosa
     import torch
@@ -103,9 +103,9 @@ def _pitch(audio: np.ndarray, rate: int, frames: int) -> np.ndarray:
     hz, periodicity = torchcrepe.predict(torch.from_numpy(x)[None], PITCH_RATE,
                                          round(HOP_S * PITCH_RATE), FMIN, FMAX, "tiny",
                                          return_periodicity=True, batch_size=512,
-                                         device="cpu")
-    periodicity = torchcrepe.filter.median(periodicity, 3)[0].numpy()
-    midi = np.where(periodicity > VOICED, librosa.hz_to_midi(hz[0].numpy()), np.nan)
+                                         device=device)
+    periodicity = torchcrepe.filter.median(periodicity.cpu(), 3)[0].numpy()
+    midi = np.where(periodicity > VOICED, librosa.hz_to_midi(hz[0].cpu().numpy()), np.nan)
     return _fit_length(midi, frames, np.nan)
 
 
@@ -296,11 +296,13 @@ def agreement(backing: Estimate, truth: dict, start: float, seconds: float) -> d
                                                     f_measure_threshold=0.07))}
 
 
-def backing_fit(solo: np.ndarray, backing: np.ndarray, rate: int) -> dict:
+def backing_fit(solo: np.ndarray, backing: np.ndarray, rate: int, device: str = "cpu"
+                ) -> dict:
     """The truth-free figures of a mono ``solo`` over its mono ``backing`` [N] at ``rate``,
-    beside their floors: the same solo a tritone up and half a (estimated) beat late."""
+    beside their floors: the same solo a tritone up and half a (estimated) beat late.
+    The pitch tracker runs on ``device``."""
     backing_estimate = estimate(backing, rate)
-    heard = hear(solo, rate)
+    heard = hear(solo, rate, device)
     beat_s = backing_estimate.beat_s
     return {"key": backing_estimate.key, "tempo_bpm": round(60 / beat_s, 1),
             "generated": free_scores(heard, backing_estimate),
