@@ -68,6 +68,8 @@ EXPECTED = {
     "seed": (1, {"demo_corpus": 2, "fetch_weights": 2, "ingest": batches(DEMOS)} | SEPARATE),
     "demo.seconds": (25, {"demo_corpus": 2} | stages("ingest", "separate", "clip", "tokenize",
                                                      tracks=DEMOS)),
+    "demo.variety": (True, {"demo_corpus": 2} | stages("ingest", "separate", "clip", "tokenize",
+                                                       tracks=DEMOS)),
     "demo.stems": (False, stages("ingest", "separate", "clip", "tokenize", tracks=DEMOS)),
     "ingest.sample_rate": (48000, INGEST),
     "ingest.min_sample_rate": (8000, INGEST),
