@@ -183,9 +183,9 @@ def _fit(heard: list[tuple[dict, dict]], examples: list[dict], rate: int,
         turn = solos[i + 1:] + solos[:i] or [solos[i]]
         other = next((s for r, s in turn if r != row), turn[0][1])["real"]
         truth = read_json(truths[row]) if row in truths else None
+        start = meta.get("frame_start", 0) / meta.get("frame_rate", 1)  # s into its song
         example["fit"] = fit.example_fit(solo["generated"], solo["real"], other,
-                                         audio["backing"], rate, truth,
-                                         meta["frame_start"] / meta["frame_rate"])
+                                         audio["backing"], rate, truth, start)
     figures = [e["fit"] for e in examples]
     known = [f for f in figures if "truth" in f]
     out = {"examples": len(examples), "with_truth": len(known),
