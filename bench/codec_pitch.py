@@ -89,7 +89,7 @@ def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, 
         for folder in held:
             truth = json.loads((Path(folder) / "truth.json").read_text())
             start = truth["solo_intervals"][0][0]
-            x = mono(Path(folder) / "stems/other.flac", RATE, start + 10)[round(start * RATE):]
+            x = mono(Path(folder) / "stems/other.flac", RATE, 10.0, start)
             stems.append(x.numpy())
             h = model.encoder(x[None, None].to(device))
             stats.append([float(h.std(dim=2).mean()), float(h.abs().mean())])

@@ -165,8 +165,8 @@ def _spread(metas: list[dict], count: int) -> list[int]:
     by_track: dict[str, list[int]] = {}
     for i, meta in enumerate(metas):
         by_track.setdefault(meta.get("row", ""), []).append(i)
-    order = [i for rank in range(max(map(len, by_track.values()), default=0))
-             for track in by_track.values() if rank < len(track) for i in track[rank:rank + 1]]
+    order = [track[rank] for rank in range(max(map(len, by_track.values()), default=0))
+             for track in by_track.values() if rank < len(track)]
     return order[:count]
 
 

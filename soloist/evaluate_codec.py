@@ -92,12 +92,13 @@ def evaluate_codec(manifest: str | os.PathLike, audio: list[str | os.PathLike],
     return metrics
 
 
-def mono(path: str | os.PathLike, rate: int, seconds: float) -> torch.Tensor:
-    """The first ``seconds`` of an audio file, mono [N] at ``rate``."""
+def mono(path: str | os.PathLike, rate: int, seconds: float, start: float = 0.0
+         ) -> torch.Tensor:
+    """``seconds`` of an audio file from ``start`` (s), mono [N] at ``rate``."""
     import torchaudio.functional as AF
 
     audio, sr = read_audio(path)
-    mono = torch.from_numpy(audio[:, :round(seconds * sr)].mean(0))
+    mono = torch.from_numpy(audio[:, round(start * sr):round((start + seconds) * sr)].mean(0))
     return AF.resample(mono, sr, rate)
 
 
@@ -105,13 +106,9 @@ def _solo(paths: dict[str, str], rate: int, seconds: float
           ) -> tuple[torch.Tensor, fit.Heard, fit.Truth, float]:
     """A held-out saxophone stem's ``seconds`` from where its solo starts, mono at ``rate``;
     what the trackers hear of it, its truth, and where it starts (s)."""
-    import torchaudio.functional as AF
-
     truth = read_json(paths["truth"])
     start = truth["solo_intervals"][0][0] if truth["solo_intervals"] else 0.0
-    audio, sr = read_audio(paths["stem"])
-    x = AF.resample(torch.from_numpy(audio.mean(0)[round(start * sr):
-                                                   round((start + seconds) * sr)]), sr, rate)
+    x = mono(paths["stem"], rate, seconds, start)
     return x, fit.hear(x.numpy(), rate), fit.Truth.of(truth), start
 
 
