@@ -1,16 +1,18 @@
 """Does our own codec keep pitch? Train variants side by side, decode held-out saxophones.
 
-On a GPU machine (``train``): synthesizes ``--songs`` demo songs (the last ``--held-out``
-held out), trains each ``--variant`` (``name:key=value,key=value``; ``vq=off`` bypasses the
-quantizer, an autoencoder's ceiling) for ``--minutes`` at once on the one GPU, and writes
-``OUT/<name>.npz``: the held-out saxophone stems (10 s from where each solo starts) and
-their round trips through the first 1, 2, 4 and 8 codebooks, int16 at 24 kHz, and the
-encoder's latent statistics. Here (``score``): the share of the frames that the original
-and a round trip both voice within 50 cents (``soloist.fit``: CREPE, which the GPU machine
-lacks), the mel distance, and a table with a ratio line.
+On a GPU machine (``train``): synthesizes ``--songs`` demo songs (every other one with
+``variety``; the last ``--held-out`` held out), trains each ``--variant``
+(``name:key=value,key=value`` of the ``codec`` section; ``vq=off`` bypasses the quantizer,
+an autoencoder's ceiling; ``w_<term>=x`` sets a loss weight) for ``--minutes``, all at once
+on the one GPU, and writes ``OUT/<name>/`` (the model folder) and ``OUT/<name>.npz``: the
+held-out saxophone stems (10 s from where each solo starts) and their round trips through
+the first 1, 2, 4 and 8 codebooks, int16 at 24 kHz, and the encoder's latent statistics.
+Here (``score``): the share of the frames that the original and a round trip both voice
+within 50 cents (``soloist.fit``: CREPE, which the GPU machine lacks), the mel distance,
+and a table with a ratio line.
 
     PYTHONPATH=. python3 bench/codec_pitch.py train --out $OUT --minutes 6.5 \
-        --variant fixed: ae:vq=off adv:adversarial_from=300
+        --variant spectral: seanet:architecture=seanet
     PYTHONPATH=. .venv/bin/python bench/codec_pitch.py score OUT
 
 On the device tool's machines (no internet, torch only), carry the wheels in ``.whl/``
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,12 +47,12 @@ def make_songs(folder: Path, count: int) -> list[Path]:
     with ProcessPoolExecutor(min(16, count)) as pool:
         list(pool.map(make_song, [f"pitch{i}" for i in range(count)],
                       [folder / f"s{i}" for i in range(count)], [30.0] * count,
-                      [7] * count))
+                      [7] * count, [44100] * count, [i % 2 == 1 for i in range(count)]))
     return [folder / f"s{i}" for i in range(count)]
 
 
 def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, out: str,
-                  device: str) -> None:
+                  device: str, workers: int) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -62,6 +65,8 @@ def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, 
     name, _, sets = spec.partition(":")
     changes = dict(s.split("=", 1) for s in sets.split(",") if s)
     bypass = changes.pop("vq", "on") == "off"
+    for key in [k for k in changes if k.startswith("w_")]:  # a loss weight: w_bottleneck=0.1
+        tc.WEIGHTS[key[2:]] = float(changes.pop(key))
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg = config["codec"] | {k: yaml.safe_load(v) for k, v in changes.items()}
     work = Path(out) / f".{name}"
@@ -70,17 +75,20 @@ def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, 
 
         soloist.own_codec.ResidualVQ = _Bypass
     started = time.perf_counter()
-    # 100 steps give the pace (start-up included: a few steps short), then resume to the
-    # budget's last step, so that the learning-rate schedule ends where the training does
-    for steps in (100, None):
+    # steps 50 to 550 give the pace (after the start-up: over steps 50 to 150 the loader's
+    # start paced an H100 at a quarter of its speed), then the run resumes to the budget's
+    # last step, so that the learning-rate schedule ends where the training does
+    for steps in (50, 550, None):
+        if steps == 550:
+            paced = time.perf_counter()
         if steps is None:
-            pace = (time.perf_counter() - started) / 100
-            steps = max(100, 100 + int((minutes * 60 - (time.perf_counter() - started)) / pace))
-        config |= {"codec": cfg | {"device": device, "steps": steps,
-                                   "workers": 4 if device == "cuda" else 0,
+            pace = (time.perf_counter() - paced) / 500
+            steps = max(550, 550 + int((minutes * 60 - (time.perf_counter() - started)) / pace))
+        config |= {"codec": cfg | {"device": device, "steps": steps, "workers": workers,
                                    "checkpoint_every": 10**9, "log_every": 10**9},
                    "mlflow": {"experiment": "bench", "tracking_uri": f"sqlite:///{work}/m.db"}}
         tc.train_codec([Path(s) for s in songs], work, config)
+    shutil.copytree(work / "own", Path(out) / name, dirs_exist_ok=True)
     model = tc.OwnCodec.from_pretrained(work / "own").to(device).eval()
     if bypass:
         model.quantizer = _Bypass(model.cfg)
@@ -144,8 +152,9 @@ def train(args: argparse.Namespace) -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     print(f"device {name}; {len(songs)} songs to train on, {len(held)} held out", flush=True)
     ctx = multiprocessing.get_context("spawn")
+    workers = max(2, 12 // len(args.variant)) if args.device == "cuda" else 0
     procs = [ctx.Process(target=train_variant, args=(v, songs, held, args.minutes, str(out),
-                                                     args.device))
+                                                     args.device, workers))
              for v in args.variant]
     for p in procs:
         p.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ def validate_config(config: dict) -> dict:
         raise ConfigError(f"shard.fractions must sum to 1, got {config['shard']['fractions']}")
     _check_windows(config)
     _check_codebooks(config["tokenize"], config["codec"])
+    _check_codec(config["codec"])
     _check_variants(config["augment"]["variants"])
     _check_output(config)
     return config
@@ -181,6 +183,13 @@ def _check_codebooks(tokenize: dict, own: dict) -> None:
     if (tokenize["codebooks"] or 0) > most:
         raise ConfigError(f"invalid config:\n  tokenize.codebooks: {tokenize['model']} has "
                           f"{most} codebooks, not {tokenize['codebooks']}")
+
+
+def _check_codec(codec: dict) -> None:
+    """The spectral codec reads two STFT frames a codec frame."""
+    if codec["architecture"] == "spectral" and math.prod(codec["ratios"]) % 2:
+        raise ConfigError(f"invalid config:\n  codec.ratios: architecture spectral needs an "
+                          f"even hop, not {math.prod(codec['ratios'])}")
 
 
 def _check_variants(variants: list[dict]) -> None:

@@ -1,7 +1,16 @@
-"""The codec soloist trains itself (``train_codec``): EnCodec's shape, weights that are yours.
+"""The codec soloist trains itself (``train_codec``): weights that are yours.
 
-A SEANet convolutional encoder and decoder (transformers' ``EncodecEncoder`` and
-``EncodecDecoder``, the modules of EnCodec itself) around one of two bottlenecks:
+One of two encoder/decoder pairs (``architecture``):
+
+- ``spectral``: convolutions over log-magnitude STFT frames (``n_fft``, half a codec frame
+  apart) in and out, and Griffin-Lim (torchaudio) back to audio. It keeps pitch after minutes
+  of training: on held-out demo saxophones, 98.7% of the frames within 50 cents at 6 kbps
+  after 109 s on an H100 (BENCHMARKS.md, "A codec that keeps pitch").
+- ``seanet``: EnCodec's own waveform convolutions (transformers' ``EncodecEncoder`` and
+  ``EncodecDecoder``). After as many steps its round trips are unvoiced, or one pitch for
+  every note: 0% of the frames within 50 cents, with or without the quantizer.
+
+and one of two bottlenecks:
 
 - ``rvq``: a residual vector quantizer, K codebooks of ``codebook_size`` codes whose entries
   follow exponential moving averages of the vectors they quantize, and restart from a random
@@ -19,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +54,10 @@ class OwnCodecConfig:
     quantizer_dropout: float = 0.5  # rvq: share of training batches that use k < K codebooks
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.5  # rvq: a code used less (EMA count) restarts
+    architecture: str = "seanet"  # seanet | spectral (the default of config.yaml)
+    n_fft: int = 1024  # spectral: of its STFT, whose hop is half a codec frame
+    floor: float = 0.01  # spectral: added to magnitudes before the log (quiet bins weigh less)
+    griffin_lim_iters: int = 32  # spectral: phase reconstruction iterations of decode
 
     @property
     def hop_length(self) -> int:
@@ -65,6 +78,74 @@ class OwnCodecConfig:
                              upsampling_ratios=self.ratios, hidden_size=latent,
                              num_lstm_layers=self.lstm_layers, use_causal_conv=False,
                              normalize=False, target_bandwidths=[1.0])
+
+
+class _Residual(nn.Module):
+    def __init__(self, width: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation)
+        self.mix = nn.Conv1d(width, width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.mix(F.gelu(self.conv(F.gelu(x))))
+
+
+def _stack(width: int, blocks: int = 2) -> list[nn.Module]:
+    return [_Residual(width, 3 ** i) for i in range(blocks)]
+
+
+class SpectralEncoder(nn.Module):
+    """Audio [B, 1, N] -> latents [B, D, T], T = ceil(N / hop): convolutions over the
+    log-magnitude STFT frames [B, n_fft / 2 + 1, 2T], two per codec frame."""
+
+    def __init__(self, cfg: OwnCodecConfig):
+        super().__init__()
+        bins, width = cfg.n_fft // 2 + 1, cfg.channels * 8
+        self.cfg = cfg
+        self.net = nn.Sequential(nn.Conv1d(bins, width, 3, padding=1), *_stack(width),
+                                 nn.Conv1d(width, width, 4, 2, 1), *_stack(width), nn.GELU(),
+                                 nn.Conv1d(width, cfg.dimension, 3, padding=1))
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+
+    def spectrum(self, audio: Tensor) -> Tensor:
+        """log(|STFT| + floor) [B, n_fft / 2 + 1, 2T] of audio [B, 1, N] (zero-padded to T
+        whole frames)."""
+        x = F.pad(audio[:, 0].float(), (0, -audio.shape[-1] % self.cfg.hop_length))
+        stft = torch.stft(x, self.cfg.n_fft, self.cfg.hop_length // 2, window=self.window,
+                          return_complex=True)
+        return (stft[..., :-1].abs() + self.cfg.floor).log()  # centred: 2T + 1 frames
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return self.net(self.spectrum(audio))
+
+
+class SpectralDecoder(nn.Module):
+    """Latents [B, D, T] -> the log-magnitude frames [B, n_fft / 2 + 1, 2T] (``spectrum``,
+    what it is trained on) -> audio [B, 1, T * hop] (Griffin-Lim from zero phase:
+    deterministic)."""
+
+    def __init__(self, cfg: OwnCodecConfig):
+        super().__init__()
+        bins, width = cfg.n_fft // 2 + 1, cfg.channels * 8
+        self.cfg = cfg
+        self.net = nn.Sequential(nn.Conv1d(cfg.dimension, width, 3, padding=1), *_stack(width),
+                                 nn.ConvTranspose1d(width, width, 4, 2, 1), *_stack(width),
+                                 nn.GELU(), nn.Conv1d(width, bins, 3, padding=1))
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+
+    def spectrum(self, latents: Tensor) -> Tensor:
+        return self.net(latents)
+
+    def forward(self, latents: Tensor) -> Tensor:
+        import torchaudio.functional as AF
+
+        magnitude = (self.spectrum(latents).float().exp() - self.cfg.floor).clamp(min=0)
+        magnitude = torch.cat([magnitude, magnitude[..., -1:]], -1)  # the centred last frame
+        audio = AF.griffinlim(magnitude, self.window, self.cfg.n_fft, self.cfg.hop_length // 2,
+                              self.cfg.n_fft, power=1.0, n_iter=self.cfg.griffin_lim_iters,
+                              momentum=0.99, length=latents.shape[-1] * self.cfg.hop_length,
+                              rand_init=False)
+        return audio[:, None]
 
 
 class ResidualVQ(nn.Module):
@@ -159,19 +240,28 @@ class OwnCodec(nn.Module):
 
     def __init__(self, cfg: OwnCodecConfig):
         super().__init__()
-        from transformers.models.encodec.modeling_encodec import EncodecDecoder, EncodecEncoder
-
         self.cfg = self.config = cfg
         vae = cfg.bottleneck == "vae"
-        self.encoder = EncodecEncoder(cfg.seanet(cfg.dimension * (2 if vae else 1)))
-        self.decoder = EncodecDecoder(cfg.seanet(cfg.dimension))
+        if self.spectral:
+            encoder = SpectralEncoder(replace(cfg, dimension=cfg.dimension * (2 if vae else 1)))
+            self.encoder, self.decoder = encoder, SpectralDecoder(cfg)
+        else:
+            from transformers.models.encodec.modeling_encodec import EncodecDecoder, EncodecEncoder
+
+            self.encoder = EncodecEncoder(cfg.seanet(cfg.dimension * (2 if vae else 1)))
+            self.decoder = EncodecDecoder(cfg.seanet(cfg.dimension))
         self.quantizer = ResidualVQ(cfg) if not vae else None
+
+    @property
+    def spectral(self) -> bool:
+        return self.cfg.architecture == "spectral"
 
     def forward(self, audio: Tensor, codebooks: int | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
-        """(reconstruction [B, 1, N], the bottleneck's latents [B, D, T] (rvq: quantized; vae:
-        a sample), the bottleneck's loss: commitment, or the KL per dimension and frame
-        [D] averaged over batch and frames)."""
+        """(reconstruction: audio [B, 1, N], or for ``spectral`` the log-magnitude frames
+        that ``spectral_distance`` compares; the bottleneck's latents [B, D, T] (rvq:
+        quantized; vae: a sample); the bottleneck's loss: commitment, or the KL per
+        dimension and frame [D] averaged over batch and frames)."""
         h = self.encoder(audio)
         if self.quantizer is not None:
             latents, _, loss = self.quantizer(h, codebooks or self.cfg.codebooks)
@@ -179,7 +269,17 @@ class OwnCodec(nn.Module):
             mean, logvar = h.chunk(2, dim=1)
             latents = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
             loss = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean((0, 2))
+        if self.spectral:  # Griffin-Lim has nothing to learn: trained on the spectrum
+            return self.decoder.spectrum(latents), latents, loss
         return self.decoder(latents)[..., :audio.shape[-1]], latents, loss
+
+    def spectral_distance(self, spectrum: Tensor, audio: Tensor) -> dict[str, Tensor]:
+        """``spectral``'s reconstruction terms: the L1 of the log-magnitude frames and the
+        spectral convergence of the magnitudes (the relative Frobenius distance)."""
+        target = self.encoder.spectrum(audio)
+        magnitude, true = spectrum.float().exp(), target.exp()
+        return {"log_spectrum": F.l1_loss(spectrum.float(), target),
+                "convergence": (magnitude - true).norm() / true.norm()}
 
     def encode(self, audio: Tensor, codebooks: int | None = None) -> Tensor:
         """rvq: codes int64 [B, k, T] of the first ``codebooks``; vae: latents [B, D, T] (the

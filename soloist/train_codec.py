@@ -3,10 +3,11 @@ audio of the training tracks, so that a model's tokens need not come from someon
 weights.
 
 Random segments of the tracks (mono, at the codec's rate) are encoded and decoded; the loss is
-the reconstruction's multi-resolution STFT distance (auraloss), log-mel L1 (torchaudio's mel
-filterbank) and waveform L1, plus the bottleneck's own (the RVQ's commitment; the VAE's KL
-with a warm-up and free bits), and after ``adversarial_from`` steps a multi-scale STFT
-discriminator's hinge loss with feature matching. One process, or one per GPU (DDP). It
+the reconstruction's distance (``spectral``: the L1 of the log-magnitude frames and their
+spectral convergence; ``seanet``: the multi-resolution STFT distance (auraloss), log-mel L1 and
+waveform L1, and after ``adversarial_from`` steps a multi-scale STFT discriminator's hinge
+loss with feature matching), plus the bottleneck's own (the RVQ's commitment; the VAE's KL
+with a warm-up and free bits). One process, or one per GPU (DDP). It
 resumes like ``train`` (``soloist.training``): SIGTERM saves a checkpoint and exits with
 EXIT_REQUEUE, and the losses continue as if never stopped: each step's segments are drawn
 from a generator seeded by the step.
@@ -38,10 +39,10 @@ from soloist.own_codec import OwnCodec, OwnCodecConfig
 
 log = logging.getLogger("soloist.train_codec")
 # loss weights: EnCodec's balance of reconstruction terms, the bottleneck's term at 1
-WEIGHTS = {"stft": 1.0, "mel": 1.0, "l1": 0.1, "bottleneck": 1.0, "adversarial": 1.0,
-           "features": 2.0}
-ARCHITECTURE = ("sample_rate", "channels", "ratios", "dimension", "lstm_layers", "bottleneck",
-                "codebooks", "codebook_size", "quantizer_dropout")
+WEIGHTS = {"stft": 1.0, "mel": 1.0, "l1": 0.1, "log_spectrum": 1.0, "convergence": 1.0,
+           "bottleneck": 1.0, "adversarial": 1.0, "features": 2.0}
+ARCHITECTURE = ("sample_rate", "architecture", "channels", "ratios", "dimension", "lstm_layers",
+                "bottleneck", "codebooks", "codebook_size", "quantizer_dropout")
 
 
 def codec_config(cfg: dict) -> OwnCodecConfig:
@@ -166,8 +167,12 @@ class _CodecTrainer:
         random.seed(cfg["seed"] + self.rank)
         self.raw = OwnCodec(codec_config(cfg)).to(self.device)
         self.losses = Distances(cfg["sample_rate"]).to(self.device)
+        adversarial = cfg["adversarial_from"] is not None
+        if adversarial and self.raw.spectral and self.main:
+            log.warning("codec.adversarial_from is for codec.architecture: seanet; the spectral "
+                        "codec trains on magnitudes, without a discriminator")
         self.disc = Discriminator(cfg["sample_rate"]).to(self.device) \
-            if cfg["adversarial_from"] is not None else None
+            if adversarial and not self.raw.spectral else None
         self.optimizer = torch.optim.AdamW(self.raw.parameters(), cfg["lr"], betas=(0.8, 0.99))
         self.disc_optimizer = torch.optim.AdamW(self.disc.parameters(), cfg["lr"],
                                                 betas=(0.8, 0.99)) if self.disc else None
@@ -273,7 +278,8 @@ class _CodecTrainer:
         # fp32 on GPUs too: under bf16 autocast the default codec diverged to NaN within 450
         # steps on an H100 and ran no faster (BENCHMARKS.md)
         y, _, bottleneck = self.model(x, self._codebooks(step))
-        terms = self.losses(y, x) | {"bottleneck": self._bottleneck(bottleneck, step)}
+        terms = self.raw.spectral_distance(y, x) if self.raw.spectral else self.losses(y, x)
+        terms["bottleneck"] = self._bottleneck(bottleneck, step)
         adversarial = self.disc is not None and step >= cfg["adversarial_from"]
         if adversarial:
             terms |= self._generator_terms(x, y)
@@ -303,12 +309,12 @@ class _CodecTrainer:
         return cfg["codebooks"]
 
     def _bottleneck(self, loss: torch.Tensor, step: int) -> torch.Tensor:
-        """rvq: the commitment loss; vae: beta times the KL per dimension and frame, each
+        """rvq: the commitment loss, weighted; vae: beta times the KL per dimension and frame, each
         dimension's at least ``free_bits`` (below it, not pushed further), beta ramping up
         to ``kl_weight`` over ``kl_warmup_steps``."""
         cfg = self.cfg
         if cfg["bottleneck"] == "rvq":
-            return loss
+            return cfg["commitment"] * loss
         beta = cfg["kl_weight"] * min(1.0, step / max(1, cfg["kl_warmup_steps"]))
         return beta * loss.clamp(min=cfg["free_bits"]).sum()
 
@@ -338,7 +344,7 @@ class _CodecTrainer:
 
         self.raw.eval()
         x = self.fixed[:2].to(self.device)
-        y = self.raw(x)[0]
+        y = self.raw.decode(self.raw.encode(x))[:, None, :x.shape[-1]]
         self.raw.train()
         terms = self.losses(y, x)
         step, rate = self.state["step"], self.cfg["sample_rate"]

@@ -88,6 +88,8 @@ def test_every_window_fits_the_one_before():
     ({"augment": {"variants": [{"semitones": 0, "tempo": 1}]}},
      "augment.variants.0: 0 semitones at tempo 1 is the track itself"),
     ({"augment": {"splits": ["train", "dev"]}}, "augment.splits.1: 'dev' is not one of"),
+    ({"codec": {"ratios": [5, 5, 5]}},
+     "codec.ratios: architecture spectral needs an even hop, not 125"),
 ])
 def test_bad_config_names_the_key(change, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

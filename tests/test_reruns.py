@@ -158,7 +158,8 @@ EXPECTED = {
     # the own codec's rules are not in the default run (tokenize.model: own brings them in;
     # tests/test_own_codec.py runs them)
     **{f"codec.{key}": (value, NOTHING) for key, value in {
-        "tracks": "config/tracks.tsv", "sample_rate": 16000, "bottleneck": "vae",
+        "tracks": "config/tracks.tsv", "sample_rate": 16000, "architecture": "seanet",
+        "bottleneck": "vae", "commitment": 1.0,
         "channels": 16, "ratios": [8, 8, 5],
         "dimension": 64, "lstm_layers": 1, "codebooks": 4, "codebook_size": 512,
         "quantizer_dropout": 0.0, "kl_weight": 0.1, "kl_warmup_steps": 10, "free_bits": 0.0,
