@@ -38,7 +38,8 @@ from soloist.launch import setup_distributed
 from soloist.own_codec import OwnCodec, OwnCodecConfig
 
 log = logging.getLogger("soloist.train_codec")
-# loss weights: EnCodec's balance of reconstruction terms, the bottleneck's term at 1
+# loss weights: EnCodec's balance of reconstruction terms; the bottleneck's own weight is in
+# the config (codec.commitment, codec.kl_weight)
 WEIGHTS = {"stft": 1.0, "mel": 1.0, "l1": 0.1, "log_spectrum": 1.0, "convergence": 1.0,
            "bottleneck": 1.0, "adversarial": 1.0, "features": 2.0}
 ARCHITECTURE = ("sample_rate", "architecture", "channels", "ratios", "dimension", "lstm_layers",
@@ -309,9 +310,9 @@ class _CodecTrainer:
         return cfg["codebooks"]
 
     def _bottleneck(self, loss: torch.Tensor, step: int) -> torch.Tensor:
-        """rvq: the commitment loss, weighted; vae: beta times the KL per dimension and frame, each
-        dimension's at least ``free_bits`` (below it, not pushed further), beta ramping up
-        to ``kl_weight`` over ``kl_warmup_steps``."""
+        """rvq: ``commitment`` times the commitment loss; vae: beta times the KL per dimension
+        and frame, each dimension's at least ``free_bits`` (below it, not pushed further),
+        beta ramping up to ``kl_weight`` over ``kl_warmup_steps``."""
         cfg = self.cfg
         if cfg["bottleneck"] == "rvq":
             return cfg["commitment"] * loss
@@ -419,7 +420,7 @@ tags: [audio, codec, soloist]
 
 # A soloist codec
 
-An EnCodec-style convolutional codec ({arch.bottleneck} bottleneck) trained by soloist's
+A {arch.architecture} convolutional codec ({arch.bottleneck} bottleneck) trained by soloist's
 `train_codec` for {step} steps on your recordings: mono {arch.sampling_rate} Hz audio to
 {tokens}. Its weights are yours: they come from no pretrained model, so no other licence
 applies to them; the recordings it learned from keep their own licences.
