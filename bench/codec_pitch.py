@@ -3,13 +3,13 @@
 On a GPU machine (``train``): synthesizes ``--songs`` demo songs (every other one with
 ``variety``; the last ``--held-out`` held out), trains each ``--variant``
 (``name:key=value,key=value`` of the ``codec`` section; ``vq=off`` bypasses the quantizer,
-an autoencoder's ceiling; ``w_<term>=x`` sets a loss weight) for ``--minutes``, all at once
-on the one GPU, and writes ``OUT/<name>/`` (the model folder) and ``OUT/<name>.npz``: the
-held-out saxophone stems (10 s from where each solo starts) and their round trips through
-the first 1, 2, 4 and 8 codebooks, int16 at 24 kHz, and the encoder's latent statistics.
-Here (``score``): the share of the frames that the original and a round trip both voice
-within 50 cents (``soloist.fit``: CREPE, which the GPU machine lacks), the mel distance,
-and a table with a ratio line.
+an autoencoder's ceiling) for ``--minutes``, all at once on the one GPU, and writes
+``OUT/<name>/`` (the model folder) and ``OUT/<name>.npz``: the held-out saxophone stems (10
+s from where each solo starts) and their round trips through the first 1, 2, 4 and 8
+codebooks, int16 at 24 kHz, and the encoder's latent statistics. Here (``score``): the
+share of the frames that the original and a round trip both voice within 50 cents
+(``soloist.fit``: CREPE, which the GPU machine lacks), the mel distance, and a table with a
+ratio line.
 
     PYTHONPATH=. python3 bench/codec_pitch.py train --out $OUT --minutes 6.5 \
         --variant spectral: seanet:architecture=seanet
@@ -65,8 +65,6 @@ def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, 
     name, _, sets = spec.partition(":")
     changes = dict(s.split("=", 1) for s in sets.split(",") if s)
     bypass = changes.pop("vq", "on") == "off"
-    for key in [k for k in changes if k.startswith("w_")]:  # a loss weight: w_bottleneck=0.1
-        tc.WEIGHTS[key[2:]] = float(changes.pop(key))
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg = config["codec"] | {k: yaml.safe_load(v) for k, v in changes.items()}
     work = Path(out) / f".{name}"

@@ -5,7 +5,7 @@ One of two encoder/decoder pairs (``architecture``):
 - ``spectral``: convolutions over log-magnitude STFT frames (``n_fft``, half a codec frame
   apart) in and out, and Griffin-Lim (torchaudio) back to audio. It keeps pitch after minutes
   of training: on held-out demo saxophones, 98.7% of the frames within 50 cents at 6 kbps
-  after 109 s on an H100 (BENCHMARKS.md, "A codec that keeps pitch").
+  after 109 s on an H100, one seed (BENCHMARKS.md, "A codec that keeps pitch").
 - ``seanet``: EnCodec's own waveform convolutions (transformers' ``EncodecEncoder`` and
   ``EncodecDecoder``). After as many steps its round trips are unvoiced, or one pitch for
   every note: 0% of the frames within 50 cents, with or without the quantizer.
