@@ -45,7 +45,7 @@ rule all:
 onsuccess:
     from soloist.runlog import banner
 
-    print(banner(WEIGHTS == "random", build_report()), file=sys.stderr)
+    print(banner(RANDOM_OUTPUTS, build_report()), file=sys.stderr)
 
 
 onerror:

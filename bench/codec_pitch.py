@@ -15,6 +15,9 @@ ratio line.
         --variant spectral: seanet:architecture=seanet
     PYTHONPATH=. .venv/bin/python bench/codec_pitch.py score OUT
 
+``ship`` puts a variant's folder into the package as the codec ``tokenize.model: auto``
+takes offline (soloist/codecs/README.md: the command that made it).
+
 On the device tool's machines (no internet, torch only), carry the wheels in ``.whl/``
 (``pip download --python-version 3.12 --only-binary=:all:`` of transformers, soundfile,
 safetensors, huggingface_hub, pyyaml, tqdm and their dependencies, and auraloss with
@@ -51,8 +54,8 @@ def make_songs(folder: Path, count: int) -> list[Path]:
     return [folder / f"s{i}" for i in range(count)]
 
 
-def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, out: str,
-                  device: str, workers: int) -> None:
+def train_variant(spec: str, songs: list[str], held: list[str], minutes: float | None,
+                  out: str, device: str, workers: int, fixed: int | None = None) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -76,7 +79,7 @@ def train_variant(spec: str, songs: list[str], held: list[str], minutes: float, 
     # steps 50 to 550 give the pace (after the start-up: over steps 50 to 150 the loader's
     # start paced an H100 at a quarter of its speed), then the run resumes to the budget's
     # last step, so that the learning-rate schedule ends where the training does
-    for steps in (50, 550, None):
+    for steps in (50, 550, None) if fixed is None else (fixed,):
         if steps == 550:
             paced = time.perf_counter()
         if steps is None:
@@ -152,7 +155,7 @@ def train(args: argparse.Namespace) -> None:
     ctx = multiprocessing.get_context("spawn")
     workers = max(2, 12 // len(args.variant)) if args.device == "cuda" else 0
     procs = [ctx.Process(target=train_variant, args=(v, songs, held, args.minutes, str(out),
-                                                     args.device, workers))
+                                                     args.device, workers, args.steps))
              for v in args.variant]
     for p in procs:
         p.start()
@@ -187,6 +190,29 @@ def score(args: argparse.Namespace) -> None:
           "(Opus at 6 kbps: 0.994-0.997, ../shared/notes/music-analysis.md)")
 
 
+def ship(args: argparse.Namespace) -> None:
+    """Copy a trained variant's folder into the package as the shipped codec: its weights in
+    float16 (half the size; codes decided in float32 after loading), and its manifest."""
+    from safetensors.torch import load_file, save_file
+
+    from soloist.io import sha256_file, write_json
+    from soloist.weights import DEMO_CODEC, SHIPPED
+
+    dest = SHIPPED / DEMO_CODEC
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(args.folder) / "config.json", dest / "config.json")
+    state = load_file(Path(args.folder) / "model.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+              str(dest / "model.safetensors"), metadata={"format": "pt"})
+    files = {f"{DEMO_CODEC}/{f}": sha256_file(dest / f) for f in ("config.json",
+                                                                   "model.safetensors")}
+    write_json(SHIPPED / f"{DEMO_CODEC}.json", {
+        "family": "codec", "name": DEMO_CODEC, "mode": "shipped", "random": False,
+        "codebooks": args.codebooks, "files": files})
+    size = (dest / "model.safetensors").stat().st_size / 1e6
+    print(f"{dest}: {size:.1f} MB, {args.codebooks} codebooks by default")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -195,12 +221,17 @@ def main() -> None:
     t.add_argument("--songs", type=int, default=40)
     t.add_argument("--held-out", type=int, default=4)
     t.add_argument("--minutes", type=float, default=7.0)
+    t.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps instead of for --minutes")
     t.add_argument("--variant", nargs="+", default=["base:"])
     t.add_argument("--device", default="cuda")
     s = sub.add_parser("score")
     s.add_argument("folder")
+    p = sub.add_parser("ship")
+    p.add_argument("folder", help="a variant's model folder that train wrote")
+    p.add_argument("--codebooks", type=int, default=4, help="the tokens' default")
     args = ap.parse_args()
-    (train if args.verb == "train" else score)(args)
+    {"train": train, "score": score, "ship": ship}[args.verb](args)
 
 
 if __name__ == "__main__":

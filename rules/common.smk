@@ -8,6 +8,7 @@ from soloist.config import (batch_of, read_tracks, row_of, validate_config, want
                             write_sheet)
 from soloist.synth import STEMS
 from soloist.fetch_weights import weights_mode
+from soloist.weights import is_own, resolve_codec, shipped_manifest
 from soloist.launch import resources as train_resources
 from soloist.tracks import LAYOUT, split_of
 
@@ -32,8 +33,9 @@ def resolve_weights():
         return config["weights"]
     if not os.environ.get(AUTO_WEIGHTS):
         models = {"demucs": config["separate"]["model"]}
-        if config["tokenize"]["model"] != "own":  # our own codec is trained, not fetched
-            models["codec"] = config["tokenize"]["model"]
+        codec = resolve_codec(config["tokenize"]["model"], "pretrained")
+        if not is_own(codec):  # our own codecs are trained or shipped, not fetched
+            models["codec"] = codec
         demo_only = all(row.kind == "demo" for row in ROWS.values())
         mode, why = weights_mode("auto", models, "resources/weights", demo_only)
         print(why, file=sys.stderr)
@@ -42,10 +44,14 @@ def resolve_weights():
 
 
 WEIGHTS = resolve_weights()
+# tokenize.model: auto, decided here once, so that every rule's params name the codec used
+config["tokenize"]["model"] = resolve_codec(config["tokenize"]["model"], WEIGHTS)
 # Random Demucs makes noise of a demo song's "solo"; its true stems tell the truth.
 DEMO_STEMS = config["demo"]["stems"] is True or (
     config["demo"]["stems"] == "auto" and WEIGHTS == "random"
 )
+# Random-init models made the outputs: a random codec, or random Demucs separating
+RANDOM_OUTPUTS = WEIGHTS == "random" and not (is_own(config["tokenize"]["model"]) and DEMO_STEMS)
 
 
 wildcard_constraints:
@@ -110,6 +116,8 @@ def weights_manifest(family):
     name = config["separate"]["model"] if family == "demucs" else config["tokenize"]["model"]
     if name == "own":
         return "results/train_codec/own.json"  # train_codec's codec
+    if is_own(name):
+        return str(shipped_manifest(name))  # in the package
     return f"resources/weights/{WEIGHTS}/{family}/{name}.json"
 
 

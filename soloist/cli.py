@@ -35,8 +35,8 @@ def _names(sources: list[str]) -> list[str]:
 def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Path]:
     """Manifests of the model's separator and codec under ``root``, fetched where missing
     (downloaded, or rebuilt from ``seed`` when the model was trained on random weights)."""
-    from soloist.fetch_weights import fetch_weights
-    from soloist.weights import WeightsError
+    from soloist.fetch_weights import fetch_weights, weights_mode
+    from soloist.weights import WeightsError, is_own, shipped_manifest
 
     wanted = {"codec": info["codec"]["model"]}
     if separate and info["separator"]:  # a continuation model has none
@@ -49,10 +49,15 @@ def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Pat
                                "accompany in the workflow folder whose train_codec made it "
                                f"({manifests['codec']})")
         del wanted["codec"]
+    elif is_own(wanted["codec"]):  # shipped in the package
+        manifests["codec"] = shipped_manifest(wanted.pop("codec"))
+    mode = info["weights"]
+    if "demucs" in wanted and mode not in ("pretrained", "random"):  # a codec of ours
+        mode = weights_mode("auto", {"demucs": wanted["demucs"]}, root, demo_only=True)[0]
     for family, name in wanted.items():
-        manifest = root / info["weights"] / family / f"{name}.json"
+        manifest = root / mode / family / f"{name}.json"
         if not manifest.is_file():
-            fetch_weights(family, name, info["weights"], manifest, seed)
+            fetch_weights(family, name, mode, manifest, seed)
         manifests[family] = manifest
     return manifests
 

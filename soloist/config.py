@@ -176,10 +176,9 @@ def _check_output(config: dict) -> None:
 
 def _check_codebooks(tokenize: dict, own: dict) -> None:
     """The codec has the codebooks asked for (our own: those the codec section gives it)."""
-    from soloist.weights import CODECS
+    from soloist.weights import max_codebooks
 
-    most = own["codebooks"] if tokenize["model"] == "own" else \
-        CODECS[tokenize["model"]].max_codebooks
+    most = own["codebooks"] if tokenize["model"] == "own" else max_codebooks(tokenize["model"])
     if (tokenize["codebooks"] or 0) > most:
         raise ConfigError(f"invalid config:\n  tokenize.codebooks: {tokenize['model']} has "
                           f"{most} codebooks, not {tokenize['codebooks']}")

@@ -19,7 +19,7 @@ import yaml
 from soloist.io import atomic_path, read_json
 from soloist.model import Soloist
 from soloist.tracks import Batch
-from soloist.weights import CODECS
+from soloist.weights import CODECS, DEMO_CODEC
 
 log = logging.getLogger("soloist.publish")
 
@@ -166,7 +166,7 @@ def _condition_line(info: dict) -> str:
 
 def _codec_licence(name: str) -> tuple[str, str]:
     """(the Hub's licence id, what a model trained on the tokens of codec ``name`` inherits)."""
-    licence = CODECS[name].licence if name in CODECS else "other"
+    licence = CODECS[name].licence if name in CODECS else "mit" if name == DEMO_CODEC else "other"
     return licence, INHERITED.get("yours" if name == "own" else licence,
                                   "see the codec's licence")
 

@@ -145,5 +145,8 @@ def _write(track: Track, codes: dict[str, np.ndarray], info: dict) -> dict:
     for role, c in codes.items():
         write_npy(track.out[role], c)
     shape = next(iter(codes.values())).shape
+    # stems of a random-init Demucs are noise, whatever codec tokenizes them
+    if read_json(track.inputs["status"]).get("weights") == "random":
+        info = info | {"weights": "random"}
     return {"ok": True, **info, "track": track.name, "roles": list(codes),
             "codebooks": int(shape[0]), "frames": int(shape[1])}

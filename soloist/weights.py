@@ -72,6 +72,38 @@ CODECS = {
 }
 
 
+# Our own codec (soloist.own_codec), trained on demo songs and shipped in the package (its
+# command: soloist/codecs/README.md): what tokenize.model: auto takes where the weights are
+# random-init, since a random codec's decoder turns any codes into a hum
+DEMO_CODEC = "own_demo"
+SHIPPED = Path(__file__).parent / "codecs"
+
+
+def resolve_codec(name: str, weights: str) -> str:
+    """``tokenize.model`` with ``auto`` decided for ``weights`` (pretrained | random):
+    EnCodec 24 kHz where its pretrained weights are used, else the shipped demo codec."""
+    if name != "auto":
+        return name
+    return DEMO_CODEC if weights == "random" else "encodec_24khz"
+
+
+def is_own(name: str) -> bool:
+    """Whether codec ``name`` is one of ours (train_codec's ``own`` or the shipped one)."""
+    return name in ("own", DEMO_CODEC)
+
+
+def shipped_manifest(name: str) -> Path:
+    """The manifest of a codec shipped in the package."""
+    return SHIPPED / f"{name}.json"
+
+
+def max_codebooks(name: str) -> int:
+    """The codebooks codec ``name`` has (``auto``: the fewer of its two choices)."""
+    if name in (DEMO_CODEC, "auto"):  # the shipped codec has fewer than EnCodec 24 kHz
+        return read_json(SHIPPED / DEMO_CODEC / "config.json")["codebooks"]
+    return CODECS[name].max_codebooks
+
+
 class WeightsError(RuntimeError):
     """Weights cannot be fetched or loaded; the message says how to get them."""
 
@@ -87,9 +119,11 @@ def _verified(manifest: str | os.PathLike) -> Iterator[tuple[dict, Path]]:
     paths = {manifest.parent / file: digest for file, digest in info["files"].items()}
     # weights soloist trained itself come back from the rule that trained them
     rule = "train_codec" if info.get("mode") == "trained" else "fetch_weights"
+    fix = ("reinstall soloist" if info.get("mode") == "shipped"
+           else f"rerun: snakemake --forcerun {rule}")
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        raise WeightsError(f"{missing[0]} is missing; rerun: snakemake --forcerun {rule}")
+        raise WeightsError(f"{missing[0]} is missing; {fix}")
     with ThreadPoolExecutor(len(paths)) as pool:
         hashes = {path: pool.submit(sha256_file, path) for path in paths}
         try:
@@ -99,7 +133,7 @@ def _verified(manifest: str | os.PathLike) -> Iterator[tuple[dict, Path]]:
                 if hashes[path].result() != digest:
                     raise WeightsError(f"{path} changed since it was "
                                        f"{'trained' if rule == 'train_codec' else 'fetched'}; "
-                                       f"rerun: snakemake --forcerun {rule}")
+                                       f"{fix}")
     if info["random"]:
         log.warning(RANDOM_WARNING)
 
@@ -132,11 +166,11 @@ def load_demucs(manifest: str | os.PathLike, device: str | torch.device = "cpu"
 def codec_model(name: str, folder: str | os.PathLike | None = None) -> torch.nn.Module:
     """Codec ``name``'s model: from ``folder`` (``config.json`` + ``model.safetensors``,
     the Hub's layout) with ``from_pretrained``, or random-init from its published config
-    when ``folder`` is None. ``own`` is the codec train_codec trained (soloist.own_codec)."""
+    when ``folder`` is None. Our own codecs (``is_own``) are soloist.own_codec's."""
     import transformers
 
     transformers.logging.disable_progress_bar()  # a bar per load and save in every job's log
-    if name == "own":
+    if is_own(name):
         from soloist.own_codec import OwnCodec
 
         return OwnCodec.from_pretrained(folder)
@@ -153,9 +187,10 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
                device: str | torch.device = "cpu", precision: str = "fp32",
                compile: bool = False, latents: bool = False) -> Codec:
     """The codec described by ``manifest`` with its first ``codebooks`` codebooks (None: the
-    codec's default: all of our own codec's), in eval mode on ``device``, encoding in
-    ``precision`` (fp32, bf16, or auto: bf16 on a GPU), its encoder ``torch.compile``d for
-    one input shape if ``compile``; with ``latents`` its tokens are its encoder's frames."""
+    codec's default: all of train_codec's, what a shipped codec's manifest names), in eval
+    mode on ``device``, encoding in ``precision`` (fp32, bf16, or auto: bf16 on a GPU), its
+    encoder ``torch.compile``d for one input shape if ``compile``; with ``latents`` its
+    tokens are its encoder's frames."""
     from soloist.codec import Codec, compiled_encoder
 
     with _verified(manifest) as (info, folder):
@@ -165,10 +200,12 @@ def load_codec(manifest: str | os.PathLike, codebooks: int | None = None,
             raise WeightsError(f"{folder / name / missing[0]} is missing; "
                                "rerun: snakemake --forcerun fetch_weights")
         model = codec_model(name, folder / name)
-    default = model.cfg.codebooks if name == "own" else CODECS[name].codebooks
+    # the shipped codec's default is below its codebooks: EnCodec's shapes, a smaller model
+    default = info.get("codebooks") or (model.cfg.codebooks if is_own(name)
+                                        else CODECS[name].codebooks)
     model = model.to(device).eval()
     compiled = None
-    if compile and name == "own":  # its encoder is EnCodec's, which compiling does not speed up
+    if compile and is_own(name):  # its encoder is EnCodec's, which compiling does not speed up
         log.warning("tokenize.compile: our own codec's encoder runs uncompiled (BENCHMARKS.md)")
     elif compile:
         compiled = compiled_encoder(model.encoder)

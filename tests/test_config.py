@@ -42,7 +42,7 @@ def test_config_yaml_is_the_one_home_of_defaults():
     config = validate_config(default_config())
     assert config["clip"]["seconds"] == 10
     assert config["tokenize"] | {"device": "auto"} == {
-        "model": "encodec_24khz", "codebooks": None, "chunk_seconds": 10, "warmup_seconds": 0.5,
+        "model": "auto", "codebooks": None, "chunk_seconds": 10, "warmup_seconds": 0.5,
         "batch_size": "auto", "precision": "fp32", "compile": False, "device": "auto",
         "threads": 2, "gpus": 1}
     schema_text = (ROOT / "config/schemas/config.schema.yaml").read_text()
@@ -78,9 +78,12 @@ def test_every_window_fits_the_one_before():
     ({"separate": {"device": "gpu0"}}, "separate.device: 'gpu0' does not match"),
     ({"clip": {"secs": 3}}, "clip: Additional properties are not allowed ('secs'"),
     ({"shard": {"fractions": {"train": 0.5, "valid": 0.1, "test": 0.1}}}, "sum to 1"),
-    ({"tokenize": {"model": "mimi"}}, "tokenize.model: 'mimi' is not one of ['encodec_24khz'"),
+    ({"tokenize": {"model": "mimi"}},
+     "tokenize.model: 'mimi' is not one of ['auto', 'encodec_24khz'"),
     ({"tokenize": {"model": "encodec_32khz", "codebooks": 8}},
      "tokenize.codebooks: encodec_32khz has 4 codebooks, not 8"),
+    ({"tokenize": {"model": "own_demo", "codebooks": 9}},
+     "tokenize.codebooks: own_demo has 8 codebooks, not 9"),
     ({"augment": {"variants": [{"semitones": 13, "tempo": 1.0}]}},
      "augment.variants.0.semitones: 13 is greater than the maximum of 12"),
     ({"augment": {"variants": [{"semitones": 1, "tempo": 1.0}, {"semitones": 0, "tempo": 0.4}]}},

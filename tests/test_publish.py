@@ -10,6 +10,7 @@ from loopback import serve_hub
 
 from soloist.io import read_json
 from soloist.model import Soloist
+from soloist.publish import _codec_licence
 
 
 @pytest.fixture
@@ -29,10 +30,12 @@ def test_publish_writes_a_model_folder_with_its_card(done, no_token):
 
     text = (folder / "README.md").read_text()
     front = yaml.safe_load(text.split("---")[1])
-    assert front["license"] == "cc-by-nc-4.0" and front["library_name"] == "soloist"
+    # the run tokenized with the shipped codec, whose weights are MIT, as soloist is
+    assert front["license"] == "mit" and front["library_name"] == "soloist"
     assert "random-weights" in front["tags"]
     metrics = read_json(done / "results/evaluate/metrics.json")
-    for words in ("NOT musically meaningful", "non-commercial", "CC-BY-NC 4.0",
+    for words in ("NOT musically meaningful", "trained on own_demo tokens, whose pretrained "
+                  "weights are MIT", "The separator, Demucs, is MIT code",
                   "soloist accompany my_backing.mp3 --model results/publish",
                   "Does it listen?", f"| listen_ratio | {metrics['listen_ratio']:.4f} |",
                   "tracks synthesized by soloist's demo corpus",
@@ -43,6 +46,8 @@ def test_publish_writes_a_model_folder_with_its_card(done, no_token):
         assert words in text, words
     assert (folder / "examples/00_mix.wav").read_bytes() == \
         (done / "results/evaluate/examples/00_mix.wav").read_bytes()
+    licence, why = _codec_licence("encodec_24khz")  # a model of the Hub's EnCodec's tokens
+    assert licence == "cc-by-nc-4.0" and "non-commercial" in why
 
 
 def test_publish_without_a_token_stops_before_any_job(done, no_token):

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -59,7 +60,10 @@ def test_shards_stream_back_with_webdataset(done):
         context = np.load(io.BytesIO(sample["context.npy"]), allow_pickle=False)
         target = np.load(io.BytesIO(sample["target.npy"]), allow_pickle=False)
         assert context.shape == target.shape == (4, 750) and context.dtype == np.int16
-        assert meta["weights"] == "random" and meta["frame_rate"] == 75.0
+        # random Demucs separated the feed's recordings; the rest entered as their stems
+        separated = meta["original_track"].startswith("feed.")
+        assert meta["weights"] == ("random" if separated else "shipped"), meta
+        assert meta["frame_rate"] == 75.0
         keys.append(sample["__key__"])
     assert sorted(keys) == sorted(r["key"] for r in manifest)
 
@@ -113,15 +117,18 @@ def test_a_removed_url_row_reruns_only_its_batch_and_shard(done, media):
 
 
 def test_a_batch_job_loads_its_model_once(done):
-    """feed.001 and feed.002 share a batch: one Demucs and one EnCodec load for both."""
+    """feed.001 and feed.002 share a batch: one Demucs and one codec load for both. Their
+    stems come from a random-init Demucs, so their tokens say random, whatever the codec."""
     b = batch_of("feed.001", 8)
     assert b == batch_of("feed.002", 8)
     for t in ("feed.001", "feed.002"):
         status = json.loads((done / f"results/tokenize/{b}/{t}/tokens.json").read_text())
-        assert status["ok"] and status["weights"] == "random"
-    for stage in ("separate", "tokenize"):
-        log = (done / f"results/logs/{stage}/{b}.log").read_text()
-        assert log.count("RANDOM-INIT WEIGHTS") == 1, log
+        assert status["ok"] and status["weights"] == "random" and status["model"] == "own_demo"
+    log = (done / f"results/logs/separate/{b}.log").read_text()
+    assert log.count("RANDOM-INIT WEIGHTS") == 1, log
+    log = (done / f"results/logs/tokenize/{b}.log").read_text()
+    loads = re.findall(r"tokenized (\d+) tracks in .*model load", log)
+    assert len(loads) == 1 and int(loads[0]) >= 2, log
 
 
 def test_a_thousand_tracks_make_a_handful_of_jobs(fresh):
@@ -133,7 +140,8 @@ def test_a_thousand_tracks_make_a_handful_of_jobs(fresh):
     (fresh / "big.tsv").write_text("\n".join(lines) + "\n")
     jobs = planned_jobs(fresh, "shard", config={"tracks": "big.tsv", "weights": "random",
                                                 "batches": 4})
-    assert jobs == {"sheet": 1, "fetch_weights": 2, "ingest": 4, "separate": 4, "clip": 4,
+    # Demucs only: with random weights the tokens come from the shipped codec
+    assert jobs == {"sheet": 1, "fetch_weights": 1, "ingest": 4, "separate": 4, "clip": 4,
                     "tokenize": 4, "shard": 1}
 
 
@@ -168,7 +176,7 @@ def fresh(tmp_path):
 def test_dry_run_lists_the_dag_and_lint_is_clean(fresh):
     jobs = planned_jobs(fresh)
     n = batches(f"demo0{i}" for i in range(1, 9))  # the default sheet
-    assert jobs == {"sheet": 1, "demo_corpus": 8, "fetch_weights": 1, "ingest": n,
+    assert jobs == {"sheet": 1, "demo_corpus": 8, "ingest": n,
                     "separate": n, "clip": n, "tokenize": n, "shard": 1, "train": 1,
                     "evaluate": 1, "all": 1}
     lint = snakemake(fresh, "--lint")
@@ -192,13 +200,15 @@ def test_invalid_config_or_sheet_is_named(done, config, message):
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr
 
 
-def test_offline_demo_sheet_runs_on_random_weights_and_its_true_stems(fresh):
-    """weights: auto and demo.stems: auto, the defaults, with no model hub reachable."""
+def test_offline_demo_sheet_runs_on_its_true_stems_and_the_shipped_codec(fresh):
+    """weights: auto, demo.stems: auto and tokenize.model: auto, the defaults, with no model
+    hub reachable: nothing to fetch, since the songs enter as their stems and the tokens
+    come from the codec shipped in the package (a random one's would mean nothing)."""
     proc = snakemake(fresh, "-n", "shard")
     assert "every track is a demo song: RANDOM-INIT weights" in proc.stderr
     jobs = planned_jobs(fresh, "shard")
-    assert jobs["fetch_weights"] == 1  # EnCodec only: the songs enter as their stems
-    assert "resources/weights/random/codec/encodec_24khz.json" in proc.stdout
+    assert "fetch_weights" not in jobs and jobs["tokenize"] > 0
+    assert "with own_demo" in proc.stdout  # the tokenize jobs' message
 
 
 def test_a_failed_job_ends_the_output_with_its_reason(fresh, media):
