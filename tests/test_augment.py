@@ -91,7 +91,7 @@ def test_variants_stay_in_their_originals_split_through_the_dag(tmp_path, random
     assert {r["track"] for r in variants} == {"song1~p+2t1.00", "song1~p-1t0.90"}
     for r in rows:
         assert r["split"] == splits[r["original_track"]]  # no variant crosses splits
-        assert r["codec"] == "encodec_24khz" and r["track"].startswith(r["original_track"])
+        assert r["codec"] == "own_demo" and r["track"].startswith(r["original_track"])
     assert stats["variants"] | {"windows_dropped": 0} == {
         "in": 4, "ok": 4, "failed": 0, "windows_dropped": 0,
         "dropped": [{"track": "song3~p+2t1.00", "split": "valid"},
