@@ -195,12 +195,13 @@ def ship(args: argparse.Namespace) -> None:
     float16 (half the size; codes decided in float32 after loading), and its manifest."""
     from safetensors.torch import load_file, save_file
 
-    from soloist.io import sha256_file, write_json
+    from soloist.io import read_json, sha256_file, write_json
     from soloist.weights import DEMO_CODEC, SHIPPED
 
     dest = SHIPPED / DEMO_CODEC
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(Path(args.folder) / "config.json", dest / "config.json")
+    config = read_json(Path(args.folder) / "config.json")
+    write_json(dest / "config.json", {**config, "licence": "mit"})  # soloist's own licence
     state = load_file(Path(args.folder) / "model.safetensors")
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
               str(dest / "model.safetensors"), metadata={"format": "pt"})

@@ -8,7 +8,7 @@ from soloist.config import (batch_of, read_tracks, row_of, validate_config, want
                             write_sheet)
 from soloist.synth import STEMS
 from soloist.fetch_weights import weights_mode
-from soloist.weights import is_own, resolve_codec, shipped_manifest
+from soloist.weights import codec_manifest, is_own, resolve_codec
 from soloist.launch import resources as train_resources
 from soloist.tracks import LAYOUT, split_of
 
@@ -70,6 +70,7 @@ SPEED = {
     "tokenize": {"batch_size", "compile", "device", "threads", "gpus"},
     # gpus and nodes stay: they set the global batch
     "train": {"device", "compile", "checkpoint_every"},
+    "evaluate": {"device"},
     # gpus stays: it sets the global batch
     "codec": {"device", "checkpoint_every", "log_every", "workers"},
     "accompany": {"batch_size", "compile", "device", "threads", "gpus"},
@@ -114,11 +115,7 @@ def row_tags(row):
 
 def weights_manifest(family):
     name = config["separate"]["model"] if family == "demucs" else config["tokenize"]["model"]
-    if name == "own":
-        return "results/train_codec/own.json"  # train_codec's codec
-    if is_own(name):
-        return str(shipped_manifest(name))  # in the package
-    return f"resources/weights/{WEIGHTS}/{family}/{name}.json"
+    return str(codec_manifest(name) or f"resources/weights/{WEIGHTS}/{family}/{name}.json")
 
 
 def record(stage, batch="{batch}"):

@@ -36,21 +36,19 @@ def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Pat
     """Manifests of the model's separator and codec under ``root``, fetched where missing
     (downloaded, or rebuilt from ``seed`` when the model was trained on random weights)."""
     from soloist.fetch_weights import fetch_weights, weights_mode
-    from soloist.weights import WeightsError, is_own, shipped_manifest
+    from soloist.weights import WeightsError, codec_manifest
 
     wanted = {"codec": info["codec"]["model"]}
     if separate and info["separator"]:  # a continuation model has none
         wanted["demucs"] = info["separator"]["model"]
     manifests = {}
-    if wanted["codec"] == "own":  # train_codec's, in the workflow folder that trained it
-        manifests["codec"] = Path("results/train_codec/own.json")
-        if not manifests["codec"].is_file():
+    if (ours := codec_manifest(wanted["codec"])) is not None:
+        if not ours.is_file():  # train_codec's lives in the workflow folder that trained it
             raise WeightsError("the model reads tokens of soloist's own codec: run soloist "
-                               "accompany in the workflow folder whose train_codec made it "
-                               f"({manifests['codec']})")
+                               f"accompany in the workflow folder whose train_codec made it "
+                               f"({ours})")
+        manifests["codec"] = ours
         del wanted["codec"]
-    elif is_own(wanted["codec"]):  # shipped in the package
-        manifests["codec"] = shipped_manifest(wanted.pop("codec"))
     mode = info["weights"]
     if "demucs" in wanted and mode not in ("pretrained", "random"):  # a codec of ours
         mode = weights_mode("auto", {"demucs": wanted["demucs"]}, root, demo_only=True)[0]

@@ -20,6 +20,7 @@ from soloist import fit
 from soloist.codec import decode
 from soloist.condition import Vocabulary
 from soloist.data import eval_loader
+from soloist.device import pick_device
 from soloist.generate import Sampling, generate, regress
 from soloist.io import (
     PAGE_STYLE,
@@ -48,7 +49,7 @@ def scores(model: Soloist, context: torch.Tensor, target: torch.Tensor, mask: to
     context, target [N, K, T]; mask bool [N, T]; lengths [N]; tags int64 [N, columns].
     """
     K = model.cfg.codebooks
-    loss_sum, correct, count = torch.zeros(K), torch.zeros(K), torch.zeros(K)
+    loss_sum, correct, count = (torch.zeros(K, device=context.device) for _ in range(3))
     for i in range(0, len(context), batch_size):
         s = slice(i, i + batch_size)
         _, _, logits = model(context[s], target[s], mask[s], lengths[s],
@@ -61,7 +62,7 @@ def scores(model: Soloist, context: torch.Tensor, target: torch.Tensor, mask: to
         loss_sum += (ce * valid).sum((0, 2))
         correct += ((logits.argmax(-1) == delayed) & valid).sum((0, 2))
         count += valid.sum((0, 2))
-    return (loss_sum / count).numpy(), (correct / count).numpy()
+    return (loss_sum / count).cpu().numpy(), (correct / count).cpu().numpy()
 
 
 @torch.no_grad()
@@ -100,7 +101,8 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     cfg, model_dir, shards, out_dir = config["evaluate"], Path(model_dir), Path(shards), \
         Path(out_dir)
     torch.manual_seed(cfg["seed"])
-    model = Soloist.from_pretrained(model_dir)
+    device = pick_device(cfg["device"])
+    model = Soloist.from_pretrained(model_dir, device)
     frames = _frames(cfg["seconds"], model)
     urls = [str(p) for p in sorted((shards / "test").glob("*.tar"))]
     if not urls:
@@ -108,13 +110,14 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
     batches = [b for _, b in zip(range(cfg["batches"]),
                                  eval_loader(urls, batch_size=16, frames=frames,
                                              pad=model.cfg.card), strict=False)]
-    context, target, mask, lengths = (torch.cat([b[k] for b in batches]) for k in
+    context, target, mask, lengths = (torch.cat([b[k] for b in batches]).to(device) for k in
                                       ("context", "target", "context_mask", "lengths"))
     keys = [k for b in batches for k in b["keys"]]
     metas = [m for b in batches for m in b["meta"]]
     n = len(keys)
     vocab = Vocabulary.of(model.info)
-    tags = None if vocab is None else vocab.tensor([t for b in batches for t in b["tags"]])
+    tags = None if vocab is None else \
+        vocab.tensor([t for b in batches for t in b["tags"]]).to(device)
     data = (context, target, mask, lengths)
     metrics = {"samples": n, **_scored(model, data, tags, vocab),
                "weights": model.info["weights"]}
@@ -122,7 +125,7 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
         metrics["warning"] = RANDOM_WARNING
     task = model.info.get("task", "solo")
 
-    codec = load_codec(codec_weights, model.info["codec"]["codebooks"],
+    codec = load_codec(codec_weights, model.info["codec"]["codebooks"], device,
                        latents=bool(model.cfg.latents))
     sampling = Sampling(cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg["cfg_scale"])
     examples, heard = [], []
@@ -134,7 +137,7 @@ def evaluate(model_dir: str | os.PathLike, shards: str | os.PathLike,
         examples.append(example)
         heard.append((metas[i], audio))
     if task == "solo" and examples:
-        metrics["fit"] = _fit(heard, examples, codec.sample_rate, truths or {})
+        metrics["fit"] = _fit(heard, examples, codec.sample_rate, truths or {}, str(device))
     _write_page(out_dir / "index.html", examples, metrics, task)
     _write_page(out_dir / "listen.html", examples, metrics, task, embed=True)
     write_json(out_dir / "metrics.json", metrics)
@@ -171,11 +174,11 @@ def _spread(metas: list[dict], count: int) -> list[int]:
 
 
 def _fit(heard: list[tuple[dict, dict]], examples: list[dict], rate: int,
-         truths: dict[str, str | os.PathLike]) -> dict:
+         truths: dict[str, str | os.PathLike], device: str = "cpu") -> dict:
     """Each example's fit figures (``soloist.fit.example_fit``), written into its entry,
     and their means over the examples. The floors' other song is the next example from
     another track (else the next example)."""
-    solos = [(meta.get("row", ""), {name: fit.hear(audio[name], rate)
+    solos = [(meta.get("row", ""), {name: fit.hear(audio[name], rate, device)
                                     for name in ("real", "generated")})
              for meta, audio in heard]
     for i, (example, (meta, audio)) in enumerate(zip(examples, heard, strict=True)):

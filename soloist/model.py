@@ -91,6 +91,8 @@ class ModelConfig:
 
 PRESETS = {
     "tiny": ModelConfig(dim=128, heads=4, encoder_layers=2, decoder_layers=2, max_frames=750),
+    # 12.9M parameters: a model folder under 64 MB, for the GPU recipe's 300 songs
+    "small": ModelConfig(dim=256, heads=2, encoder_layers=4, decoder_layers=6, max_frames=750),
     # head_dim 128 and no dropout: 35% -> 39% MFU on an H100 (16 x 10 s windows; BENCHMARKS.md)
     "base": ModelConfig(dim=1024, heads=8, encoder_layers=6, decoder_layers=8, dropout=0.0,
                         max_frames=1500),

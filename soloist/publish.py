@@ -19,7 +19,7 @@ import yaml
 from soloist.io import atomic_path, read_json
 from soloist.model import Soloist
 from soloist.tracks import Batch
-from soloist.weights import CODECS, DEMO_CODEC
+from soloist.weights import codec_licence
 
 log = logging.getLogger("soloist.publish")
 
@@ -166,9 +166,9 @@ def _condition_line(info: dict) -> str:
 
 def _codec_licence(name: str) -> tuple[str, str]:
     """(the Hub's licence id, what a model trained on the tokens of codec ``name`` inherits)."""
-    licence = CODECS[name].licence if name in CODECS else "mit" if name == DEMO_CODEC else "other"
-    return licence, INHERITED.get("yours" if name == "own" else licence,
-                                  "see the codec's licence")
+    licence = codec_licence(name)
+    return ("other" if licence == "yours" else licence,
+            INHERITED.get(licence, "see the codec's licence"))
 
 
 def model_card(model: Soloist, metrics: dict, stats: dict, sources: Counter,

@@ -97,6 +97,27 @@ def shipped_manifest(name: str) -> Path:
     return SHIPPED / f"{name}.json"
 
 
+def codec_manifest(name: str) -> Path | None:
+    """The manifest of a codec of ours: train_codec's (in the workflow folder) or one shipped
+    in the package (relative to here, so that a copied project stays up to date). None for a
+    published codec, whose manifest fetch_weights writes under resources/weights."""
+    if name == "own":
+        return Path("results/train_codec/own.json")
+    if is_own(name):
+        return Path(os.path.relpath(shipped_manifest(name)))
+    return None
+
+
+def codec_licence(name: str) -> str:
+    """The licence of codec ``name``'s weights as the Hub names it; "yours" for the codec
+    train_codec made of your recordings."""
+    if name in CODECS:
+        return CODECS[name].licence
+    if name == "own":
+        return "yours"
+    return read_json(SHIPPED / name / "config.json")["licence"]
+
+
 def max_codebooks(name: str) -> int:
     """The codebooks codec ``name`` has (``auto``: the fewer of its two choices)."""
     if name in (DEMO_CODEC, "auto"):  # the shipped codec has fewer than EnCodec 24 kHz

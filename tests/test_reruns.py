@@ -143,6 +143,7 @@ EXPECTED = {
     **{f"evaluate.{key}": (value, EVALUATE) for key, value in {
         "batches": 2, "examples": 1, "seconds": 4, "temperature": 0.9, "top_k": 50,
         "top_p": 0.9, "cfg_scale": 2.0, "seed": 1}.items()},
+    "evaluate.device": ("cpu", NOTHING),
     # after-training rules, not in the default run: tests/test_accompany.py and
     # test_publish.py check what they rerun
     **{f"accompany.{key}": (value, NOTHING) for key, value in {
