@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -397,6 +397,15 @@ def _export(out_dir: Path, ckpt_dir: Path, model: Soloist, config: dict, stats: 
                                                  vocab))
 
 
+def _version() -> str:
+    """soloist's version; "source" where it runs from a checkout it was not installed from
+    (the workflow puts its folder on PYTHONPATH, so a clone runs without pip install)."""
+    try:
+        return version("soloist")
+    except PackageNotFoundError:
+        return "source"
+
+
 def model_info(config: dict, stats: dict, frames: int, training: dict,
                vocab: Vocabulary | None) -> dict:
     """What a model folder says beside the model config: its task, the codec whose tokens it
@@ -407,7 +416,7 @@ def model_info(config: dict, stats: dict, frames: int, training: dict,
         seconds = sum(t["duration"] for t in stats["per_track"] if t["split"] == split)
         splits[split] = {"tracks": counts["tracks"], "windows": counts["samples"],
                          "hours": round(seconds / 3600, 4)}
-    info = {"soloist_version": version("soloist"), "weights": stats["weights"],
+    info = {"soloist_version": _version(), "weights": stats["weights"],
             "task": config["task"]["name"], "codec": stats["codec"],
             "separator": None if config["task"]["name"] != "solo" else
             {k: config["separate"][k] for k in ("model", "context", "target")},
