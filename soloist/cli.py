@@ -45,7 +45,7 @@ def _weights(info: dict, root: Path, seed: int, separate: bool) -> dict[str, Pat
     if (ours := codec_manifest(wanted["codec"])) is not None:
         if not ours.is_file():  # train_codec's lives in the workflow folder that trained it
             raise WeightsError("the model reads tokens of soloist's own codec: run soloist "
-                               f"accompany in the workflow folder whose train_codec made it "
+                               "accompany in the workflow folder whose train_codec made it "
                                f"({ours})")
         manifests["codec"] = ours
         del wanted["codec"]
