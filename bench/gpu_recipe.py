@@ -18,6 +18,7 @@ from first_run import SOLOS, fit_table
 
 TARGETS = {"in_scale": 0.90, "on_grid": 0.85, "with_band": 0.90}  # issue 34, GPU recipe
 FLOORS = SOLOS[2:]
+KEYS = {"step", "steps", "train_loss", "valid_loss", "best_valid_loss", "seconds", "wall_seconds"}
 
 
 def main() -> None:
@@ -31,18 +32,22 @@ def main() -> None:
         folder = out
     print((folder / "times").read_text().strip())
     seeds = sorted(int(p.name[4:]) for p in folder.glob("seed*") if p.is_dir())
-    runs = []
+    runs, done = [], []
     for s in seeds:
+        if not (folder / f"seed{s}/metrics.json").is_file():
+            print(f"seed {s}: no metrics.json (unfinished or failed: seed{s}/seed{s}.log)")
+            continue
+        done.append(s)
         train = json.loads((folder / f"seed{s}/train.json").read_text())
         runs.append(json.loads((folder / f"seed{s}/metrics.json").read_text()))
         print(f"seed {s}: {json.dumps({k: train[k] for k in sorted(train) if k in KEYS})}")
     stats = json.loads((folder / "seed0/stats.json").read_text())
-    print(f"samples per split: {json.dumps(stats.get('samples'))}")
-    fit_table(runs, seeds)
-    targets(runs)
+    print("songs / windows per split: " + ", ".join(
+        f"{k} {v['tracks']} / {v['samples']}" for k, v in stats["splits"].items()))
+    if runs:
+        fit_table(runs, done)
+        targets(runs)
 
-
-KEYS = {"step", "steps", "train_loss", "valid_loss", "best_valid_loss", "seconds", "wall_seconds"}
 
 
 def targets(runs: list[dict]) -> None:
