@@ -49,7 +49,6 @@ def main() -> None:
         targets(runs)
 
 
-
 def targets(runs: list[dict]) -> None:
     """Each GPU target of issue 34, measured: the level, the distance to the ceiling, the
     margin over the best floor, and the spread over seeds."""

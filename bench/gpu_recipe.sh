@@ -61,8 +61,6 @@ drive() {  # the recipe, seeds 1 and 2 beside seed 0 once the shards exist
 }
 
 pack() {
-    local list=$WORK/files
-    : >"$list"
     for s in 0 1 2; do
         local d
         d=$(seed_dir $s)

@@ -92,11 +92,6 @@ def is_own(name: str) -> bool:
     return name in ("own", DEMO_CODEC)
 
 
-def shipped_manifest(name: str) -> Path:
-    """The manifest of a codec shipped in the package."""
-    return SHIPPED / f"{name}.json"
-
-
 def codec_manifest(name: str) -> Path | None:
     """The manifest of a codec of ours: train_codec's (in the workflow folder) or one shipped
     in the package (relative to here, so that a copied project stays up to date). None for a
@@ -104,7 +99,7 @@ def codec_manifest(name: str) -> Path | None:
     if name == "own":
         return Path("results/train_codec/own.json")
     if is_own(name):
-        return Path(os.path.relpath(shipped_manifest(name)))
+        return Path(os.path.relpath(SHIPPED / f"{name}.json"))
     return None
 
 
